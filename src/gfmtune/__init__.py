@@ -1,0 +1,1 @@
+"""gfmtune: fine-tuning geospatial foundation models for crop-type mapping (PASTIS-HD)."""

@@ -1,0 +1,5 @@
+import sys
+
+from gfmtune.cli import main
+
+sys.exit(main())

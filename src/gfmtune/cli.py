@@ -1,0 +1,54 @@
+"""The ``gfmtune`` command: one subcommand per workflow stage, each also runnable by hand.
+
+Each subcommand lives in the module that does the work; that module defines
+``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+#: subcommand -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("gfmtune.data.synthetic_cli", "write a synthetic PASTIS dataset"),
+    "download": ("gfmtune.data.download.cli", "fetch and verify PASTIS-HD (S2 part)"),
+    "convert": ("gfmtune.data.store_cli", "convert the S2 series and labels to the Zarr store"),
+    "manifests": ("gfmtune.data.manifests", "write label-split and timestep manifests"),
+    "bench-data": ("gfmtune.data.bench", "benchmark the Zarr reader against raw .npy reads"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="gfmtune", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0
+    verbose = argv[0] in ("-v", "--verbose")
+    argv = argv[1:] if verbose else argv
+    name = argv[0]
+    if name not in SUBCOMMANDS:
+        parser.error(f"unknown command {name!r}; choose from {', '.join(SUBCOMMANDS)}")
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    cmd = argparse.ArgumentParser(prog=f"gfmtune {name}", description=SUBCOMMANDS[name][1])
+    module.add_arguments(cmd)
+    args = cmd.parse_args(argv[1:])
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, OSError, RuntimeError) as err:
+        # Known failure modes (bad input, failed download, ...) end with one clear line.
+        logging.getLogger("gfmtune").error("%s", err)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data stages: download, synthetic PASTIS, Zarr store, manifests, training dataset."""
