@@ -13,9 +13,9 @@ import sys
 
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("gfmtune.data.synthetic_cli", "write a synthetic PASTIS dataset"),
+    "synth": ("gfmtune.data.synthetic", "write a synthetic PASTIS dataset"),
     "download": ("gfmtune.data.download.cli", "fetch and verify PASTIS-HD (S2 part)"),
-    "convert": ("gfmtune.data.store_cli", "convert the S2 series and labels to the Zarr store"),
+    "convert": ("gfmtune.data.store", "convert the S2 series and labels to the Zarr store"),
     "manifests": ("gfmtune.data.manifests", "write label-split and timestep manifests"),
     "bench-data": ("gfmtune.data.bench", "benchmark the Zarr reader against raw .npy reads"),
 }
@@ -40,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     cmd = argparse.ArgumentParser(prog=f"gfmtune {name}", description=SUBCOMMANDS[name][1])
     module.add_arguments(cmd)
     args = cmd.parse_args(argv[1:])
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(module.run(args) or 0)
     except (ValueError, OSError, RuntimeError) as err:

@@ -16,24 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
+
+from gfmtune.fileio import atomic_write_text
 
 SOURCES = ("huggingface", "zenodo", "local", "synthetic")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_inventory(path: Path, source: str, root: Path, files: list[dict] | None = None,
-                    **extra: object) -> dict:  # fmt: skip
+def write_inventory(
+    path: Path, source: str, root: Path, files: list[dict] | None = None, **extra: object
+) -> dict:
     """Write the inventory for a verified dataset at ``root`` and return it."""
     if source not in SOURCES:
         raise ValueError(f"unknown data source {source!r}; choose from {', '.join(SOURCES)}")

@@ -16,8 +16,10 @@ and renamed when complete; a killed conversion resumes from its progress log.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -33,6 +35,9 @@ from tqdm import tqdm
 from zarr.codecs import BloscCodec
 
 from gfmtune import pastis
+from gfmtune.data.inventory import provenance, read_inventory
+
+log = logging.getLogger(__name__)
 
 PAD_VALUE = -32768
 STORE_VERSION = 1
@@ -130,15 +135,16 @@ def _encoding(ds: xr.Dataset) -> dict:
             "shards": (shard, size, size),
             "compressors": (BloscCodec(typesize=1, **CODEC),),
         },
-        "dates": {"units": "days since 2018-09-01", "dtype": "int32"},
+        "dates": {"units": "days since 2018-09-01", "dtype": "int32", "_FillValue": -(2**31)},
     }
 
 
 def _load_labels(root: Path, table: pastis.PatchTable, size: int, threads: int) -> np.ndarray:
     ids = table.frame.patch_id.tolist()
     with ThreadPoolExecutor(threads) as pool:
-        maps = list(pool.map(lambda pid: pastis.load_target(pastis.target_path(root, pid), size),
-                             ids))  # fmt: skip
+        maps = list(
+            pool.map(lambda pid: pastis.load_target(pastis.target_path(root, pid), size), ids)
+        )
     return np.stack(maps)
 
 
@@ -174,9 +180,13 @@ def _stored_bytes(folder: Path) -> int:
 
 
 def convert(
-    raw_root: Path, store: Path, *, threads: int = 1, source: dict | None = None,
+    raw_root: Path,
+    store: Path,
+    *,
+    threads: int = 1,
+    source: dict | None = None,
     progress: bool = True,
-) -> dict:  # fmt: skip
+) -> dict:
     """Build (or resume building) ``store`` from the PASTIS folder ``raw_root``; return a report."""
     root = pastis.find_dataset_root(raw_root)
     store, partial = Path(store), partial_path(Path(store))
@@ -193,12 +203,16 @@ def convert(
         ds = _template(root, table, size, labels, source or {"kind": "unknown"})
         tmp = Path(str(partial) + ".init")
         shutil.rmtree(tmp, ignore_errors=True)
-        ds.to_zarr(tmp, mode="w", zarr_format=3, encoding=_encoding(ds), compute=False,
-                   consolidated=False)  # fmt: skip
+        ds.to_zarr(
+            tmp, mode="w", zarr_format=3, encoding=_encoding(ds), compute=False, consolidated=False
+        )
         log_path.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
         os.replace(tmp, partial)
         done = {}
     todo = [i for i in range(len(table)) if i not in done]
+    resumed = len(table) - len(todo)
+    if resumed:
+        log.info("resuming %s: %d of %d patches already written", partial, resumed, len(table))
     refl = zarr.open_array(partial / "reflectance", mode="r+")
     lock = threading.Lock()
 
@@ -214,13 +228,18 @@ def convert(
             os.fsync(log.fileno())
         done[i] = record
 
-    bar = tqdm(total=len(table), initial=len(table) - len(todo), desc="zarr store",
-               unit="patch", disable=not progress)  # fmt: skip
+    bar = tqdm(
+        total=len(table),
+        initial=resumed,
+        desc="zarr store",
+        unit="patch",
+        disable=not progress,
+    )
     with ThreadPoolExecutor(max(1, threads)) as pool:
         for _ in pool.map(write_patch, todo):
             bar.update()
     bar.close()
-    report = _finish(partial, table, done)
+    report = {**_finish(partial, table, done), "resumed_patches": resumed}
     if store.exists():
         shutil.rmtree(store)
     os.replace(partial, store)
@@ -258,3 +277,23 @@ def _finish(partial: Path, table: pastis.PatchTable, done: dict[int, dict]) -> d
         warnings.filterwarnings("ignore", "Consolidated metadata", zarr.errors.ZarrUserWarning)
         zarr.consolidate_metadata(partial)
     return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--inventory", type=Path, required=True, help="download inventory.json")
+    parser.add_argument("--out", type=Path, required=True, help="store to write (s2.zarr)")
+    parser.add_argument("--threads", type=int, default=1, help="parallel patch writers")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    inv = read_inventory(args.inventory)
+    report = convert(
+        Path(inv["root"]),
+        args.out,
+        threads=args.threads,
+        source=provenance(inv),
+        progress=not args.no_progress,
+    )
+    log.info("store %s: %s", args.out, json.dumps(report))
+    return 0

@@ -9,6 +9,7 @@ the class prior is skewed, so more labels help too. Everything is seeded and det
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,11 +98,11 @@ def _patch(
 
     n_frames = len(dates)
     yy, xx = np.mgrid[0:size, 0:size]
-    for t in np.flatnonzero(rng.random(n_frames) < 0.15):  # clouds: bright soft blobs
-        cy, cx, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(size / 6, size / 2)
+    for t in np.flatnonzero(rng.random(n_frames) < 0.08):  # clouds: bright soft blobs
+        cy, cx, r = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(size / 8, size / 3)
         cover = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2)).astype(np.float32)
         series[t] = series[t] * (1 - cover) + rng.uniform(5000, 9000) * cover
-    for t in np.flatnonzero(rng.random(n_frames) < 0.05):  # swath edge: nodata strip
+    for t in np.flatnonzero(rng.random(n_frames) < 0.03):  # swath edge: nodata strip
         series[t, :, :, : int(rng.integers(1, size // 3 + 1))] = NODATA
     series = np.clip(np.rint(series), NODATA, 32767).astype(np.int16)
 
@@ -109,8 +110,16 @@ def _patch(
     return series, target
 
 
-def _feature(patch_id: int, fold: int, tile: str, dates: np.ndarray, size: int, ox: float,
-             oy: float, n_parcel: int) -> dict:  # fmt: skip
+def _feature(
+    patch_id: int,
+    fold: int,
+    tile: str,
+    dates: np.ndarray,
+    size: int,
+    ox: float,
+    oy: float,
+    n_parcel: int,
+) -> dict:
     x0, y0, side = ox, oy, size * PIXEL_M
     ring = [[x0, y0], [x0 + side, y0], [x0 + side, y0 + side], [x0, y0 + side], [x0, y0]]
     date_map = {str(i): int(str(d).replace("-", "")) for i, d in enumerate(dates)}
@@ -130,7 +139,7 @@ def _feature(patch_id: int, fold: int, tile: str, dates: np.ndarray, size: int, 
     }
 
 
-def write_synthetic_pastis(root: Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:  # noqa: B008
+def write_synthetic_pastis(root: Path, spec: SyntheticSpec = SyntheticSpec()) -> Path:
     """Write a synthetic PASTIS dataset under ``root`` and return ``root``."""
     root = Path(root)
     (root / "DATA_S2").mkdir(parents=True, exist_ok=True)
@@ -157,14 +166,25 @@ def write_synthetic_pastis(root: Path, spec: SyntheticSpec = SyntheticSpec()) ->
         np.save(root / "ANNOTATIONS" / f"TARGET_{patch_id}.npy", target.astype(dtype))
         valid = series != NODATA
         stats[int(folds[i])].append(
-            (np.where(valid, series, 0).sum((0, 2, 3)), (np.where(valid, series, 0).astype(
-                np.float64) ** 2).sum((0, 2, 3)), valid.sum((0, 2, 3)))
-        )  # fmt: skip
+            (
+                np.where(valid, series, 0).sum((0, 2, 3)),
+                (np.where(valid, series, 0).astype(np.float64) ** 2).sum((0, 2, 3)),
+                valid.sum((0, 2, 3)),
+            )
+        )
         ox, oy = 600000.0 + 2000.0 * (i % 25), 6800000.0 + 2000.0 * (i // 25)
         features.append(
-            _feature(patch_id, int(folds[i]), tile, tile_dates[tile], spec.size, ox, oy,
-                     int(target[1].max()) + 1)
-        )  # fmt: skip
+            _feature(
+                patch_id,
+                int(folds[i]),
+                tile,
+                tile_dates[tile],
+                spec.size,
+                ox,
+                oy,
+                int(target[1].max()) + 1,
+            )
+        )
 
     norm = {}
     for fold, parts in stats.items():
@@ -181,3 +201,23 @@ def write_synthetic_pastis(root: Path, spec: SyntheticSpec = SyntheticSpec()) ->
     }
     (root / METADATA_FILE).write_text(json.dumps(collection))
     return root
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="folder to write")
+    parser.add_argument("--patches", type=int, default=SyntheticSpec.n_patches)
+    parser.add_argument("--size", type=int, default=SyntheticSpec.size, help="patch side (px)")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        nargs="+",
+        default=list(SyntheticSpec.frames_per_tile),
+        help="frames per series, one value per tile",
+    )
+    parser.add_argument("--seed", type=int, default=SyntheticSpec.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = SyntheticSpec(args.patches, args.size, tuple(args.frames), args.seed)
+    write_synthetic_pastis(args.out, spec)
+    return 0

@@ -1,0 +1,20 @@
+# gfmtune: fine-tuning geospatial foundation models for crop-type mapping (PASTIS-HD).
+# Stages: download -> Zarr store -> manifests (-> training -> tables, in later stages).
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "workflow_config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/download.smk"
+include: "rules/store.smk"
+include: "rules/manifests.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,66 @@
+# Configuration validation, result paths and helpers shared by every rule file.
+from pathlib import Path
+
+from snakemake.utils import validate
+
+SCHEMA = Path(workflow.basedir) / "src" / "gfmtune" / "resources" / "config.schema.yaml"
+validate(config, SCHEMA, set_default=True)
+
+RUN = Path("results") / config["run"]
+DATA = config["data"]
+MANIFESTS = config["manifests"]
+CONDA_ENV = "../envs/gfmtune.yaml"
+
+
+def fmt_percent(percent):
+    """Label fraction as written in file names: 1, 10, 50, 100, 0.5."""
+    return f"{float(percent):g}"
+
+
+PERCENTS = [fmt_percent(p) for p in MANIFESTS["label_percents"]]
+TIMESTEPS = [int(t) for t in MANIFESTS["timesteps"]]
+
+
+wildcard_constraints:
+    percent=r"\d+(\.\d+)?",
+    t=r"\d+",
+
+
+def download_dir():
+    return DATA["download_dir"] or str(RUN / "raw" / "pastis")
+
+
+def download_args():
+    """Command-line arguments of `gfmtune download` for the configured source."""
+    source = DATA["source"]
+    args = [f"--source {source}", f"--dest {download_dir()}"]
+    if source == "local":
+        if not DATA["root"]:
+            raise ValueError("data.source is 'local' but data.root is not set in the config")
+        args.append(f"--root {DATA['root']}")
+    elif source == "huggingface":
+        hf = DATA["huggingface"]
+        args += [f"--repo-id {hf['repo_id']}", f"--lock-file {hf['lock_file']}"]
+        args += [f"--revision {hf['revision']}"] if hf["revision"] else []
+        args += [f"--hf-endpoint {hf['endpoint']}"] if hf["endpoint"] else []
+    elif source == "zenodo":
+        zen = DATA["zenodo"]
+        args += [f"--record {zen['record']}", f"--zenodo-api {zen['api']}"]
+        args += ["--files " + " ".join(zen["files"])] if zen["files"] else []
+    else:
+        syn = DATA["synthetic"]
+        frames = " ".join(str(f) for f in syn["frames_per_tile"])
+        args += [f"--patches {syn['patches']}", f"--size {syn['size']}", f"--frames {frames}",
+                 f"--seed {syn['seed']}"]
+    if source in ("huggingface", "zenodo"):
+        args += [f"--workers {DATA['workers']}", f"--retries {DATA['retries']}"]
+    return " ".join(args)
+
+
+def all_targets():
+    return [
+        RUN / "data" / "s2.zarr",
+        *[RUN / "manifests" / "label_split" / f"{p}.csv" for p in PERCENTS],
+        RUN / "manifests" / "label_split" / "summary.csv",
+        *[RUN / "manifests" / "timesteps" / f"{t}.csv" for t in TIMESTEPS],
+    ]

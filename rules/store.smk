@@ -1,0 +1,16 @@
+# Stage 2: one chunked, sharded, compressed Zarr store of the S2 series and labels.
+# Built in s2.zarr.partial and renamed when complete; a killed conversion resumes.
+
+
+rule zarr_store:
+    input:
+        RUN / "raw" / "inventory.json",
+    output:
+        directory(RUN / "data" / "s2.zarr"),
+    threads: config["store"]["threads"]
+    log:
+        RUN / "logs" / "zarr_store.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "gfmtune convert --inventory {input} --out {output} --threads {threads} > {log} 2>&1"

@@ -1,0 +1,256 @@
+"""Manifests that pin what each training job sees: label splits and timestep subsets.
+
+Label splits (``label_split/{percent}.csv``: ``patch_id``, ``fold``) choose training patches:
+
+- ``paper``: the ShapingFT sampler's effective rule (its divergence is infinite for every patch):
+  the first ``int(N * f)`` training patches in fold order, then, for each class no kept patch
+  covers above 1/3 of its (non-void) pixels, the first remaining patch that does.
+- ``stratified``: one seeded ordering by iterative stratification (rarest, least-covered class
+  first) that keeps class coverage as even as possible; splits are its prefixes, so
+  1 % ⊂ 10 % ⊂ 50 % ⊂ 100 %.
+- ``random``: prefixes of one seeded permutation (nested too).
+
+Timestep subsets (``timesteps/{t}.csv``: ``patch_id``, ``frames``, ``days``) choose frames:
+
+- ``paper``: t = 1 is the last frame; t > 1 takes ``int(linspace(0, N-1, 35))`` and nests
+  25 ⊂ 35, 15 ⊂ 25, 6 ⊂ 15 by the same rule (repeats when N < 35). The paper's random 50-frame
+  pre-draw for series longer than 50 is deliberately not reproduced (it made evaluation random).
+- ``uniform``: the centres of t equal bins over the whole series.
+- ``random``: the first t of a seeded permutation per patch, sorted (nested across t).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from gfmtune import pastis
+from gfmtune.fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+LABEL_STRATEGIES = ("paper", "stratified", "random")
+TIMESTEP_STRATEGIES = ("paper", "uniform", "random")
+PAPER_BASE_FRAMES = 35
+PAPER_COVER_THRESHOLD = 1 / 3
+N_REAL_CLASSES = pastis.VOID_CLASS  # classes 0..18
+
+
+# ---- timesteps ------------------------------------------------------------------------------
+
+
+def _nest(positions: np.ndarray, t: int) -> np.ndarray:
+    return positions[np.linspace(0, len(positions) - 1, t).astype(int)]
+
+
+def paper_frames(n_frames: int, t: int) -> np.ndarray:
+    """The paper's frame indices for a series of ``n_frames`` frames (REFERENCE §2)."""
+    if t == 1:
+        return np.array([n_frames - 1])
+    chosen = np.linspace(0, n_frames - 1, PAPER_BASE_FRAMES).astype(int)
+    for size in (25, 15, 6):  # 6 ⊂ 15 ⊂ 25 ⊂ 35
+        if t > size:
+            break
+        chosen = _nest(chosen, size)
+    return chosen if len(chosen) == t else _nest(chosen, t)
+
+
+def uniform_frames(n_frames: int, t: int) -> np.ndarray:
+    """Centres of ``t`` equal bins over the series (repeats when ``n_frames < t``)."""
+    return np.floor((np.arange(t) + 0.5) * n_frames / t).astype(int)
+
+
+def random_frames(n_frames: int, t: int, seed: int, patch_id: int) -> np.ndarray:
+    """A seeded, per-patch random subset, sorted; nested across ``t`` for the same seed."""
+    order = np.random.default_rng([seed, patch_id]).permutation(n_frames)
+    if t > n_frames:
+        order = np.resize(order, t)
+    return np.sort(order[:t])
+
+
+def frames_for(strategy: str, n_frames: int, t: int, seed: int, patch_id: int) -> np.ndarray:
+    if strategy == "paper":
+        return paper_frames(n_frames, t)
+    if strategy == "uniform":
+        return uniform_frames(n_frames, t)
+    if strategy == "random":
+        return random_frames(n_frames, t, seed, patch_id)
+    raise ValueError(f"unknown timestep strategy {strategy!r}; choose from {TIMESTEP_STRATEGIES}")
+
+
+def timestep_manifest(store: xr.Dataset, t: int, strategy: str, seed: int = 0) -> pd.DataFrame:
+    """One row per patch of the store: its ``t`` frame indices and their day offsets."""
+    ref = np.datetime64(pastis.REFERENCE_DATE.isoformat(), "D")
+    rows = []
+    for pid, n, dates in zip(
+        store.patch_id.values, store.n_frames.values, store.dates.values, strict=True
+    ):
+        frames = frames_for(strategy, int(n), t, seed, int(pid))
+        days = (dates[frames].astype("datetime64[D]") - ref).astype(int)
+        rows.append((int(pid), " ".join(map(str, frames)), " ".join(map(str, days))))
+    return pd.DataFrame(rows, columns=["patch_id", "frames", "days"])
+
+
+# ---- label splits ---------------------------------------------------------------------------
+
+
+def class_pixels(labels: np.ndarray) -> np.ndarray:
+    """(patch, class) pixel counts of classes 0..18 (void excluded)."""
+    flat = labels.reshape(len(labels), -1).astype(np.int64)
+    counts = np.stack([np.bincount(row, minlength=pastis.N_CLASSES) for row in flat])
+    return counts[:, :N_REAL_CLASSES]
+
+
+def paper_split(pixels: np.ndarray, percent: float) -> np.ndarray:
+    """Positions (into the fold-ordered training patches) the paper's sampler keeps."""
+    n = len(pixels)
+    share = pixels / np.maximum(pixels.sum(1, keepdims=True), 1)
+    covers = share > PAPER_COVER_THRESHOLD
+    kept = list(range(int(n * percent / 100)))
+    for c in range(N_REAL_CLASSES):
+        if covers[kept, c].any():
+            continue
+        candidates = [i for i in np.flatnonzero(covers[:, c]) if i not in set(kept)]
+        if candidates:
+            kept.append(int(candidates[0]))
+    return np.array(kept, dtype=int)
+
+
+def stratified_order(pixels: np.ndarray, seed: int) -> np.ndarray:
+    """Seeded iterative stratification: each next patch is drawn among those holding the class
+    whose share of its patches is so far the lowest (rarest class first on ties)."""
+    rng = np.random.default_rng(seed)
+    present = pixels > 0
+    total = present.sum(0)
+    seen = np.zeros(present.shape[1])
+    remaining = np.ones(len(pixels), dtype=bool)
+    order = []
+    while remaining.any():
+        available = present[remaining].any(0)
+        if available.any():
+            share = np.where(available, seen / np.maximum(total, 1), np.inf)
+            lowest = np.flatnonzero(share == share.min())
+            target = lowest[np.argmin(total[lowest])]
+            candidates = np.flatnonzero(remaining & present[:, target])
+        else:  # only patches without any class left (all void)
+            candidates = np.flatnonzero(remaining)
+        pick = int(rng.choice(candidates))
+        order.append(pick)
+        seen += present[pick]
+        remaining[pick] = False
+    return np.array(order, dtype=int)
+
+
+def split_size(n: int, percent: float) -> int:
+    return max(1, int(n * percent / 100))
+
+
+def label_splits(
+    fold: np.ndarray, labels: np.ndarray, percents: list[float], strategy: str, seed: int = 0
+) -> dict[float, np.ndarray]:
+    """Store indices of the training patches kept at each percent."""
+    train = np.concatenate([np.flatnonzero(fold == f) for f in pastis.TRAIN_FOLDS])
+    if len(train) == 0:
+        raise ValueError(f"no patches in the training folds {pastis.TRAIN_FOLDS}")
+    pixels = class_pixels(labels[train])
+    if strategy == "paper":
+        return {p: train[paper_split(pixels, p)] for p in percents}
+    if strategy == "stratified":
+        order = stratified_order(pixels, seed)
+    elif strategy == "random":
+        order = np.random.default_rng(seed).permutation(len(train))
+    else:
+        raise ValueError(f"unknown label strategy {strategy!r}; choose from {LABEL_STRATEGIES}")
+    return {p: train[order[: split_size(len(train), p)]] for p in percents}
+
+
+def coverage_summary(splits: dict[float, np.ndarray], labels: np.ndarray) -> pd.DataFrame:
+    """Per split and class: patches containing it, its pixels and share of the split's pixels."""
+    rows = []
+    for percent, idx in splits.items():
+        pixels = class_pixels(labels[idx])
+        total = max(int(pixels.sum()), 1)
+        for c in range(N_REAL_CLASSES):
+            rows.append(
+                {
+                    "percent": percent,
+                    "n_patches": len(idx),
+                    "class_id": c,
+                    "class_name": pastis.CLASS_NAMES[c],
+                    "patches": int((pixels[:, c] > 0).sum()),
+                    "pixels": int(pixels[:, c].sum()),
+                    "pixel_share": round(pixels[:, c].sum() / total, 6),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+# ---- files ----------------------------------------------------------------------------------
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def _percent_name(percent: float) -> str:
+    return f"{percent:g}"
+
+
+def open_store(path: Path) -> xr.Dataset:
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{path}: Zarr store not found (run the conversion stage first)")
+    return xr.open_zarr(path, consolidated=True)
+
+
+def write_label_splits(
+    store_path: Path, out: Path, percents: list[float], strategy: str, seed: int = 0
+) -> dict[float, np.ndarray]:
+    """Write ``{percent}.csv`` and ``summary.csv`` under ``out``."""
+    store = open_store(store_path)
+    fold, labels = store.fold.values, store.label.values
+    splits = label_splits(fold, labels, percents, strategy, seed)
+    for percent, idx in splits.items():
+        frame = pd.DataFrame({"patch_id": store.patch_id.values[idx], "fold": fold[idx]})
+        _write_csv(frame, Path(out) / f"{_percent_name(percent)}.csv")
+        log.info("label split %s%%: %d patches", _percent_name(percent), len(idx))
+    _write_csv(coverage_summary(splits, labels), Path(out) / "summary.csv")
+    return splits
+
+
+def write_timesteps(
+    store_path: Path, out: Path, timesteps: list[int], strategy: str, seed: int = 0
+) -> None:
+    """Write ``{t}.csv`` under ``out`` for every t."""
+    store = open_store(store_path)
+    for t in timesteps:
+        if t < 1:
+            raise ValueError(f"timesteps must be >= 1, got {t}")
+        _write_csv(timestep_manifest(store, t, strategy, seed), Path(out) / f"{t}.csv")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", choices=("labels", "timesteps"), help="which manifests to write")
+    parser.add_argument("--store", type=Path, required=True, help="s2.zarr store")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument(
+        "--strategy",
+        default="paper",
+        help="labels: paper|stratified|random; timesteps: paper|uniform|random",
+    )
+    parser.add_argument("--percents", type=float, nargs="+", default=[1, 10, 50, 100])
+    parser.add_argument("--timesteps", type=int, nargs="+", default=[1, 6, 15, 25, 35])
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.kind == "labels":
+        write_label_splits(args.store, args.out, args.percents, args.strategy, args.seed)
+    else:
+        write_timesteps(args.store, args.out, args.timesteps, args.strategy, args.seed)
+    return 0

@@ -1,0 +1,144 @@
+"""Label-split and timestep manifests follow the paper's rule and the corrected strategies."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from gfmtune import pastis
+from gfmtune.cli import main
+from gfmtune.data import manifests as mf
+
+
+def _floor_linspace(stop: int, num: int) -> list[int]:
+    """int(linspace(0, stop, num)) in exact arithmetic."""
+    return [int(Fraction(i * stop, num - 1)) for i in range(num)]
+
+
+@pytest.mark.parametrize("n", [38, 43, 61, 20])
+def test_paper_frames_nested_linspace(n: int) -> None:
+    base = _floor_linspace(n - 1, 35)
+    expected = {35: base}
+    for small, big in ((25, 35), (15, 25), (6, 15)):
+        expected[small] = [expected[big][j] for j in _floor_linspace(big - 1, small)]
+    for t in (6, 15, 25, 35):
+        assert mf.paper_frames(n, t).tolist() == expected[t]
+    assert mf.paper_frames(n, 1).tolist() == [n - 1]
+    assert set(expected[6]) <= set(expected[15]) <= set(expected[25]) <= set(expected[35])
+
+
+def test_paper_frames_hand_example() -> None:
+    assert mf.paper_frames(61, 6).tolist() == [0, 7, 19, 31, 44, 60]
+
+
+def test_uniform_and_random_frames() -> None:
+    assert mf.uniform_frames(10, 5).tolist() == [1, 3, 5, 7, 9]
+    assert mf.uniform_frames(3, 6).tolist() == [0, 0, 1, 1, 2, 2]
+    small, big = mf.random_frames(40, 6, 0, 123), mf.random_frames(40, 15, 0, 123)
+    assert set(small) <= set(big) and len(set(big)) == 15 and np.all(np.diff(big) > 0)
+    assert not np.array_equal(small, mf.random_frames(40, 6, 1, 123))
+    assert np.array_equal(small, mf.random_frames(40, 6, 0, 123))
+
+
+def _labels(classes_per_patch: list[dict[int, int]], size: int = 6) -> np.ndarray:
+    """Label maps with the given class -> pixel counts (rest void)."""
+    out = np.full((len(classes_per_patch), size * size), pastis.VOID_CLASS, np.uint8)
+    for i, counts in enumerate(classes_per_patch):
+        pos = 0
+        for c, k in counts.items():
+            out[i, pos : pos + k] = c
+            pos += k
+    return out.reshape(-1, size, size)
+
+
+def test_paper_split_rule() -> None:
+    # fold order puts the fold-1 patches (store positions 1, 2, 4) first
+    fold = np.array([2, 1, 1, 3, 1, 4, 2, 3, 1, 2, 5])
+    patches = [
+        {1: 36},  # 0 fold 2
+        {1: 30, 2: 6},  # 1 fold 1
+        {1: 36},  # 2 fold 1
+        {3: 13, 1: 23},  # 3 fold 3: class 3 above 1/3 of its pixels
+        {2: 10, 1: 26},  # 4 fold 1: class 2 below 1/3
+        {5: 36},  # 5 fold 4 (validation: never chosen)
+        {2: 20, 0: 16},  # 6 fold 2: class 2 above 1/3, class 0 above 1/3
+        {3: 36},  # 7 fold 3
+        {1: 36},  # 8 fold 1
+        {4: 12, 1: 4},  # 9 fold 2: class 4 = 12/16 of the non-void pixels
+        {6: 36},  # 10 fold 5
+    ]
+    splits = mf.label_splits(fold, _labels(patches), [10, 50, 100], "paper")
+    # training order: fold 1 (1, 2, 4, 8), fold 2 (0, 6, 9), fold 3 (3, 7) -> 9 patches
+    assert splits[100].tolist() == [1, 2, 4, 8, 0, 6, 9, 3, 7]
+    # 10 %: int(0.9) = 0 kept; then per class 0..18 the first remaining patch above 1/3:
+    # class 0 -> 6 (also covers 2), class 1 -> 1, class 3 -> 3, class 4 -> 9
+    assert splits[10].tolist() == [6, 1, 3, 9]
+    # 50 %: first 4 (1, 2, 4, 8) cover class 1; class 0 -> 6; 3 -> 3; 4 -> 9
+    assert splits[50].tolist() == [1, 2, 4, 8, 6, 3, 9]
+
+
+@pytest.mark.parametrize("strategy", ["stratified", "random"])
+def test_seeded_strategies_are_nested(tiny_store: Path, strategy: str) -> None:
+    ds = xr.open_zarr(tiny_store)
+    fold, labels = ds.fold.values, ds.label.values
+    splits = mf.label_splits(fold, labels, [10, 50, 100], strategy, seed=4)
+    n_train = int(np.isin(fold, pastis.TRAIN_FOLDS).sum())
+    assert [len(splits[p]) for p in (10, 50, 100)] == [1, n_train // 2, n_train]
+    assert set(splits[10]) <= set(splits[50]) <= set(splits[100])
+    assert np.isin(fold[splits[100]], pastis.TRAIN_FOLDS).all()
+    again = mf.label_splits(fold, labels, [50], strategy, seed=4)[50]
+    assert np.array_equal(again, splits[50])
+    other = mf.label_splits(fold, labels, [50], strategy, seed=5)[50]
+    assert not np.array_equal(np.sort(other), np.sort(splits[50]))
+
+
+def test_stratified_covers_more_classes_than_random(tiny_store: Path) -> None:
+    ds = xr.open_zarr(tiny_store)
+    fold, labels = ds.fold.values, ds.label.values
+
+    def classes_covered(strategy: str, seed: int) -> int:
+        idx = mf.label_splits(fold, labels, [30], strategy, seed)[30]
+        return int((mf.class_pixels(labels[idx]).sum(0) > 0).sum())
+
+    strat = [classes_covered("stratified", s) for s in range(5)]
+    rand = [classes_covered("random", s) for s in range(5)]
+    assert min(strat) >= max(rand) - 1 and np.mean(strat) > np.mean(rand), (strat, rand)
+
+
+def test_cli_writes_manifests(tiny_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "label_split"
+    assert main(["manifests", "labels", "--store", str(tiny_store), "--out", str(out),
+                 "--percents", "10", "100", "--strategy", "stratified"]) == 0  # fmt: skip
+    ds = xr.open_zarr(tiny_store)
+    full = pd.read_csv(out / "100.csv")
+    assert list(full.columns) == ["patch_id", "fold"]
+    train = ds.patch_id.values[np.isin(ds.fold.values, pastis.TRAIN_FOLDS)]
+    assert sorted(full.patch_id) == sorted(train.tolist())
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary.percent) == {10, 100} and len(summary) == 2 * 19
+    np.testing.assert_allclose(summary.groupby("percent").pixel_share.sum(), 1, atol=1e-4)
+
+    tdir = tmp_path / "timesteps"
+    assert main(["manifests", "timesteps", "--store", str(tiny_store), "--out", str(tdir),
+                 "--timesteps", "1", "6"]) == 0  # fmt: skip
+    six = pd.read_csv(tdir / "6.csv")
+    assert six.patch_id.tolist() == ds.patch_id.values.tolist()
+    for i, row in six.iterrows():
+        frames = np.array(row.frames.split(), dtype=int)
+        n = int(ds.n_frames[i])
+        assert frames.tolist() == mf.paper_frames(n, 6).tolist()
+        dates = ds.dates[i].values[frames].astype("datetime64[D]")
+        days = (dates - np.datetime64("2018-09-01")).astype(int)
+        assert row.days.split() == [str(d) for d in days]
+    one = pd.read_csv(tdir / "1.csv")
+    assert one.frames.astype(int).tolist() == (ds.n_frames.values - 1).tolist()
+
+
+def test_missing_store_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="Zarr store not found"):
+        mf.write_timesteps(tmp_path / "nope.zarr", tmp_path, [6], "paper")

@@ -1,0 +1,166 @@
+"""The Zarr store holds exactly the source data, validates input and survives being killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from gfmtune import pastis
+from gfmtune.data.store import PAD_VALUE, convert, partial_path, progress_path
+from gfmtune.data.synthetic import SyntheticSpec, write_synthetic_pastis
+
+
+def assert_store_equals_source(store: Path, root: Path) -> None:
+    ds = xr.open_zarr(store)
+    table = pastis.read_metadata(root).frame
+    assert ds.patch_id.values.tolist() == table.patch_id.tolist()
+    assert ds.fold.values.tolist() == table.fold.tolist()
+    for i, (pid, dates) in enumerate(zip(table.patch_id, table.dates, strict=True)):
+        n = len(dates)
+        assert int(ds.n_frames[i]) == n
+        refl = ds.reflectance[i].values
+        assert np.array_equal(refl[:n], np.load(pastis.s2_path(root, pid)))
+        assert (refl[n:] == PAD_VALUE).all()
+        target = np.load(pastis.target_path(root, pid))[0]
+        assert np.array_equal(ds.label[i].values, target.astype(np.uint8))
+        assert np.array_equal(ds.dates[i].values[:n].astype("datetime64[D]"), dates)
+        assert np.isnat(ds.dates[i].values[n:]).all()
+
+
+def test_store_content_and_attributes(tiny_store: Path, tiny_root: Path) -> None:
+    assert_store_equals_source(tiny_store, tiny_root)
+    ds = xr.open_zarr(tiny_store)
+    assert ds.reflectance.dtype == np.int16 and ds.label.dtype == np.uint8
+    assert ds.band.values.tolist() == list(pastis.BANDS)
+    assert ds.reflectance.dims == ("patch", "time", "band", "y", "x")
+    assert ds.attrs["class_names"] == list(pastis.CLASS_NAMES)
+    assert ds.attrs["nodata"] == pastis.NODATA and ds.attrs["crs"] == "EPSG:2154"
+    assert ds.attrs["norm_published"] == pastis.read_norm(tiny_root)
+    assert ds.attrs["norm_paper"]["mean"] == list(pastis.PAPER_MEAN)
+    assert ds.bounds.shape == (20, 4) and ds.tile.values[0].startswith("T")
+    assert 0 < ds.attrs["size_report"]["compression_ratio"] < 1
+
+
+def test_recomputed_statistics_exclude_nodata(tiny_store: Path, tiny_root: Path) -> None:
+    table = pastis.read_metadata(tiny_root).frame
+    train = table[table.fold.isin(pastis.TRAIN_FOLDS)].patch_id
+    values = np.concatenate(
+        [
+            np.load(pastis.s2_path(tiny_root, i)).transpose(1, 0, 2, 3).reshape(10, -1)
+            for i in train
+        ],
+        axis=1,
+    ).astype(np.float64)
+    masked = np.ma.masked_equal(values, pastis.NODATA)
+    assert masked.mask.any(), "fixture must contain nodata for this test to mean something"
+    stats = xr.open_zarr(tiny_store).attrs["norm_train_folds"]
+    np.testing.assert_allclose(stats["mean"], masked.mean(1), rtol=1e-6)
+    np.testing.assert_allclose(stats["std"], masked.std(1), rtol=1e-5)
+
+
+def test_chunks_one_frame_sharded_per_patch(tiny_store: Path) -> None:
+    arr = zarr.open_array(tiny_store / "reflectance")
+    assert arr.chunks == (1, 1, 10, 16, 16)
+    assert arr.shards == (1, 9, 10, 16, 16)
+    shard_files = [p for p in (tiny_store / "reflectance").rglob("*") if p.is_file()]
+    assert len(shard_files) == 20 + 1  # one shard per patch, plus zarr.json
+
+
+def _copy(root: Path, dest: Path) -> Path:
+    shutil.copytree(root, dest)
+    return dest
+
+
+@pytest.mark.parametrize(
+    "corrupt, expected",
+    [
+        (
+            lambda r, pid: np.save(pastis.s2_path(r, pid), np.zeros((5, 10, 16, 16), np.float32)),
+            "dtype float32 is not int16",
+        ),
+        (
+            lambda r, pid: np.save(pastis.s2_path(r, pid), np.zeros((4, 10, 16, 16), np.int16)),
+            "4 frames but metadata lists",
+        ),
+        (
+            lambda r, pid: np.save(pastis.target_path(r, pid), np.full((3, 16, 16), 25, np.uint8)),
+            "outside 0..19",
+        ),
+        (lambda r, pid: pastis.s2_path(r, pid).write_bytes(b"not a npy"), "cannot read S2"),
+    ],
+)
+def test_bad_patch_names_file_and_leaves_no_store(tiny_root, tmp_path, corrupt, expected) -> None:
+    root = _copy(tiny_root, tmp_path / "raw")
+    table = pastis.read_metadata(root).frame
+    pid = int(table.patch_id[table.dates.map(len) == 5].iloc[1])
+    corrupt(root, pid)
+    store = tmp_path / "s2.zarr"
+    with pytest.raises(pastis.PastisFormatError, match=expected) as err:
+        convert(root, store, progress=False)
+    assert str(pid) in str(err.value)
+    assert not store.exists()
+
+
+def test_dates_not_increasing_rejected(tiny_root: Path, tmp_path: Path) -> None:
+    root = _copy(tiny_root, tmp_path / "raw")
+    meta = json.loads((root / "metadata.geojson").read_text())
+    dates = meta["features"][2]["properties"]["dates-S2"]
+    dates["1"], dates["2"] = dates["2"], dates["1"]
+    (root / "metadata.geojson").write_text(json.dumps(meta))
+    pid = meta["features"][2]["properties"]["ID_PATCH"]
+    with pytest.raises(pastis.PastisFormatError, match=f"ID_PATCH {pid}.*strictly increasing"):
+        convert(root, tmp_path / "s2.zarr", progress=False)
+    assert not (tmp_path / "s2.zarr").exists()
+
+
+SLOW_CONVERT = """
+import sys, time
+import gfmtune.data.store as store
+load = store.pastis.load_s2
+store.pastis.load_s2 = lambda *a, **k: (time.sleep(0.15), load(*a, **k))[1]
+store.convert(sys.argv[1], sys.argv[2], threads=1, progress=False)
+"""
+
+
+def test_killed_conversion_resumes(tmp_path: Path) -> None:
+    root = write_synthetic_pastis(tmp_path / "raw", SyntheticSpec(30, 16, (6, 11), seed=2))
+    store = tmp_path / "s2.zarr"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CONVERT, str(root), str(store)])
+    log = progress_path(store)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if log.exists() and len(log.read_text().splitlines()) > 6:  # header + >= 6 patches
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not store.exists(), "a killed conversion must not leave a complete-looking store"
+    assert partial_path(store).exists()
+    written = len(log.read_text().splitlines()) - 1
+    assert 6 <= written < 30
+
+    report = convert(root, store, threads=2, progress=False)
+    assert report["resumed_patches"] >= 6
+    assert not partial_path(store).exists() and not log.exists()
+    assert_store_equals_source(store, root)
+
+
+def test_changed_input_restarts_partial(tiny_root: Path, tmp_path: Path) -> None:
+    root = _copy(tiny_root, tmp_path / "raw")
+    store = tmp_path / "s2.zarr"
+    partial_path(store).mkdir()
+    progress_path(store).write_text(json.dumps({"fingerprint": "other input"}) + "\n")
+    report = convert(root, store, progress=False)
+    assert report["resumed_patches"] == 0
+    assert_store_equals_source(store, root)
