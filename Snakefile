@@ -1,11 +1,13 @@
 # gfmtune: fine-tuning geospatial foundation models for crop-type mapping (PASTIS-HD).
 # Stages: download -> Zarr store -> manifests (-> training -> tables, in later stages).
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "workflow_config.yaml"
+configfile: Path(workflow.basedir) / "workflow_config.yaml"
 
 
 include: "rules/common.smk"

@@ -1,0 +1,61 @@
+"""The Snakemake workflow: schema-validated config, planned jobs, and the demo's data stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import xarray as xr
+
+from tests.data.test_store import assert_store_equals_source
+from tests.workflow_helpers import job_counts, run_snakemake
+
+
+def test_paper_preset_plans_data_stages_offline(tmp_path: Path) -> None:
+    result = run_snakemake(tmp_path, "-n", "--cores", "1")
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert counts["download"] == 1 and counts["zarr_store"] == 1
+    assert counts["label_splits"] == 1 and counts["timestep_manifest"] == 5
+    assert not (tmp_path / "results").exists(), "a dry run must not write results"
+
+
+def test_lint_is_clean(tmp_path: Path) -> None:
+    result = run_snakemake(tmp_path, "--lint")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_invalid_config_is_rejected(tmp_path: Path) -> None:
+    result = run_snakemake(tmp_path, "-n", config={"data": {"source": "ftp"}})
+    assert result.returncode != 0
+    assert "'ftp' is not one of" in result.stdout + result.stderr
+
+
+def test_schema_defaults_fill_missing_keys(tmp_path: Path) -> None:
+    result = run_snakemake(tmp_path, "-n", "--cores", "1",
+                           config={"run": "mini", "manifests": {"timesteps": [6]}})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert job_counts(result.stdout)["timestep_manifest"] == 1
+    assert "results/mini/manifests/label_split/100.csv" in result.stdout
+
+
+@pytest.mark.slow
+def test_demo_data_stages_end_to_end(tmp_path: Path) -> None:
+    overlay = {
+        "run": "e2e",
+        "data": {"source": "synthetic",
+                 "synthetic": {"patches": 15, "size": 16, "frames_per_tile": [7, 12]}},
+        "store": {"threads": 2},
+    }  # fmt: skip
+    result = run_snakemake(tmp_path, "--cores", "2", config=overlay)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "results" / "e2e"
+    assert_store_equals_source(run / "data" / "s2.zarr", run / "raw" / "pastis")
+    ds = xr.open_zarr(run / "data" / "s2.zarr")
+    assert ds.attrs["source"]["source"] == "synthetic"
+    for t in (1, 6, 15, 25, 35):
+        assert len(pd.read_csv(run / "manifests" / "timesteps" / f"{t}.csv")) == 15
+    assert len(pd.read_csv(run / "manifests" / "label_split" / "100.csv")) > 0
+    again = run_snakemake(tmp_path, "--cores", "2", config=overlay)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

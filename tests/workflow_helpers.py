@@ -1,0 +1,42 @@
+"""Running the project's Snakemake workflow from tests, in a scratch working directory."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+#: Any attempt to reach the network through a proxy-aware client fails at once.
+OFFLINE_ENV = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+               "HF_HUB_OFFLINE": "1"}  # fmt: skip
+
+
+def run_snakemake(workdir: Path, *args: str, config: dict | None = None,
+                  timeout: float = 600) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run snakemake on the repo's Snakefile in ``workdir`` with an optional config overlay."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), *args]  # fmt: skip
+    if config is not None:
+        overlay = workdir / "overlay.yaml"
+        overlay.write_text(yaml.safe_dump(config))
+        cmd += ["--configfile", str(overlay)]
+    env = {**os.environ, **OFFLINE_ENV}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=workdir)  # fmt: skip
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a snakemake run, as {rule: count}."""
+    table = output.split("Job stats:", 1)[1]
+    counts = {}
+    for line in table.splitlines()[3:]:
+        match = re.fullmatch(r"(\S+)\s+(\d+)", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    return counts
