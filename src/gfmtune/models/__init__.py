@@ -1,0 +1,1 @@
+"""Models: CROMA and SSL4EO-DINO encoders, temporal UPerNet decoder, U-TAE, registry."""

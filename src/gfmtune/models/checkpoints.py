@@ -1,0 +1,159 @@
+"""Pretrained checkpoints: where they come from, how to verify them, how to load them strictly.
+
+Facts from the publishers (REFERENCE §3). The weights cannot be downloaded on this project's
+machines; the loaders are tested on checkpoints generated with the official key names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt or does not fit the model; the message says how to fix."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A published weight file and the layout of its tensors."""
+
+    name: str
+    url: str
+    filename: str
+    sha256: str
+    size: int
+    layout: str  # "croma" (sub-dict s2_encoder) | "dino_teacher" | "timm"
+
+
+CROMA_BASE = Checkpoint(
+    "croma_base",
+    "https://huggingface.co/antofuller/CROMA/resolve/main/CROMA_base.pt",
+    "CROMA_base.pt",
+    "0238d814b53108f3574bf1ea240e38a0a6edd46173816d9a6962070561893b63",
+    777_563_846,
+    "croma",
+)
+CROMA_LARGE = Checkpoint(
+    "croma_large",
+    "https://huggingface.co/antofuller/CROMA/resolve/main/CROMA_large.pt",
+    "CROMA_large.pt",
+    "921e69ad4069201298bb5c860dc332f31e0cb01df6864f294a79fa8f921915a7",
+    2_690_426_614,
+    "croma",
+)
+DINO_TORCHGEO = Checkpoint(
+    "ssl4eo_dino_vits16_torchgeo",
+    "https://hf.co/torchgeo/vit_small_patch16_224_sentinel2_all_dino/resolve/"
+    "5b41dd418a79de47ac9f5be3e035405a83818a62/vit_small_patch16_224_sentinel2_all_dino-36bcc127.pth",
+    "vit_small_patch16_224_sentinel2_all_dino-36bcc127.pth",
+    "36bcc1273227252faf98e1d9f32c35166d3612d30dc0c15812c29bed6da9a7d5",
+    90_644_269,
+    "timm",
+)
+CHECKPOINTS = {c.name: c for c in (CROMA_BASE, CROMA_LARGE, DINO_TORCHGEO)}
+
+
+def sha256_file(path: Path, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def locate(ckpt: Checkpoint, folder: Path, verify: bool = True) -> Path:
+    """Path of ``ckpt`` in ``folder``, checked for size and sha256; a clear error otherwise."""
+    path = Path(folder) / ckpt.filename
+    advice = (
+        f"download {ckpt.url} (sha256 {ckpt.sha256}, {ckpt.size:,} bytes) and put it at "
+        f"{path}, or point weights.dir to a folder that holds it"
+    )
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; {advice}")
+    if verify:
+        size = path.stat().st_size
+        if size != ckpt.size:
+            raise CheckpointError(f"{path}: {size:,} bytes, expected {ckpt.size:,}; {advice}")
+        actual = sha256_file(path)
+        if actual != ckpt.sha256:
+            raise CheckpointError(f"{path}: sha256 {actual} != expected {ckpt.sha256}; {advice}")
+    return path
+
+
+def encoder_state(raw: Mapping, layout: str, where: str) -> dict[str, torch.Tensor]:
+    """The encoder's tensors out of a raw checkpoint object, by layout."""
+    if layout == "croma":
+        if "s2_encoder" not in raw:
+            raise CheckpointError(f"{where}: no 's2_encoder' entry (keys: {sorted(raw)[:8]})")
+        return dict(raw["s2_encoder"])
+    if layout == "dino_teacher":
+        if "teacher" not in raw:
+            raise CheckpointError(f"{where}: no 'teacher' entry (keys: {sorted(raw)[:8]})")
+        teacher = raw["teacher"]
+        return {
+            k.removeprefix("backbone."): v
+            for k, v in teacher.items()
+            if not k.startswith(("head.", "backbone.head."))
+        }
+    if layout == "timm":
+        state = raw.get("state_dict", raw) if isinstance(raw, Mapping) else raw
+        return {k: v for k, v in state.items() if not k.startswith("head.")}
+    raise ValueError(f"unknown checkpoint layout {layout!r}")
+
+
+def load_strict(
+    module: nn.Module, state: Mapping[str, torch.Tensor], where: str, ignore: tuple[str, ...] = ()
+) -> list[str]:
+    """Load ``state`` into ``module`` requiring equal keys and shapes; returns ignored keys.
+
+    Keys of ``state`` ending with one of ``ignore`` and absent from the module are dropped
+    (and logged); any other missing, extra or misshaped tensor raises naming ``where``.
+    """
+    expected = module.state_dict()
+    dropped = [k for k in state if k not in expected and k.endswith(ignore)] if ignore else []
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected) - set(dropped))
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensor(s), e.g. {missing[:3]}")
+    if extra:
+        problems.append(f"unexpected {len(extra)} tensor(s), e.g. {extra[:3]}")
+    if shapes:
+        problems.append(f"misshaped {len(shapes)} tensor(s), e.g. {shapes[:3]}")
+    if problems:
+        raise CheckpointError(
+            f"{where}: does not fit {type(module).__name__}: " + "; ".join(problems)
+        )
+    if dropped:
+        log.warning(
+            "%s: dropped %d tensor(s) the model has no place for: %s",
+            where,
+            len(dropped),
+            ", ".join(dropped[:4]) + (" ..." if len(dropped) > 4 else ""),
+        )
+    module.load_state_dict({k: v for k, v in state.items() if k not in dropped}, strict=True)
+    return dropped
+
+
+def read_checkpoint(path: Path, layout: str) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file and return the encoder's tensors (see :func:`encoder_state`)."""
+    weights_only = layout != "dino_teacher"  # the original DINO file pickles its args
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as err:  # torch raises many types for corrupt files
+        raise CheckpointError(f"{path}: cannot read checkpoint ({err})") from err
+    return encoder_state(raw, layout, str(path))

@@ -1,0 +1,112 @@
+"""Input policies: how a model sees PASTIS samples (bands, spatial size) in training and at test.
+
+Band adaptation: the 10 PASTIS bands (already normalised) go to their places in the encoder's
+band list; missing bands are filled with 0. Spatial handling is per model (REFERENCE §2):
+CROMA takes a random 120 x 120 crop of image and target in training and averages logits over
+2 x 2 sliding windows of 120 at evaluation (or runs at native 128); DINO resizes the image to
+224 and resizes the logits back; U-TAE runs at 128 as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from gfmtune.pastis import BANDS
+
+Forward = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]  # (x, output size) -> logits
+
+
+def band_index(target_bands: tuple[str, ...] | None) -> list[int] | None:
+    """For each target band, its PASTIS index or -1 (filled with 0); None keeps PASTIS bands."""
+    if target_bands is None:
+        return None
+    return [BANDS.index(b) if b in BANDS else -1 for b in target_bands]
+
+
+def adapt_bands(x: torch.Tensor, index: list[int] | None) -> torch.Tensor:
+    """(..., 10, H, W) -> (..., len(index), H, W) with zeros where the index is -1."""
+    if index is None:
+        return x
+    out = x.new_zeros(*x.shape[:-3], len(index), *x.shape[-2:])
+    for dst, src in enumerate(index):
+        if src >= 0:
+            out[..., dst, :, :] = x[..., src, :, :]
+    return out
+
+
+@dataclass(frozen=True)
+class InputPolicy:
+    """Spatial handling of one model: ``native``, ``crop_windows`` or ``resize``."""
+
+    kind: str = "native"
+    size: int = 128  # crop/window side for crop_windows, model input side for resize
+    bands: tuple[str, ...] | None = None  # encoder band order (None = the 10 PASTIS bands)
+
+    @property
+    def deterministic_train_input(self) -> bool:
+        """True when the training input does not depend on random draws (cacheable features)."""
+        return self.kind != "crop_windows"
+
+    def train_view(
+        self, x: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training input and target: x (B, T, C, H, W), target (B, H, W)."""
+        x = adapt_bands(x, band_index(self.bands))
+        if self.kind != "crop_windows":
+            return x, target
+        h, w = x.shape[-2:]
+        top = int(torch.randint(0, h - self.size + 1, (1,), generator=generator))
+        left = int(torch.randint(0, w - self.size + 1, (1,), generator=generator))
+        crop = (slice(top, top + self.size), slice(left, left + self.size))
+        return x[..., crop[0], crop[1]], target[..., crop[0], crop[1]]
+
+    def train_logits(self, forward: Forward, x: torch.Tensor) -> torch.Tensor:
+        """Logits at the training view's resolution."""
+        out_size = tuple(x.shape[-2:])
+        if self.kind == "resize":
+            x = resize_frames(x, self.size)
+        return forward(x, out_size)
+
+    def predict(self, forward: Forward, x: torch.Tensor) -> torch.Tensor:
+        """Evaluation logits at the input's full resolution: x (B, T, 10, H, W)."""
+        x = adapt_bands(x, band_index(self.bands))
+        h, w = x.shape[-2:]
+        if self.kind == "native":
+            return forward(x, (h, w))
+        if self.kind == "resize":
+            return forward(resize_frames(x, self.size), (h, w))
+        return sliding_windows(forward, x, self.size)
+
+
+def resize_frames(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear, antialiased resize of (B, T, C, H, W) frames to size x size."""
+    b, t = x.shape[:2]
+    out = F.interpolate(
+        x.flatten(0, 1), size=(size, size), mode="bilinear", align_corners=False, antialias=True
+    )
+    return out.view(b, t, *out.shape[1:])
+
+
+def window_offsets(length: int, window: int) -> list[int]:
+    """Window starts covering ``length``: 0 and length - window (e.g. {0, 8} for 128 / 120)."""
+    if window >= length:
+        return [0]
+    return sorted({0, length - window})
+
+
+def sliding_windows(forward: Forward, x: torch.Tensor, window: int) -> torch.Tensor:
+    """Logits averaged over overlapping windows of side ``window`` covering the frame."""
+    h, w = x.shape[-2:]
+    total, count = None, x.new_zeros(1, 1, h, w)
+    for top in window_offsets(h, window):
+        for left in window_offsets(w, window):
+            logits = forward(x[..., top : top + window, left : left + window], (window, window))
+            if total is None:
+                total = logits.new_zeros(*logits.shape[:2], h, w)
+            total[..., top : top + window, left : left + window] += logits
+            count[..., top : top + window, left : left + window] += 1
+    return total / count

@@ -1,0 +1,124 @@
+"""Model registry: a name maps to its encoder, decoder, input policy and checkpoint facts.
+
+``croma``, ``dino`` and ``utae`` are the paper's models; ``*_tiny`` are the same code with small
+dimensions for CPU tests and the demo (no pretrained weights).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from gfmtune.models.checkpoints import (
+    CROMA_LARGE,
+    DINO_TORCHGEO,
+    Checkpoint,
+    locate,
+    read_checkpoint,
+)
+from gfmtune.models.croma import CROMA_BANDS, CromaOpticalEncoder
+from gfmtune.models.dino import DINO_BANDS, DinoEncoder
+from gfmtune.models.policies import InputPolicy
+from gfmtune.models.upernet import TemporalUPerNet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build one of the study's models."""
+
+    name: str
+    family: str  # as in the paper's tables: CROMA, DINO, U-TAE
+    policy: InputPolicy
+    build_encoder: Callable[[], nn.Module] | None  # None: no pretrained encoder (U-TAE)
+    checkpoint: Checkpoint | None = None
+    decoder_channels: int = 512
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def has_encoder(self) -> bool:
+        return self.build_encoder is not None
+
+
+def _croma(size: str, out_indices: tuple[int, ...]) -> Callable[[], nn.Module]:
+    return lambda: CromaOpticalEncoder(size, out_indices)
+
+
+def _dino(arch: str, qkv_bias: bool, **kw: object) -> Callable[[], nn.Module]:
+    return lambda: DinoEncoder(arch, qkv_bias=qkv_bias, **kw)
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    "croma": ModelSpec(
+        "croma",
+        "CROMA",
+        InputPolicy("crop_windows", 120, CROMA_BANDS),
+        _croma("large", (3, 5, 7, 11)),
+        CROMA_LARGE,
+    ),
+    "croma_tiny": ModelSpec(
+        "croma_tiny",
+        "CROMA",
+        InputPolicy("crop_windows", 24, CROMA_BANDS),
+        _croma("tiny", (0, 1, 2, 3)),
+        decoder_channels=32,
+    ),
+    "dino": ModelSpec(
+        "dino",
+        "DINO",
+        InputPolicy("resize", 224, DINO_BANDS),
+        _dino("small", qkv_bias=False),
+        DINO_TORCHGEO,
+    ),
+    "dino_tiny": ModelSpec(
+        "dino_tiny",
+        "DINO",
+        InputPolicy("resize", 64, DINO_BANDS),
+        _dino("tiny_test", qkv_bias=False, img_size=64, out_indices=(0, 1, 2, 3)),
+        decoder_channels=32,
+    ),
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    if name not in REGISTRY:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
+
+
+def build_encoder(spec: ModelSpec, weights_dir: Path | None) -> nn.Module:
+    """The encoder, with pretrained weights loaded when ``weights_dir`` is given."""
+    encoder = spec.build_encoder()
+    if weights_dir is not None:
+        if spec.checkpoint is None:
+            raise ValueError(f"model {spec.name!r} has no pretrained checkpoint to load")
+        path = locate(spec.checkpoint, weights_dir)
+        encoder.load_encoder_state(read_checkpoint(path, spec.checkpoint.layout), str(path))
+        log.info("loaded %s from %s", spec.checkpoint.name, path)
+    encoder.truncate()
+    return encoder
+
+
+def build_model(
+    name: str,
+    *,
+    weights_dir: Path | None = None,
+    encoder_trainable: bool = True,
+    temporal: str = "ltae",
+    n_frames: int | None = None,
+) -> nn.Module:
+    """A registered model ready to train (weights loaded when ``weights_dir`` is given)."""
+    spec = get_spec(name)
+    encoder = build_encoder(spec, weights_dir)
+    return TemporalUPerNet(
+        encoder,
+        channels=spec.decoder_channels,
+        temporal=temporal,
+        n_frames=n_frames,
+        encoder_trainable=encoder_trainable,
+    )

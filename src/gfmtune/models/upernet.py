@@ -1,0 +1,175 @@
+"""Temporal UPerNet: a ViT encoder run once on all B x T frames, a temporal module per level,
+a Feature2Pyramid neck and a UPerNet head (Xiao et al. 2018) as configured in the paper.
+
+Any encoder works that declares ``out_dims`` (channels per returned level) and returns a list of
+(N, C, h, w) maps. Convolutions carry a bias and are followed by BatchNorm and ReLU, as in the
+PANGAEA/ShapingFT decoder the paper used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gfmtune.models.ltae import LTAE
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, padding=kernel // 2), nn.BatchNorm2d(cout), nn.ReLU()
+    )
+
+
+class Feature2Pyramid(nn.Module):
+    """Rescales four same-resolution levels by x4, x2, x1 and x0.5."""
+
+    def __init__(self, dims: Sequence[int]) -> None:
+        super().__init__()
+        if len(dims) != 4:
+            raise ValueError(f"Feature2Pyramid needs 4 levels, got {len(dims)}")
+        d0, d1 = dims[0], dims[1]
+        self.ops = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.ConvTranspose2d(d0, d0, 2, 2),
+                    nn.BatchNorm2d(d0),
+                    nn.GELU(),
+                    nn.ConvTranspose2d(d0, d0, 2, 2),
+                ),
+                nn.ConvTranspose2d(d1, d1, 2, 2),
+                nn.Identity(),
+                nn.MaxPool2d(2, 2),
+            ]
+        )
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return [op(f) for op, f in zip(self.ops, feats, strict=True)]
+
+
+class PyramidPooling(nn.Module):
+    """PSPNet pooling pyramid over the last level, concatenated with it."""
+
+    def __init__(self, cin: int, channels: int, scales: Sequence[int]) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(s), conv_bn_relu(cin, channels, 1)) for s in scales
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        pooled = [
+            F.interpolate(s(x), size=size, mode="bilinear", align_corners=False)
+            for s in self.stages
+        ]
+        return torch.cat([x, *pooled], dim=1)
+
+
+class UPerHead(nn.Module):
+    """UPerNet head: PPM + bottleneck on the top level, FPN laterals, fused by fpn_bottleneck."""
+
+    def __init__(
+        self, dims: Sequence[int], channels: int = 512, pool_scales: Sequence[int] = (1, 2, 3, 6)
+    ) -> None:
+        super().__init__()
+        self.ppm = PyramidPooling(dims[-1], channels, pool_scales)
+        self.bottleneck = conv_bn_relu(dims[-1] + len(pool_scales) * channels, channels, 3)
+        self.laterals = nn.ModuleList(conv_bn_relu(d, channels, 1) for d in dims[:-1])
+        self.fpn_convs = nn.ModuleList(conv_bn_relu(channels, channels, 3) for _ in dims[:-1])
+        self.fpn_bottleneck = conv_bn_relu(len(dims) * channels, channels, 3)
+
+    def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        lat = [conv(f) for conv, f in zip(self.laterals, feats, strict=False)]
+        lat.append(self.bottleneck(self.ppm(feats[-1])))
+        for i in range(len(lat) - 1, 0, -1):
+            lat[i - 1] = lat[i - 1] + F.interpolate(
+                lat[i], size=lat[i - 1].shape[-2:], mode="bilinear", align_corners=False
+            )
+        outs = [conv(x) for conv, x in zip(self.fpn_convs, lat, strict=False)] + [lat[-1]]
+        size = outs[0].shape[-2:]
+        outs = [outs[0]] + [
+            F.interpolate(o, size=size, mode="bilinear", align_corners=False) for o in outs[1:]
+        ]
+        return self.fpn_bottleneck(torch.cat(outs, dim=1))
+
+
+class LinearTemporal(nn.Module):
+    """The alternative temporal module: a learned linear map over T (fixed series length)."""
+
+    def __init__(self, n_frames: int) -> None:
+        super().__init__()
+        self.map = nn.Linear(n_frames, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.map(x.movedim(2, -1)).squeeze(-1)
+
+
+class TemporalUPerNet(nn.Module):
+    """Encoder on every frame -> temporal reduction per level -> neck -> UPerNet -> classes.
+
+    ``temporal``: ``"ltae"`` (one L-TAE shared by all levels: 16 heads, d_k 4, d_model = C,
+    mlp [C, C], dropout 0.2, no date encoding) or ``"linear"`` (needs ``n_frames``).
+    ``encoder_trainable=False`` runs the encoder without autograd (FT-Rate 0).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int = 20,
+        channels: int = 512,
+        temporal: str = "ltae",
+        n_frames: int | None = None,
+        pool_scales: Sequence[int] = (1, 2, 3, 6),
+        dropout: float = 0.0,
+        ltae_heads: int = 16,
+        encoder_trainable: bool = True,
+    ) -> None:
+        super().__init__()
+        dims = list(encoder.out_dims)
+        if len(set(dims)) != 1:
+            raise ValueError(f"a shared temporal module needs equal level dims, got {dims}")
+        self.encoder = encoder
+        if temporal == "ltae":
+            self.temporal: nn.Module = LTAE(
+                dims[0],
+                n_head=ltae_heads,
+                d_k=4,
+                mlp=(dims[0], dims[0]),
+                dropout=0.2,
+                d_model=dims[0],
+                date_encoding=False,
+            )
+        elif temporal == "linear":
+            if not n_frames:
+                raise ValueError("temporal='linear' needs n_frames")
+            self.temporal = LinearTemporal(n_frames)
+        else:
+            raise ValueError(f"unknown temporal module {temporal!r} (ltae | linear)")
+        self.neck = Feature2Pyramid(dims)
+        self.head = UPerHead(dims, channels, pool_scales)
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.set_encoder_trainable(encoder_trainable)
+
+    def set_encoder_trainable(self, trainable: bool) -> None:
+        self.encoder_trainable = trainable
+        self.encoder.requires_grad_(trainable)
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder features of all frames: x (B, T, C, H, W) -> levels of (B, C_l, T, h, w)."""
+        b, t = x.shape[:2]
+        with torch.set_grad_enabled(self.encoder_trainable and torch.is_grad_enabled()):
+            feats = self.encoder(x.flatten(0, 1))
+        return [f.view(b, t, *f.shape[1:]).transpose(1, 2) for f in feats]
+
+    def decode(self, feats: Sequence[torch.Tensor], output_size: tuple[int, int]) -> torch.Tensor:
+        """Temporal reduction, neck, head and classifier, upsampled to ``output_size``."""
+        reduced = [self.temporal(f) for f in feats]
+        logits = self.classifier(self.dropout(self.head(self.neck(reduced))))
+        return F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor, output_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """x (B, T, C, H, W) -> logits (B, classes, *output_size) (default: H, W)."""
+        return self.decode(self.encode(x), output_size or tuple(x.shape[-2:]))

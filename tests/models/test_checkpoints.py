@@ -1,0 +1,128 @@
+"""Official checkpoint layouts load strictly; wrong files fail with a clear error."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from gfmtune.models.checkpoints import (
+    CROMA_LARGE,
+    Checkpoint,
+    CheckpointError,
+    locate,
+    read_checkpoint,
+    sha256_file,
+)
+from gfmtune.models.croma import CromaOpticalEncoder
+from gfmtune.models.dino import DinoEncoder
+from tests.models.official_layouts import croma_s2_encoder_shapes, dino_vits16_shapes, random_state
+
+
+def _croma_file(path: Path, dim: int, depth: int, mutate=None) -> dict[str, torch.Tensor]:
+    s2 = random_state(croma_s2_encoder_shapes(dim, depth))
+    if mutate:
+        mutate(s2)
+    other = {"w": torch.zeros(2)}
+    torch.save({"s1_encoder": other, "s1_GAP_FFN": other, "s2_encoder": s2,
+                "s2_GAP_FFN": other, "joint_encoder": other}, path)  # fmt: skip
+    return s2
+
+
+@pytest.mark.parametrize("size, dim, depth", [("base", 768, 12), ("large", 1024, 24)])
+def test_croma_official_layout_loads_strictly(tmp_path: Path, size: str, dim: int, depth: int):
+    path = tmp_path / f"CROMA_{size}.pt"
+    s2 = _croma_file(path, dim, depth)
+    encoder = CromaOpticalEncoder(size)
+    assert encoder.load_encoder_state(read_checkpoint(path, "croma"), str(path)) == []
+    state = encoder.state_dict()
+    assert set(state) == set(s2)
+    for key in ("linear_input.weight", f"transformer.layers.{depth - 1}.1.net.3.weight"):
+        assert torch.equal(state[key], s2[key])
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda s: s.pop("transformer.layers.3.0.to_out.bias"), "missing 1 tensor"),
+        (
+            lambda s: s.update({"transformer.layers.0.0.to_qkv.bias": torch.zeros(192)}),
+            "unexpected 1 tensor",
+        ),
+        (lambda s: s.update({"linear_input.weight": torch.zeros(64, 640)}), "misshaped 1 tensor"),
+    ],
+)
+def test_croma_bad_file_is_a_clear_error(tmp_path: Path, mutate, message: str) -> None:
+    path = tmp_path / "CROMA_tiny.pt"
+    _croma_file(path, 64, 4, mutate)
+    encoder = CromaOpticalEncoder("tiny", out_indices=(0, 1, 2, 3))
+    with pytest.raises(CheckpointError, match=message) as err:
+        encoder.load_encoder_state(read_checkpoint(path, "croma"), str(path))
+    assert str(path) in str(err.value)
+
+
+def test_croma_file_without_s2_encoder(tmp_path: Path) -> None:
+    path = tmp_path / "x.pt"
+    torch.save({"s1_encoder": {}}, path)
+    with pytest.raises(CheckpointError, match="no 's2_encoder'"):
+        read_checkpoint(path, "croma")
+
+
+def _dino_teacher_file(path: Path) -> dict[str, torch.Tensor]:
+    backbone = random_state(dino_vits16_shapes(), seed=1)
+    teacher = {f"backbone.{k}": v for k, v in backbone.items()}
+    teacher |= {"head.mlp.0.weight": torch.zeros(8, 384), "head.last_layer.weight_g": torch.ones(1)}
+    torch.save({"teacher": teacher, "student": teacher, "epoch": 99,
+                "args": argparse.Namespace(arch="vit_small")}, path)  # fmt: skip
+    return backbone
+
+
+def test_dino_original_checkpoint_paper_setting_drops_qkv_bias(tmp_path, caplog) -> None:
+    path = tmp_path / "B13_vits16_dino_0099_ckpt.pth"
+    backbone = _dino_teacher_file(path)
+    encoder = DinoEncoder(qkv_bias=False)
+    with caplog.at_level(logging.WARNING):
+        dropped = encoder.load_encoder_state(read_checkpoint(path, "dino_teacher"), str(path))
+    assert sorted(dropped) == sorted(f"blocks.{i}.attn.qkv.bias" for i in range(12))
+    assert "dropped 12 tensor(s)" in caplog.text
+    state = encoder.vit.state_dict()
+    assert torch.equal(state["blocks.11.mlp.fc2.weight"], backbone["blocks.11.mlp.fc2.weight"])
+
+
+def test_dino_corrected_setting_loads_every_tensor(tmp_path: Path) -> None:
+    path = tmp_path / "torchgeo.pth"
+    backbone = random_state(dino_vits16_shapes(), seed=2)
+    torch.save(backbone, path)
+    encoder = DinoEncoder(qkv_bias=True)
+    assert encoder.load_encoder_state(read_checkpoint(path, "timm"), str(path)) == []
+    state = encoder.vit.state_dict()
+    assert set(state) == set(backbone)
+    assert torch.equal(state["blocks.4.attn.qkv.bias"], backbone["blocks.4.attn.qkv.bias"])
+
+
+def test_dino_misshaped_tensor_fails(tmp_path: Path) -> None:
+    path = tmp_path / "bad.pth"
+    state = random_state(dino_vits16_shapes(bands=12))
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"patch_embed\.proj\.weight: file"):
+        DinoEncoder(qkv_bias=True).load_encoder_state(read_checkpoint(path, "timm"), str(path))
+
+
+def test_locate_names_file_url_digest_and_place(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError) as err:
+        locate(CROMA_LARGE, tmp_path)
+    text = str(err.value)
+    assert str(tmp_path / "CROMA_large.pt") in text and CROMA_LARGE.url in text
+    assert CROMA_LARGE.sha256 in text and "weights.dir" in text
+
+    blob = tmp_path / "w.pt"
+    blob.write_bytes(b"0123456789")
+    good = Checkpoint("w", "http://127.0.0.1/w.pt", "w.pt", sha256_file(blob), 10, "timm")
+    assert locate(good, tmp_path) == blob
+    with pytest.raises(CheckpointError, match="10 bytes, expected 11"):
+        locate(Checkpoint("w", "u", "w.pt", good.sha256, 11, "timm"), tmp_path)
+    with pytest.raises(CheckpointError, match=r"sha256 .* != expected 00"):
+        locate(Checkpoint("w", "u", "w.pt", "00" * 32, 10, "timm"), tmp_path)
