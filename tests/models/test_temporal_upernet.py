@@ -1,0 +1,82 @@
+"""The temporal UPerNet: shapes at any series length, FT-Rate semantics, temporal modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gfmtune.models.registry import build_model, get_spec
+
+
+@pytest.mark.parametrize("name", ["croma_tiny", "dino_tiny"])
+@pytest.mark.parametrize("t", [1, 6, 35])
+def test_forward_shapes(name: str, t: int) -> None:
+    spec = get_spec(name)
+    model = build_model(name).eval()
+    x = torch.randn(2, t, 10, 32, 32)
+    with torch.no_grad():
+        logits = spec.policy.predict(lambda v, size: model(v, size), x)
+    assert logits.shape == (2, 20, 32, 32)
+
+
+@pytest.mark.parametrize("name, size", [("croma", 128), ("dino", 128)])
+def test_paper_size_forward(name: str, size: int) -> None:
+    spec = get_spec(name)
+    model = build_model(name).eval()
+    with torch.no_grad():
+        logits = spec.policy.predict(lambda v, s: model(v, s), torch.randn(1, 2, 10, size, size))
+    assert logits.shape == (1, 20, size, size)
+
+
+def _step(model: torch.nn.Module, lr_encoder: float) -> None:
+    groups = [{"params": [p for n, p in model.named_parameters() if not n.startswith("encoder.")]}]
+    if model.encoder_trainable:
+        groups.append({"params": list(model.encoder.parameters()), "lr": lr_encoder})
+    opt = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.05)
+    x, y = torch.randn(2, 3, 12, 24, 24), torch.randint(0, 19, (2, 24, 24))
+    loss = torch.nn.functional.cross_entropy(model(x), y, ignore_index=19)
+    loss.backward()
+    opt.step()
+
+
+def test_frozen_encoder_gets_no_gradient_and_does_not_change() -> None:
+    torch.manual_seed(0)
+    model = build_model("croma_tiny", encoder_trainable=False)
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    head_before = model.classifier.weight.clone()
+    _step(model, 0.0)
+    assert all(p.grad is None for p in model.encoder.parameters())
+    after = model.encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not torch.equal(head_before, model.classifier.weight)
+
+
+def test_trainable_encoder_receives_gradients() -> None:
+    torch.manual_seed(0)
+    model = build_model("croma_tiny", encoder_trainable=True)
+    before = model.encoder.linear_input.weight.clone()
+    _step(model, 1e-4)
+    grads = [p.grad for p in model.encoder.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert not torch.equal(before, model.encoder.linear_input.weight)
+
+
+def test_linear_temporal_module() -> None:
+    model = build_model("dino_tiny", temporal="linear", n_frames=6).eval()
+    assert model.temporal.map.weight.shape == (1, 6)
+    with torch.no_grad():
+        out = model(torch.randn(1, 6, 13, 64, 64), (32, 32))
+    assert out.shape == (1, 20, 32, 32)
+    with pytest.raises(ValueError, match="needs n_frames"):
+        build_model("dino_tiny", temporal="linear")
+
+
+def test_frame_order_matters_and_encoder_runs_once_per_frame() -> None:
+    torch.manual_seed(0)
+    model = build_model("croma_tiny").eval()
+    calls = []
+    model.encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    x = torch.randn(2, 5, 12, 24, 24)
+    with torch.no_grad():
+        model(x)
+    assert calls == [10]  # one encoder call on all B x T frames
