@@ -18,6 +18,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("gfmtune.data.store", "convert the S2 series and labels to the Zarr store"),
     "manifests": ("gfmtune.data.manifests", "write label-split and timestep manifests"),
     "bench-data": ("gfmtune.data.bench", "benchmark the Zarr reader against raw .npy reads"),
+    "params": ("gfmtune.models.params", "parameter table of the paper-size models"),
+    "weights": ("gfmtune.models.weights", "fetch and verify a pretrained checkpoint"),
 }
 
 

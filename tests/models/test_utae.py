@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from gfmtune.models.ltae import SinusoidalDayEncoding
 from gfmtune.models.utae import (
     UTAE,
-    SinusoidalDayEncoding,
     init_like_utae_paps,
     pad_mask_from_values,
     utae_paper,

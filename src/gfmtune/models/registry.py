@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -24,6 +24,7 @@ from gfmtune.models.croma import CROMA_BANDS, CromaOpticalEncoder
 from gfmtune.models.dino import DINO_BANDS, DinoEncoder
 from gfmtune.models.policies import InputPolicy
 from gfmtune.models.upernet import TemporalUPerNet
+from gfmtune.models.utae import utae_paper, utae_tiny
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +36,10 @@ class ModelSpec:
     name: str
     family: str  # as in the paper's tables: CROMA, DINO, U-TAE
     policy: InputPolicy
-    build_encoder: Callable[[], nn.Module] | None  # None: no pretrained encoder (U-TAE)
+    build_encoder: Callable[[], nn.Module] | None  # None: trained from scratch (U-TAE)
     checkpoint: Checkpoint | None = None
     decoder_channels: int = 512
-    extra: dict = field(default_factory=dict)
+    build_baseline: Callable[[], nn.Module] | None = None  # whole model, for U-TAE
 
     @property
     def has_encoder(self) -> bool:
@@ -74,6 +75,10 @@ REGISTRY: dict[str, ModelSpec] = {
         InputPolicy("resize", 224, DINO_BANDS),
         _dino("small", qkv_bias=False),
         DINO_TORCHGEO,
+    ),
+    "utae": ModelSpec("utae", "U-TAE", InputPolicy("native"), None, build_baseline=utae_paper),
+    "utae_tiny": ModelSpec(
+        "utae_tiny", "U-TAE", InputPolicy("native"), None, build_baseline=utae_tiny
     ),
     "dino_tiny": ModelSpec(
         "dino_tiny",
@@ -112,8 +117,14 @@ def build_model(
     temporal: str = "ltae",
     n_frames: int | None = None,
 ) -> nn.Module:
-    """A registered model ready to train (weights loaded when ``weights_dir`` is given)."""
+    """A registered model ready to train (weights loaded when ``weights_dir`` is given).
+
+    GFMs return a :class:`TemporalUPerNet` called as ``model(x, output_size)``; U-TAE is called
+    as ``model(x, days, pad_mask)``.
+    """
     spec = get_spec(name)
+    if spec.build_baseline is not None:
+        return spec.build_baseline()
     encoder = build_encoder(spec, weights_dir)
     return TemporalUPerNet(
         encoder,

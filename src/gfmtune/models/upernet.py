@@ -103,7 +103,28 @@ class LinearTemporal(nn.Module):
         self.map = nn.Linear(n_frames, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.map(x.movedim(2, -1)).squeeze(-1)
+        """(B, T, C, h, w) -> (B, C, h, w)."""
+        return self.map(x.movedim(1, -1)).squeeze(-1)
+
+
+class SharedLTAE(nn.Module):
+    """The paper's temporal module: one L-TAE without date encoding, shared by all levels."""
+
+    def __init__(self, dim: int, heads: int = 16) -> None:
+        super().__init__()
+        self.ltae = LTAE(
+            in_channels=dim,
+            d_model=dim,
+            n_head=heads,
+            d_k=4,
+            mlp=(dim, dim),
+            dropout=0.2,
+            positional_encoding=False,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, h, w) -> (B, C, h, w)."""
+        return self.ltae(x, None)[0]
 
 
 class TemporalUPerNet(nn.Module):
@@ -132,15 +153,7 @@ class TemporalUPerNet(nn.Module):
             raise ValueError(f"a shared temporal module needs equal level dims, got {dims}")
         self.encoder = encoder
         if temporal == "ltae":
-            self.temporal: nn.Module = LTAE(
-                dims[0],
-                n_head=ltae_heads,
-                d_k=4,
-                mlp=(dims[0], dims[0]),
-                dropout=0.2,
-                d_model=dims[0],
-                date_encoding=False,
-            )
+            self.temporal: nn.Module = SharedLTAE(dims[0], ltae_heads)
         elif temporal == "linear":
             if not n_frames:
                 raise ValueError("temporal='linear' needs n_frames")
@@ -158,11 +171,11 @@ class TemporalUPerNet(nn.Module):
         self.encoder.requires_grad_(trainable)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Encoder features of all frames: x (B, T, C, H, W) -> levels of (B, C_l, T, h, w)."""
+        """Encoder features of all frames: x (B, T, C, H, W) -> levels of (B, T, C_l, h, w)."""
         b, t = x.shape[:2]
         with torch.set_grad_enabled(self.encoder_trainable and torch.is_grad_enabled()):
             feats = self.encoder(x.flatten(0, 1))
-        return [f.view(b, t, *f.shape[1:]).transpose(1, 2) for f in feats]
+        return [f.view(b, t, *f.shape[1:]) for f in feats]
 
     def decode(self, feats: Sequence[torch.Tensor], output_size: tuple[int, int]) -> torch.Tensor:
         """Temporal reduction, neck, head and classifier, upsampled to ``output_size``."""

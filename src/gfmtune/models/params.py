@@ -1,0 +1,75 @@
+"""``gfmtune params``: the paper's parameter table, and the exact counts this project trains.
+
+Paper convention (REFERENCE §3): "decoder only" counts the neck and the UPerNet head (PPM,
+bottleneck, laterals, FPN convs, fpn_bottleneck), neither the 1 x 1 classifier nor the L-TAE;
+"whole network" adds the full encoder (all 24 CROMA-large blocks). U-TAE has no pretrained
+encoder: both columns give the whole model. The exact columns count the parameters the
+optimiser updates: at FT-Rate 0 everything but the encoder (classifier and temporal module
+included), at FT-Rate > 0 also the encoder blocks whose output is used (CROMA stops after
+block 11, so blocks 12-23 are never trained).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+from torch import nn
+
+from gfmtune.fileio import atomic_path
+from gfmtune.models.registry import build_model, get_spec
+from gfmtune.models.utae import utae_paper
+
+PAPER_MODELS = ("croma", "dino")
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def gfm_row(name: str) -> dict:
+    spec = get_spec(name)
+    model = build_model(name)  # encoder truncated to the blocks it uses
+    decoder_only = count(model.neck) + count(model.head)
+    full_encoder = count(spec.build_encoder())
+    trained_frozen = count(model) - count(model.encoder)
+    return {
+        "model": spec.family,
+        "decoder_only_m": round(decoder_only / 1e6, 2),
+        "whole_network_m": round((decoder_only + full_encoder) / 1e6, 2),
+        "trainable_ft0": trained_frozen,
+        "trainable_ft_pos": count(model),
+    }
+
+
+def utae_row() -> dict:
+    total = count(utae_paper())
+    millions = round(total / 1e6, 2)
+    return {
+        "model": "U-TAE",
+        "decoder_only_m": millions,
+        "whole_network_m": millions,
+        "trainable_ft0": total,
+        "trainable_ft_pos": total,
+    }
+
+
+def parameter_table() -> pd.DataFrame:
+    """One row per paper model (CROMA, DINO, U-TAE); instantiates models only, on the CPU."""
+    return pd.DataFrame([*(gfm_row(n) for n in PAPER_MODELS), utae_row()])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, help="CSV file to write (default: stdout)")
+
+
+def run(args: argparse.Namespace) -> int:
+    table = parameter_table()
+    if args.out is None:
+        table.to_csv(sys.stdout, index=False)
+    else:
+        with atomic_path(args.out) as tmp:
+            table.to_csv(tmp, index=False)
+    return 0
