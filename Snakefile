@@ -12,6 +12,7 @@ configfile: Path(workflow.basedir) / "workflow_config.yaml"
 
 include: "rules/common.smk"
 include: "rules/download.smk"
+include: "rules/weights.smk"
 include: "rules/store.smk"
 include: "rules/manifests.smk"
 

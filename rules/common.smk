@@ -24,6 +24,7 @@ TIMESTEPS = [int(t) for t in MANIFESTS["timesteps"]]
 wildcard_constraints:
     percent=r"\d+(\.\d+)?",
     t=r"\d+",
+    ckpt=r"[a-z0-9_]+",
 
 
 def download_dir():
@@ -57,8 +58,16 @@ def download_args():
     return " ".join(args)
 
 
+def checkpoints():
+    """Pretrained checkpoints the configured models need (none for the tiny or U-TAE models)."""
+    from gfmtune.models.catalog import MODEL_CHECKPOINTS
+
+    return sorted({MODEL_CHECKPOINTS[m].name for m in config["models"] if m in MODEL_CHECKPOINTS})
+
+
 def all_targets():
     return [
+        *[RUN / "weights" / f"{name}.json" for name in checkpoints()],
         RUN / "data" / "s2.zarr",
         *[RUN / "manifests" / "label_split" / f"{p}.csv" for p in PERCENTS],
         RUN / "manifests" / "label_split" / "summary.csv",

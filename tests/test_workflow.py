@@ -18,6 +18,7 @@ def test_paper_preset_plans_data_stages_offline(tmp_path: Path) -> None:
     counts = job_counts(result.stdout)
     assert counts["download"] == 1 and counts["zarr_store"] == 1
     assert counts["label_splits"] == 1 and counts["timestep_manifest"] == 5
+    assert counts["weights"] == 2  # CROMA-large and SSL4EO DINO; U-TAE trains from scratch
     assert not (tmp_path / "results").exists(), "a dry run must not write results"
 
 

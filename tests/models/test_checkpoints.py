@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from gfmtune.models.catalog import CROMA_LARGE, Checkpoint
 from gfmtune.models.checkpoints import (
-    CROMA_LARGE,
-    Checkpoint,
     CheckpointError,
     locate,
     read_checkpoint,

@@ -1,7 +1,7 @@
-"""Pretrained checkpoints: where they come from, how to verify them, how to load them strictly.
+"""Pretrained checkpoints: how to verify them and load them strictly.
 
-Facts from the publishers (REFERENCE §3). The weights cannot be downloaded on this project's
-machines; the loaders are tested on checkpoints generated with the official key names.
+The weights cannot be downloaded on this project's machines; the loaders are tested on
+checkpoints generated with the official key names (see :mod:`gfmtune.models.catalog`).
 """
 
 from __future__ import annotations
@@ -9,57 +9,18 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from gfmtune.models.catalog import Checkpoint
 
 log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or does not fit the model; the message says how to fix."""
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """A published weight file and the layout of its tensors."""
-
-    name: str
-    url: str
-    filename: str
-    sha256: str
-    size: int
-    layout: str  # "croma" (sub-dict s2_encoder) | "dino_teacher" | "timm"
-
-
-CROMA_BASE = Checkpoint(
-    "croma_base",
-    "https://huggingface.co/antofuller/CROMA/resolve/main/CROMA_base.pt",
-    "CROMA_base.pt",
-    "0238d814b53108f3574bf1ea240e38a0a6edd46173816d9a6962070561893b63",
-    777_563_846,
-    "croma",
-)
-CROMA_LARGE = Checkpoint(
-    "croma_large",
-    "https://huggingface.co/antofuller/CROMA/resolve/main/CROMA_large.pt",
-    "CROMA_large.pt",
-    "921e69ad4069201298bb5c860dc332f31e0cb01df6864f294a79fa8f921915a7",
-    2_690_426_614,
-    "croma",
-)
-DINO_TORCHGEO = Checkpoint(
-    "ssl4eo_dino_vits16_torchgeo",
-    "https://hf.co/torchgeo/vit_small_patch16_224_sentinel2_all_dino/resolve/"
-    "5b41dd418a79de47ac9f5be3e035405a83818a62/vit_small_patch16_224_sentinel2_all_dino-36bcc127.pth",
-    "vit_small_patch16_224_sentinel2_all_dino-36bcc127.pth",
-    "36bcc1273227252faf98e1d9f32c35166d3612d30dc0c15812c29bed6da9a7d5",
-    90_644_269,
-    "timm",
-)
-CHECKPOINTS = {c.name: c for c in (CROMA_BASE, CROMA_LARGE, DINO_TORCHGEO)}
 
 
 def sha256_file(path: Path, block: int = 1 << 22) -> str:

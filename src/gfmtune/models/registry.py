@@ -13,13 +13,8 @@ from pathlib import Path
 
 from torch import nn
 
-from gfmtune.models.checkpoints import (
-    CROMA_LARGE,
-    DINO_TORCHGEO,
-    Checkpoint,
-    locate,
-    read_checkpoint,
-)
+from gfmtune.models.catalog import MODEL_CHECKPOINTS, Checkpoint
+from gfmtune.models.checkpoints import locate, read_checkpoint
 from gfmtune.models.croma import CROMA_BANDS, CromaOpticalEncoder
 from gfmtune.models.dino import DINO_BANDS, DinoEncoder
 from gfmtune.models.policies import InputPolicy
@@ -60,7 +55,7 @@ REGISTRY: dict[str, ModelSpec] = {
         "CROMA",
         InputPolicy("crop_windows", 120, CROMA_BANDS),
         _croma("large", (3, 5, 7, 11)),
-        CROMA_LARGE,
+        MODEL_CHECKPOINTS["croma"],
     ),
     "croma_tiny": ModelSpec(
         "croma_tiny",
@@ -74,7 +69,7 @@ REGISTRY: dict[str, ModelSpec] = {
         "DINO",
         InputPolicy("resize", 224, DINO_BANDS),
         _dino("small", qkv_bias=False),
-        DINO_TORCHGEO,
+        MODEL_CHECKPOINTS["dino"],
     ),
     "utae": ModelSpec("utae", "U-TAE", InputPolicy("native"), None, build_baseline=utae_paper),
     "utae_tiny": ModelSpec(

@@ -12,9 +12,10 @@ import argparse
 import json
 from pathlib import Path
 
-from gfmtune.data.download.http import DownloadError, RemoteFile, download_all
+from gfmtune.data.download.http import ChecksumError, DownloadError, RemoteFile, download_all
 from gfmtune.fileio import atomic_write_text
-from gfmtune.models.checkpoints import CHECKPOINTS, Checkpoint, CheckpointError, locate
+from gfmtune.models.catalog import CHECKPOINTS, Checkpoint
+from gfmtune.models.checkpoints import CheckpointError, locate
 
 
 def fetch_checkpoint(
@@ -24,7 +25,7 @@ def fetch_checkpoint(
     remote = RemoteFile(ckpt.url, Path(folder) / ckpt.filename, ckpt.size, f"sha256:{ckpt.sha256}")
     try:
         download_all([remote], workers=1, retries=retries, progress=progress)
-    except (DownloadError, OSError) as err:
+    except (DownloadError, ChecksumError, OSError) as err:
         raise CheckpointError(
             f"{remote.dest}: could not fetch {ckpt.url} ({err}); download it by hand "
             f"(sha256 {ckpt.sha256}, {ckpt.size:,} bytes) and put it there"

@@ -1,0 +1,17 @@
+# Pretrained checkpoints: fetched once into weights.dir (resumable, verified against the
+# published sha256 and size); the per-run stamp is written only after verification.
+
+
+rule weights:
+    output:
+        RUN / "weights" / "{ckpt}.json",
+    params:
+        folder=config["weights"]["dir"],
+        retries=config["weights"]["retries"],
+    log:
+        RUN / "logs" / "weights_{ckpt}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "gfmtune weights --checkpoint {wildcards.ckpt} --dir {params.folder}"
+        " --retries {params.retries} --stamp {output} > {log} 2>&1"
