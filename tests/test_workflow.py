@@ -45,6 +45,7 @@ def test_schema_defaults_fill_missing_keys(tmp_path: Path) -> None:
 def test_demo_data_stages_end_to_end(tmp_path: Path) -> None:
     overlay = {
         "run": "e2e",
+        "models": ["croma_tiny", "dino_tiny", "utae_tiny"],
         "data": {"source": "synthetic",
                  "synthetic": {"patches": 15, "size": 16, "frames_per_tile": [7, 12]}},
         "store": {"threads": 2},
