@@ -1,0 +1,1 @@
+"""Training: one reproducible, resumable job per grid cell."""
