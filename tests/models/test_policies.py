@@ -53,11 +53,12 @@ def test_sliding_windows_average_overlaps() -> None:
 def test_random_crop_keeps_image_and_target_aligned() -> None:
     policy = InputPolicy("crop_windows", 120, None)
     grid = torch.arange(128 * 128).view(128, 128)
-    x = grid.float().expand(1, 1, 10, 128, 128)
+    x = grid.float().expand(16, 1, 10, 128, 128)
     gen = torch.Generator().manual_seed(3)
-    xv, yv = policy.train_view(x, grid[None], gen)
-    assert xv.shape[-2:] == (120, 120) and yv.shape == (1, 120, 120)
-    assert torch.equal(xv[0, 0, 0].long(), yv[0])
+    xv, yv = policy.train_view(x, grid.expand(16, 128, 128), gen)
+    assert xv.shape[-2:] == (120, 120) and yv.shape == (16, 120, 120)
+    assert torch.equal(xv[:, 0, 0].long(), yv)
+    assert len({int(y[0, 0]) for y in yv}) > 1, "each sample gets its own crop"
     assert not policy.deterministic_train_input
 
 

@@ -54,15 +54,25 @@ class InputPolicy:
     def train_view(
         self, x: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training input and target: x (B, T, C, H, W), target (B, H, W)."""
+        """The training input and target: x (B, T, C, H, W), target (B, H, W).
+
+        ``crop_windows`` draws one random crop per sample (the paper's only augmentation).
+        """
         x = adapt_bands(x, band_index(self.bands))
         if self.kind != "crop_windows":
             return x, target
         h, w = x.shape[-2:]
-        top = int(torch.randint(0, h - self.size + 1, (1,), generator=generator))
-        left = int(torch.randint(0, w - self.size + 1, (1,), generator=generator))
-        crop = (slice(top, top + self.size), slice(left, left + self.size))
-        return x[..., crop[0], crop[1]], target[..., crop[0], crop[1]]
+        corners = torch.stack(
+            [
+                torch.randint(0, h - self.size + 1, (len(x),), generator=generator),
+                torch.randint(0, w - self.size + 1, (len(x),), generator=generator),
+            ],
+            dim=1,
+        ).tolist()
+        s = self.size
+        xs = torch.stack([x[i, ..., r : r + s, c : c + s] for i, (r, c) in enumerate(corners)])
+        ys = torch.stack([target[i, r : r + s, c : c + s] for i, (r, c) in enumerate(corners)])
+        return xs, ys
 
     def train_logits(self, forward: Forward, x: torch.Tensor) -> torch.Tensor:
         """Logits at the training view's resolution."""
