@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench-data": ("gfmtune.data.bench", "benchmark the Zarr reader against raw .npy reads"),
     "params": ("gfmtune.models.params", "parameter table of the paper-size models"),
     "weights": ("gfmtune.models.weights", "fetch and verify a pretrained checkpoint"),
+    "train": ("gfmtune.train.job", "train and evaluate one grid cell"),
 }
 
 

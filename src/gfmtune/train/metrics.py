@@ -19,8 +19,12 @@ from gfmtune.pastis import CLASS_NAMES, N_CLASSES, VOID_CLASS
 class ConfusionMatrix:
     """Accumulates (target, prediction) counts on the tensors' device."""
 
-    def __init__(self, n_classes: int = N_CLASSES, ignore_index: int = VOID_CLASS,
-                 device: torch.device | str = "cpu") -> None:  # fmt: skip
+    def __init__(
+        self,
+        n_classes: int = N_CLASSES,
+        ignore_index: int = VOID_CLASS,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.n, self.ignore = n_classes, ignore_index
         self.matrix = torch.zeros(n_classes, n_classes, dtype=torch.int64, device=device)
 

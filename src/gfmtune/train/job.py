@@ -1,0 +1,322 @@
+"""``gfmtune train``: train and evaluate one grid cell, resumably, into its cell folder.
+
+Cell folder (``metrics.json`` is written last, so a folder without it is never finished)::
+
+    state.pt            full training state, saved atomically after every epoch (resume)
+    best.pt             best-validation weights (the tensors that were trained)
+    history.csv         per epoch: train loss, validation metrics, learning rates, seconds
+    confusion_test.csv  20 x 20 test confusion matrix (rows: target, columns: prediction)
+    provenance.json     settings, seed, git revision, package versions, device, time, memory
+    metrics.json        test and best-validation metrics, cell, epoch of the best checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from gfmtune.data.dataset import PastisZarrDataset
+from gfmtune.fileio import atomic_path, atomic_write_text
+from gfmtune.models.registry import ModelSpec, build_model, get_spec
+from gfmtune.pastis import CLASS_NAMES, TEST_FOLD, VAL_FOLD
+from gfmtune.train import provenance
+from gfmtune.train.devices import amp_dtype, select_device
+from gfmtune.train.loop import build_optimizer, build_scheduler, evaluate, train_epoch
+from gfmtune.train.metrics import metrics_from_confusion
+from gfmtune.train.settings import TrainSettings
+
+log = logging.getLogger(__name__)
+STATE, BEST, METRICS = "state.pt", "best.pt", "metrics.json"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the study's grid."""
+
+    model: str
+    ft_rate: float | None  # None for models trained from scratch (U-TAE)
+    label_percent: str
+    timesteps: int
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Inputs:
+    store: Path
+    label_split: Path
+    timesteps: Path
+    weights_dir: Path | None = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _loader(
+    ds: PastisZarrDataset,
+    batch: int,
+    s: TrainSettings,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    drop_last: bool = False,
+) -> DataLoader:
+    return DataLoader(
+        ds,
+        batch_size=batch,
+        shuffle=shuffle,
+        generator=generator,
+        drop_last=drop_last,
+        num_workers=s.workers,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def _trained_state(model: torch.nn.Module, encoder_frozen: bool) -> dict[str, torch.Tensor]:
+    """The model's tensors, without a frozen encoder's (those equal the pretrained file)."""
+    state = model.state_dict()
+    if encoder_frozen:
+        state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def _save(obj: object, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+class CellJob:
+    """Trains one cell; :meth:`run` resumes from ``state.pt`` when it fits this job."""
+
+    def __init__(
+        self,
+        cell: Cell,
+        inputs: Inputs,
+        settings: TrainSettings,
+        out: Path,
+        device: str = "auto",
+        progress: bool = True,
+    ) -> None:
+        self.cell, self.inputs, self.s, self.out = cell, inputs, settings, Path(out)
+        self.spec: ModelSpec = get_spec(cell.model)
+        if self.spec.has_encoder and cell.ft_rate is None:
+            raise ValueError(f"model {cell.model!r} needs an FT-Rate")
+        if not self.spec.has_encoder and cell.ft_rate is not None:
+            raise ValueError(f"model {cell.model!r} trains from scratch: it has no FT-Rate")
+        if self.spec.checkpoint is not None and inputs.weights_dir is None:
+            raise ValueError(
+                f"model {cell.model!r} starts from {self.spec.checkpoint.filename}: pass its "
+                "folder (--weights-dir); the tiny models train without pretrained weights"
+            )
+        self.device = select_device(device)
+        self.amp = amp_dtype(self.device, settings.precision)
+        self.progress = progress
+        self.frozen = self.spec.has_encoder and not cell.ft_rate
+
+    def fingerprint(self) -> dict:
+        """What a resumable state must match."""
+        return {
+            "cell": asdict(self.cell),
+            "settings": self.s.to_dict(),
+            "inputs": {k: str(v) for k, v in asdict(self.inputs).items()},
+        }
+
+    def _data(self) -> tuple[DataLoader, DataLoader, DataLoader, torch.Generator]:
+        kw = {"norm": self.s.norm, "nodata": self.s.nodata}
+        store, ts = self.inputs.store, self.inputs.timesteps
+        train_ds = PastisZarrDataset.training(store, self.inputs.label_split, ts, **kw)
+        val_ds = PastisZarrDataset.evaluation(store, ts, VAL_FOLD, **kw)
+        test_ds = PastisZarrDataset.evaluation(store, ts, TEST_FOLD, **kw)
+        order = torch.Generator().manual_seed(self.cell.seed)
+        train = _loader(train_ds, self.s.batch_size, self.s, True, order, self.s.drop_last)
+        if len(train) == 0:
+            raise ValueError(
+                f"{self.inputs.label_split}: {len(train_ds)} training patches make no batch of "
+                f"{self.s.batch_size} with drop_last; lower train.batch_size or set drop_last false"
+            )
+        evals = [_loader(ds, self.s.eval_batch_size, self.s, False) for ds in (val_ds, test_ds)]
+        return train, evals[0], evals[1], order
+
+    def run(self) -> dict:
+        started = time.time()
+        self.out.mkdir(parents=True, exist_ok=True)
+        seed_everything(self.cell.seed)
+        train_dl, val_dl, test_dl, order = self._data()
+        model = build_model(
+            self.cell.model,
+            weights_dir=self.inputs.weights_dir,
+            encoder_trainable=not self.frozen,
+            temporal=self.s.temporal,
+            n_frames=self.cell.timesteps,
+        ).to(self.device)
+        optimizer = build_optimizer(model, self.spec, self.cell.ft_rate, self.s)
+        total_iters = self.s.epochs * len(train_dl)
+        scheduler = build_scheduler(optimizer, total_iters, self.s)
+        crops = torch.Generator().manual_seed(self.cell.seed + 1)
+        state = {"epoch": 0, "best_score": -math.inf, "best_epoch": None, "history": []}
+        self._resume(model, optimizer, scheduler, order, crops, state)
+
+        bar = tqdm(
+            total=total_iters,
+            initial=state["epoch"] * len(train_dl),
+            unit="it",
+            desc=f"{self.cell.model} ft={self.cell.ft_rate} {self.cell.label_percent}% "
+            f"t={self.cell.timesteps}",
+            disable=not self.progress,
+        )
+        for epoch in range(state["epoch"], self.s.epochs):
+            tick = time.time()
+            loss = train_epoch(
+                model,
+                self.spec,
+                train_dl,
+                optimizer,
+                scheduler,
+                self.device,
+                self.amp,
+                crops,
+                on_step=lambda _: bar.update(),
+            )
+            row = {"epoch": epoch + 1, "train_loss": loss}
+            row |= {f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups}
+            if (epoch + 1) % self.s.val_every == 0 or epoch + 1 == self.s.epochs:
+                val = metrics_from_confusion(
+                    evaluate(model, self.spec, val_dl, self.device, self.amp).numpy()
+                )
+                row |= {
+                    "val_miou": val["miou"],
+                    "val_miou_paper": val["miou_paper"],
+                    "val_oa": val["oa"],
+                }
+                score = val[self.s.select_metric]
+                if score > state["best_score"]:
+                    state |= {"best_score": score, "best_epoch": epoch + 1, "best_val": val}
+                    _save(_trained_state(model, self.frozen), self.out / BEST)
+                bar.set_postfix(loss=f"{loss:.3f}", val=f"{score:.3f}")
+            row["seconds"] = round(time.time() - tick, 3)
+            state["history"].append(row)
+            state["epoch"] = epoch + 1
+            self._checkpoint(model, optimizer, scheduler, order, crops, state)
+        bar.close()
+        self.model = model
+        return self._finish(model, test_dl, state, started)
+
+    def _checkpoint(self, model, optimizer, scheduler, order, crops, state) -> None:
+        _save(
+            {
+                "fingerprint": self.fingerprint(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state(),
+                "cuda_rng": _cuda_rng(),
+                "order": order.get_state(),
+                "crops": crops.get_state(),
+                "loop": state,
+            },
+            self.out / STATE,
+        )
+
+    def _resume(self, model, optimizer, scheduler, order, crops, state) -> None:
+        path = self.out / STATE
+        if not path.exists():
+            return
+        saved = torch.load(path, map_location=self.device, weights_only=False)
+        if saved.get("fingerprint") != self.fingerprint():
+            log.warning("%s: saved state is for another job; starting over", path)
+            return
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"].cpu())
+        if saved["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in saved["cuda_rng"]])
+        order.set_state(saved["order"].cpu())
+        crops.set_state(saved["crops"].cpu())
+        state.update(saved["loop"])
+        log.info("%s: resuming after epoch %d of %d", path, state["epoch"], self.s.epochs)
+
+    def _finish(self, model, test_dl, state: dict, started: float) -> dict:
+        best = torch.load(self.out / BEST, map_location=self.device, weights_only=True)
+        missing, unexpected = model.load_state_dict(best, strict=False)
+        if unexpected or any(not k.startswith("encoder.") for k in missing):
+            raise RuntimeError(f"{self.out / BEST}: does not fit the model")
+        confusion = evaluate(model, self.spec, test_dl, self.device, self.amp).numpy()
+        test = metrics_from_confusion(confusion)
+        with atomic_path(self.out / "confusion_test.csv") as tmp:
+            pd.DataFrame(confusion, index=CLASS_NAMES, columns=CLASS_NAMES).to_csv(tmp)
+        with atomic_path(self.out / "history.csv") as tmp:
+            pd.DataFrame(state["history"]).to_csv(tmp, index=False)
+        wall = time.time() - started
+        prov = provenance.collect(self.s.to_dict(), self.cell.seed, self.device, wall)
+        atomic_write_text(self.out / "provenance.json", json.dumps(prov, indent=1) + "\n")
+        metrics = {
+            "cell": asdict(self.cell),
+            "test": test,
+            "val_best": state.get("best_val"),
+            "best_epoch": state["best_epoch"],
+            "epochs": self.s.epochs,
+            "select_metric": self.s.select_metric,
+            "conventions": {
+                "miou": "mean IoU over classes 0-18 (background included)",
+                "miou_paper": "mean over all 20 classes, void included as 0",
+            },
+            "wall_seconds": round(wall, 3),
+            "gpu_hours": prov["gpu_hours"],
+        }
+        atomic_write_text(self.out / METRICS, json.dumps(metrics, indent=1) + "\n")
+        (self.out / STATE).unlink(missing_ok=True)
+        if self.s.keep_checkpoint == "none":
+            (self.out / BEST).unlink(missing_ok=True)
+        return metrics
+
+
+def _cuda_rng() -> list[torch.Tensor] | None:
+    return torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", type=Path, required=True)
+    parser.add_argument("--label-split", type=Path, required=True)
+    parser.add_argument("--timesteps", type=Path, required=True, help="timestep manifest CSV")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--ft-rate", default="none", help="encoder lr / decoder lr, or none")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--settings", type=Path, help="JSON of training settings (default paper)")
+    parser.add_argument("--weights-dir", type=Path, help="folder of pretrained checkpoints")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--out", type=Path, required=True, help="cell folder")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    ft = None if args.ft_rate in ("none", "", None) else float(args.ft_rate)
+    manifest = pd.read_csv(args.timesteps, nrows=1)
+    cell = Cell(
+        args.model, ft, args.label_split.stem, len(str(manifest.frames.iloc[0]).split()), args.seed
+    )
+    settings = TrainSettings.from_json(args.settings) if args.settings else TrainSettings()
+    inputs = Inputs(args.store, args.label_split, args.timesteps, args.weights_dir)
+    job = CellJob(cell, inputs, settings, args.out, args.device, not args.no_progress)
+    metrics = job.run()
+    log.info(
+        "%s: test miou %.4f (paper convention %.4f)",
+        args.out,
+        metrics["test"]["miou"],
+        metrics["test"]["miou_paper"],
+    )
+    return 0

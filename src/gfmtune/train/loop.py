@@ -1,0 +1,127 @@
+"""The training and evaluation loops of one cell (paper protocol, REFERENCE §2).
+
+AdamW with two parameter groups (decoder at ``lr``, encoder at FT-Rate x ``lr``; a frozen
+encoder is in no group and runs without autograd), MultiStepLR stepped per iteration at
+fractions of all iterations, cross-entropy ignoring the void class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from gfmtune.models.policies import Forward
+from gfmtune.models.registry import ModelSpec
+from gfmtune.pastis import VOID_CLASS
+from gfmtune.train.metrics import ConfusionMatrix
+from gfmtune.train.settings import TrainSettings
+
+
+def is_encoder_param(name: str) -> bool:
+    return name.startswith("encoder.")
+
+
+def build_optimizer(
+    model: nn.Module, spec: ModelSpec, ft_rate: float | None, s: TrainSettings
+) -> torch.optim.AdamW:
+    """AdamW over the decoder group and, when FT-Rate > 0, the encoder group."""
+    if not spec.has_encoder:  # U-TAE: one group, everything at lr
+        groups = [{"name": "decoder", "params": list(model.parameters()), "lr": s.lr}]
+    else:
+        named = list(model.named_parameters())
+        groups = [
+            {
+                "name": "decoder",
+                "lr": s.lr,
+                "params": [p for n, p in named if not is_encoder_param(n)],
+            }
+        ]
+        if ft_rate:
+            groups.append(
+                {
+                    "name": "encoder",
+                    "lr": ft_rate * s.lr,
+                    "params": [p for n, p in named if is_encoder_param(n)],
+                }
+            )
+    return torch.optim.AdamW(groups, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total_iters: int, s: TrainSettings
+) -> torch.optim.lr_scheduler.MultiStepLR:
+    milestones = [int(f * total_iters) for f in s.milestones]
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=s.gamma)
+
+
+def forward_fn(model: nn.Module, spec: ModelSpec, days: torch.Tensor) -> Forward:
+    """``(x, output_size) -> logits`` for the policies; U-TAE takes the day offsets instead."""
+    if spec.has_encoder:
+        return lambda x, size: model(x, size)
+    return lambda x, size: model(x, days)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _batches(loader: DataLoader, device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
+    for batch in loader:
+        yield (
+            batch["image"].to(device, non_blocking=True),
+            batch["days"].to(device, non_blocking=True),
+            batch["label"].to(device, non_blocking=True),
+        )
+
+
+def train_epoch(
+    model: nn.Module,
+    spec: ModelSpec,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    amp: torch.dtype | None,
+    crops: torch.Generator,
+    on_step: Callable[[float], None] = lambda loss: None,
+) -> float:
+    """One pass over the training loader; returns the mean loss."""
+    model.train()
+    total, steps = 0.0, 0
+    for x, days, y in _batches(loader, device):
+        x, y = spec.policy.train_view(x, y, crops)
+        with autocast(device, amp):
+            logits = spec.policy.train_logits(forward_fn(model, spec, days), x)
+        loss = F.cross_entropy(logits.float(), y, ignore_index=VOID_CLASS)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total, steps = total + float(loss.detach()), steps + 1
+        on_step(float(loss.detach()))
+    return total / max(steps, 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    spec: ModelSpec,
+    loader: DataLoader,
+    device: torch.device,
+    amp: torch.dtype | None,
+) -> ConfusionMatrix:
+    """Confusion matrix of the model on a loader (full-resolution predictions)."""
+    model.eval()
+    matrix = ConfusionMatrix(device=device)
+    for x, days, y in _batches(loader, device):
+        with autocast(device, amp):
+            logits = spec.policy.predict(forward_fn(model, spec, days), x)
+        matrix.update(logits.float(), y)
+    return matrix

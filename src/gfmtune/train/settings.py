@@ -1,0 +1,49 @@
+"""Training settings: the paper's protocol as defaults (REFERENCE §2), overridable by config."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything a training job needs besides its grid cell. Defaults: the paper."""
+
+    epochs: int = 80
+    batch_size: int = 8
+    drop_last: bool = True
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    milestones: tuple[float, ...] = (0.6, 0.9)  # fractions of all iterations
+    gamma: float = 0.1
+    val_every: int = 1
+    eval_batch_size: int = 1
+    select_metric: str = "miou_paper"  # validation metric that picks the best checkpoint
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32
+    norm: str = "paper"  # paper | train_folds
+    nodata: str = "keep"  # keep | zero
+    temporal: str = "ltae"  # ltae | linear
+    workers: int = 2
+    keep_checkpoint: str = "best"  # best: keep the best weights (trained tensors only) | none
+
+    @classmethod
+    def from_mapping(cls, values: dict | None) -> TrainSettings:
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings {unknown}; known: {sorted(known)}")
+        for key in ("betas", "milestones"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, path: Path) -> TrainSettings:
+        return cls.from_mapping(json.loads(Path(path).read_text()))
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,137 @@
+"""One training cell: learns, follows the FT-Rate protocol, is deterministic and resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gfmtune.models.registry import build_model
+from gfmtune.train.job import Cell, CellJob, seed_everything
+from gfmtune.train.metrics import metrics_from_confusion
+from tests.train.conftest import FAST, inputs
+
+
+def _run(base: Path, out: Path, cell: Cell, settings=FAST, **kw) -> dict:
+    percent, t = cell.label_percent, cell.timesteps
+    return CellJob(cell, inputs(base, percent, t), settings, out, progress=False, **kw).run()
+
+
+def test_utae_learns_and_beats_chance(train_data: Path, tmp_path: Path) -> None:
+    settings = replace(FAST, epochs=8)
+    metrics = _run(train_data, tmp_path, Cell("utae_tiny", None, "100", 6), settings)
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history.train_loss.iloc[-1] < 0.8 * history.train_loss.iloc[0]
+    confusion = pd.read_csv(tmp_path / "confusion_test.csv", index_col=0).to_numpy()
+    majority = np.zeros_like(confusion)
+    majority[:, confusion.sum(1).argmax()] = confusion.sum(1)  # always the most common class
+    chance = metrics_from_confusion(majority)["miou"]
+    assert metrics["test"]["miou"] > 2 * chance, (metrics["test"]["miou"], chance)
+    assert 1 <= metrics["best_epoch"] <= 8
+    assert set(json.loads((tmp_path / "provenance.json").read_text())) >= {
+        "git_revision", "packages", "device", "wall_seconds", "gpu_hours", "seed"}  # fmt: skip
+    assert not (tmp_path / "state.pt").exists() and (tmp_path / "best.pt").exists()
+
+
+def test_learning_rates_follow_ft_rate(train_data: Path, tmp_path: Path) -> None:
+    settings = replace(FAST, epochs=5, milestones=(0.6, 0.9))
+    _run(train_data, tmp_path, Cell("dino_tiny", 0.1, "100", 6), settings)
+    history = pd.read_csv(tmp_path / "history.csv")
+    np.testing.assert_allclose(history.lr_encoder, 0.1 * history.lr_decoder)
+    # MultiStepLR per iteration: x0.1 after 60 % and 90 % of all iterations
+    assert history.lr_decoder.iloc[0] == pytest.approx(1e-3)
+    assert history.lr_decoder.iloc[-1] == pytest.approx(1e-5)
+
+
+def test_frozen_encoder_is_bit_identical(train_data: Path, tmp_path: Path) -> None:
+    cell = Cell("croma_tiny", 0.0, "100", 6)
+    job = CellJob(cell, inputs(train_data), FAST, tmp_path, progress=False)
+    job.run()
+    seed_everything(cell.seed)
+    fresh = build_model("croma_tiny")
+    trained = job.model.encoder.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in fresh.encoder.state_dict().items())
+    assert not any(k.startswith("encoder.") for k in torch.load(tmp_path / "best.pt"))
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert "lr_encoder" not in history.columns
+
+
+def test_two_runs_are_identical(train_data: Path, tmp_path: Path) -> None:
+    cell = Cell("croma_tiny", 1.0, "10", 1)
+    a = _run(train_data, tmp_path / "a", cell)
+    b = _run(train_data, tmp_path / "b", cell)
+    assert a["test"] == b["test"] and a["val_best"] == b["val_best"]
+    ha, hb = (pd.read_csv(tmp_path / x / "history.csv") for x in "ab")
+    assert ha.train_loss.tolist() == hb.train_loss.tolist()
+
+
+TRAIN_CMD = """
+import sys, time
+import gfmtune.train.loop as loop
+epoch = loop.train_epoch
+def slow(*a, **k):
+    time.sleep(1.0)
+    return epoch(*a, **k)
+loop.train_epoch = slow
+import gfmtune.train.job as job
+job.train_epoch = slow
+from gfmtune.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_and_resume_equals_uninterrupted(train_data: Path, tmp_path: Path) -> None:
+    settings = replace(FAST, epochs=4)
+    cell = Cell("dino_tiny", 0.1, "100", 6)
+    reference = _run(train_data, tmp_path / "ref", cell, settings)
+
+    out = tmp_path / "killed"
+    (tmp_path / "settings.json").write_text(json.dumps(settings.to_dict()))
+    args = ["train", "--store", str(train_data / "s2.zarr"),
+            "--label-split", str(train_data / "label_split" / "100.csv"),
+            "--timesteps", str(train_data / "timesteps" / "6.csv"), "--model", "dino_tiny",
+            "--ft-rate", "0.1", "--settings", str(tmp_path / "settings.json"),
+            "--out", str(out), "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", TRAIN_CMD, *args])
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (out / "state.pt").exists():
+        time.sleep(0.05)
+    time.sleep(0.3)  # inside the second epoch
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(out / "state.pt", weights_only=False)
+    assert 1 <= saved["loop"]["epoch"] < 4, "the kill must land mid-training"
+    assert not (out / "metrics.json").exists()
+
+    resumed = CellJob(cell, inputs(train_data), settings, out, progress=False).run()
+    assert resumed["test"] == reference["test"]
+    assert resumed["best_epoch"] == reference["best_epoch"]
+    ref_hist = pd.read_csv(tmp_path / "ref" / "history.csv")
+    new_hist = pd.read_csv(out / "history.csv")
+    assert ref_hist.train_loss.tolist() == new_hist.train_loss.tolist()
+
+
+def test_clear_errors(train_data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--weights-dir"):
+        CellJob(Cell("croma", 0.1, "100", 6), inputs(train_data), FAST, tmp_path)
+    with pytest.raises(ValueError, match="no FT-Rate"):
+        CellJob(Cell("utae_tiny", 0.1, "100", 6), inputs(train_data), FAST, tmp_path)
+    missing = replace(inputs(train_data), label_split=tmp_path / "nope.csv")
+    with pytest.raises(FileNotFoundError, match=r"nope\.csv"):
+        CellJob(Cell("utae_tiny", None, "100", 6), missing, FAST, tmp_path).run()
+    gone = replace(inputs(train_data), store=tmp_path / "none.zarr")
+    with pytest.raises((FileNotFoundError, ValueError), match=r"none\.zarr"):
+        CellJob(Cell("utae_tiny", None, "100", 6), gone, FAST, tmp_path).run()
+    small = replace(FAST, batch_size=64)
+    with pytest.raises(ValueError, match="make no batch"):
+        CellJob(Cell("utae_tiny", None, "10", 6), inputs(train_data, "10"), small, tmp_path).run()
