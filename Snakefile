@@ -15,6 +15,7 @@ include: "rules/download.smk"
 include: "rules/weights.smk"
 include: "rules/store.smk"
 include: "rules/manifests.smk"
+include: "rules/train.smk"
 
 
 rule all:

@@ -1,7 +1,10 @@
 # Configuration validation, result paths and helpers shared by every rule file.
 from pathlib import Path
 
-from snakemake.utils import validate
+import json
+
+import pandas as pd
+from snakemake.utils import Paramspace, validate
 
 SCHEMA = Path(workflow.basedir) / "src" / "gfmtune" / "resources" / "config.schema.yaml"
 validate(config, SCHEMA, set_default=True)
@@ -25,6 +28,11 @@ wildcard_constraints:
     percent=r"\d+(\.\d+)?",
     t=r"\d+",
     ckpt=r"[a-z0-9_]+",
+    model=r"[a-z0-9_]+",
+    ft_rate=r"none|\d+(\.\d+)?",
+    label_percent=r"\d+(\.\d+)?",
+    timesteps=r"\d+",
+    seed=r"\d+",
 
 
 def download_dir():
@@ -65,8 +73,44 @@ def checkpoints():
     return sorted({MODEL_CHECKPOINTS[m].name for m in config["models"] if m in MODEL_CHECKPOINTS})
 
 
+def training_grid():
+    """The study's grid as a table: one row per (model, FT-Rate, fraction, frames, seed)."""
+    from gfmtune.models.catalog import FROM_SCRATCH
+
+    train = config["train"]
+    rows = [
+        (model, "none" if model in FROM_SCRATCH else f"{float(ft):g}", p, str(t), str(seed))
+        for model in config["models"]
+        for ft in (["none"] if model in FROM_SCRATCH else train["ft_rates"])
+        for p in PERCENTS
+        for t in TIMESTEPS
+        for seed in train["seeds"]
+    ]
+    columns = ["model", "ft_rate", "label_percent", "timesteps", "seed"]
+    return pd.DataFrame(sorted(set(rows)), columns=columns)
+
+
+CELLS = Paramspace(training_grid(), filename_params=None)
+
+
+def weights_stamp(wildcards):
+    from gfmtune.models.catalog import MODEL_CHECKPOINTS
+
+    ckpt = MODEL_CHECKPOINTS.get(wildcards.model)
+    return [RUN / "weights" / f"{ckpt.name}.json"] if ckpt else []
+
+
+def weights_args(wildcards):
+    return f"--weights-dir {config['weights']['dir']}" if weights_stamp(wildcards) else ""
+
+
+def cell_metrics():
+    return [RUN / "cells" / instance / "metrics.json" for instance in CELLS.instance_patterns]
+
+
 def all_targets():
     return [
+        *cell_metrics(),
         *[RUN / "weights" / f"{name}.json" for name in checkpoints()],
         RUN / "data" / "s2.zarr",
         *[RUN / "manifests" / "label_split" / f"{p}.csv" for p in PERCENTS],

@@ -47,3 +47,6 @@ CHECKPOINTS = {c.name: c for c in (CROMA_BASE, CROMA_LARGE, DINO_TORCHGEO)}
 
 #: Registry model name -> the checkpoint its encoder starts from (others train from scratch).
 MODEL_CHECKPOINTS: dict[str, Checkpoint] = {"croma": CROMA_LARGE, "dino": DINO_TORCHGEO}
+
+#: Registry models trained from scratch: they have no FT-Rate (one grid cell per fraction and t).
+FROM_SCRATCH: tuple[str, ...] = ("utae", "utae_tiny")

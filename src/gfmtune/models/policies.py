@@ -62,6 +62,8 @@ class InputPolicy:
         if self.kind != "crop_windows":
             return x, target
         h, w = x.shape[-2:]
+        if min(h, w) < self.size:
+            raise ValueError(f"patches of {h} x {w} px are smaller than the {self.size} px crop")
         corners = torch.stack(
             [
                 torch.randint(0, h - self.size + 1, (len(x),), generator=generator),

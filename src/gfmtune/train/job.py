@@ -296,7 +296,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--ft-rate", default="none", help="encoder lr / decoder lr, or none")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--settings", type=Path, help="JSON of training settings (default paper)")
+    parser.add_argument("--settings", type=Path, help="JSON file of training settings")
+    parser.add_argument("--settings-json", help="training settings as a JSON string")
     parser.add_argument("--weights-dir", type=Path, help="folder of pretrained checkpoints")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--out", type=Path, required=True, help="cell folder")
@@ -309,7 +310,10 @@ def run(args: argparse.Namespace) -> int:
     cell = Cell(
         args.model, ft, args.label_split.stem, len(str(manifest.frames.iloc[0]).split()), args.seed
     )
-    settings = TrainSettings.from_json(args.settings) if args.settings else TrainSettings()
+    if args.settings:
+        settings = TrainSettings.from_json(args.settings)
+    else:
+        settings = TrainSettings.from_mapping(json.loads(args.settings_json or "{}"))
     inputs = Inputs(args.store, args.label_split, args.timesteps, args.weights_dir)
     job = CellJob(cell, inputs, settings, args.out, args.device, not args.no_progress)
     metrics = job.run()

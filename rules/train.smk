@@ -1,0 +1,34 @@
+# Stage 4: one training job per grid cell (model, FT-Rate, label fraction, frames, seed).
+# The cell folder keeps its resumable state when a job is killed; metrics.json, the only
+# declared output, is written last.
+
+
+rule train:
+    input:
+        store=RUN / "data" / "s2.zarr",
+        split=RUN / "manifests" / "label_split" / "{label_percent}.csv",
+        timesteps=RUN / "manifests" / "timesteps" / "{timesteps}.csv",
+        weights=weights_stamp,
+    output:
+        RUN / "cells" / CELLS.wildcard_pattern / "metrics.json",
+    params:
+        settings=json.dumps(config["train"]["settings"]),
+        weights=weights_args,
+        device=config["train"]["device"],
+        out=lambda wildcards, output: Path(output[0]).parent,
+    threads: max(1, config["train"]["settings"].get("workers", 2))
+    resources:
+        gpu=config["train"]["gpus"],
+        mem_mb=config["train"]["mem_mb"],
+        runtime=config["train"]["runtime"],
+    log:
+        RUN / "logs" / "train" / f"{CELLS.wildcard_pattern}.log",
+    benchmark:
+        RUN / "benchmarks" / "train" / f"{CELLS.wildcard_pattern}.tsv"
+    conda:
+        CONDA_ENV
+    shell:
+        "gfmtune train --store {input.store} --label-split {input.split}"
+        " --timesteps {input.timesteps} --model {wildcards.model} --ft-rate {wildcards.ft_rate}"
+        " --seed {wildcards.seed} --settings-json '{params.settings}' {params.weights}"
+        " --device {params.device} --out {params.out} --no-progress > {log} 2>&1"
