@@ -32,7 +32,7 @@ from gfmtune.fileio import atomic_path, atomic_write_text
 from gfmtune.models.registry import ModelSpec, build_model, get_spec
 from gfmtune.pastis import CLASS_NAMES, TEST_FOLD, VAL_FOLD
 from gfmtune.train import provenance
-from gfmtune.train.devices import amp_dtype, select_device
+from gfmtune.train.devices import amp_dtype, claimed_device, select_device
 from gfmtune.train.loop import build_optimizer, build_scheduler, evaluate, train_epoch
 from gfmtune.train.metrics import metrics_from_confusion
 from gfmtune.train.settings import TrainSettings
@@ -315,8 +315,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         settings = TrainSettings.from_mapping(json.loads(args.settings_json or "{}"))
     inputs = Inputs(args.store, args.label_split, args.timesteps, args.weights_dir)
-    job = CellJob(cell, inputs, settings, args.out, args.device, not args.no_progress)
-    metrics = job.run()
+    with claimed_device(args.device) as device:
+        job = CellJob(cell, inputs, settings, args.out, str(device), not args.no_progress)
+        metrics = job.run()
     log.info(
         "%s: test miou %.4f (paper convention %.4f)",
         args.out,
