@@ -80,3 +80,22 @@ def test_frame_order_matters_and_encoder_runs_once_per_frame() -> None:
     with torch.no_grad():
         model(x)
     assert calls == [10]  # one encoder call on all B x T frames
+
+
+def test_memory_plan_gives_identical_outputs_and_gradients() -> None:
+    torch.manual_seed(0)
+    model = build_model("croma_tiny", encoder_trainable=True).eval()  # no dropout noise
+    x = torch.randn(2, 5, 12, 24, 24)
+
+    def grads(frames_per_call, checkpointing):
+        model.zero_grad()
+        model.set_memory_plan(frames_per_call, checkpointing)
+        out = model(x)
+        out.square().mean().backward()
+        return out.detach(), model.encoder.linear_input.weight.grad.clone()
+
+    out_ref, grad_ref = grads(None, False)
+    for plan in [(3, False), (3, True), (None, True)]:
+        out, grad = grads(*plan)
+        torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-7)

@@ -135,3 +135,30 @@ def test_clear_errors(train_data: Path, tmp_path: Path) -> None:
     small = replace(FAST, batch_size=64)
     with pytest.raises(ValueError, match="make no batch"):
         CellJob(Cell("utae_tiny", None, "10", 6), inputs(train_data, "10"), small, tmp_path).run()
+
+
+def test_out_of_memory_switches_to_checkpointing_then_explains(train_data, tmp_path, monkeypatch):
+    from gfmtune.models import upernet
+
+    calls = {"n": 0}
+    encode = upernet.TemporalUPerNet.encode
+
+    def flaky(self, x):
+        calls["n"] += 1
+        if calls["n"] == 1 and torch.is_grad_enabled():
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return encode(self, x)
+
+    monkeypatch.setattr(upernet.TemporalUPerNet, "encode", flaky)
+    job = CellJob(Cell("croma_tiny", 1.0, "100", 6), inputs(train_data), replace(FAST, epochs=1),
+                  tmp_path / "a", progress=False)  # fmt: skip
+    job.run()
+    assert job.model.checkpointing and job.model.frames_per_call == 4 * 6 // 4
+
+    def always(self, x):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(upernet.TemporalUPerNet, "encode", always)
+    with pytest.raises(RuntimeError, match="activation_checkpointing: true"):
+        CellJob(Cell("croma_tiny", 1.0, "100", 6), inputs(train_data), replace(FAST, epochs=1),
+                tmp_path / "b", progress=False).run()  # fmt: skip

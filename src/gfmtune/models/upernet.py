@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from gfmtune.models.ltae import LTAE
 
@@ -165,16 +166,30 @@ class TemporalUPerNet(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
         self.set_encoder_trainable(encoder_trainable)
+        self.set_memory_plan(None, False)
 
     def set_encoder_trainable(self, trainable: bool) -> None:
         self.encoder_trainable = trainable
         self.encoder.requires_grad_(trainable)
 
+    def set_memory_plan(self, frames_per_call: int | None, checkpointing: bool) -> None:
+        """Run the encoder on at most ``frames_per_call`` frames at a time and, when it trains,
+        recompute each chunk's activations in the backward pass (activation checkpointing)."""
+        self.frames_per_call, self.checkpointing = frames_per_call, checkpointing
+
+    def _encode_chunk(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        if self.checkpointing and self.encoder_trainable and torch.is_grad_enabled():
+            return checkpoint(self.encoder, frames, use_reentrant=False)
+        return self.encoder(frames)
+
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Encoder features of all frames: x (B, T, C, H, W) -> levels of (B, T, C_l, h, w)."""
         b, t = x.shape[:2]
+        frames = x.flatten(0, 1)
+        step = self.frames_per_call or len(frames)
         with torch.set_grad_enabled(self.encoder_trainable and torch.is_grad_enabled()):
-            feats = self.encoder(x.flatten(0, 1))
+            chunks = [self._encode_chunk(frames[i : i + step]) for i in range(0, len(frames), step)]
+        feats = [torch.cat(level, dim=0) for level in zip(*chunks, strict=True)]
         return [f.view(b, t, *f.shape[1:]) for f in feats]
 
     def decode(self, feats: Sequence[torch.Tensor], output_size: tuple[int, int]) -> torch.Tensor:

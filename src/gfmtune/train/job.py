@@ -163,6 +163,8 @@ class CellJob:
             temporal=self.s.temporal,
             n_frames=self.cell.timesteps,
         ).to(self.device)
+        if self.spec.has_encoder:
+            model.set_memory_plan(self.s.encoder_frames_per_call, self.s.activation_checkpointing)
         optimizer = build_optimizer(model, self.spec, self.cell.ft_rate, self.s)
         total_iters = self.s.epochs * len(train_dl)
         scheduler = build_scheduler(optimizer, total_iters, self.s)
@@ -190,6 +192,7 @@ class CellJob:
                 self.amp,
                 crops,
                 on_step=lambda _: bar.update(),
+                auto_memory=self.s.auto_memory,
             )
             row = {"epoch": epoch + 1, "train_loss": loss}
             row |= {f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups}

@@ -8,6 +8,7 @@ fractions of all iterations, cross-entropy ignoring the void class.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 
 import torch
@@ -20,6 +21,8 @@ from gfmtune.models.registry import ModelSpec
 from gfmtune.pastis import VOID_CLASS
 from gfmtune.train.metrics import ConfusionMatrix
 from gfmtune.train.settings import TrainSettings
+
+log = logging.getLogger(__name__)
 
 
 def is_encoder_param(name: str) -> bool:
@@ -81,6 +84,25 @@ def _batches(loader: DataLoader, device: torch.device) -> Iterator[tuple[torch.T
         )
 
 
+def _backward(
+    model: nn.Module,
+    spec: ModelSpec,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    days: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    amp: torch.dtype | None,
+) -> torch.Tensor:
+    """Forward and backward of one batch; returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, amp):
+        logits = spec.policy.train_logits(forward_fn(model, spec, days), x)
+    loss = F.cross_entropy(logits.float(), y, ignore_index=VOID_CLASS)
+    loss.backward()
+    return loss
+
+
 def train_epoch(
     model: nn.Module,
     spec: ModelSpec,
@@ -91,22 +113,50 @@ def train_epoch(
     amp: torch.dtype | None,
     crops: torch.Generator,
     on_step: Callable[[float], None] = lambda loss: None,
+    auto_memory: bool = True,
 ) -> float:
-    """One pass over the training loader; returns the mean loss."""
+    """One pass over the training loader; returns the mean loss.
+
+    On a GPU out-of-memory error, a model with an encoder switches once to chunked encoder
+    calls with activation checkpointing and redoes the step (``auto_memory``); a second one
+    stops with the settings to change.
+    """
     model.train()
     total, steps = 0.0, 0
     for x, days, y in _batches(loader, device):
         x, y = spec.policy.train_view(x, y, crops)
-        with autocast(device, amp):
-            logits = spec.policy.train_logits(forward_fn(model, spec, days), x)
-        loss = F.cross_entropy(logits.float(), y, ignore_index=VOID_CLASS)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        batch = (model, spec, optimizer, x, days, y, device, amp)
+        try:
+            loss = _backward(*batch)
+        except torch.OutOfMemoryError as err:
+            frames = x.shape[0] * x.shape[1]
+            if not (auto_memory and spec.has_encoder and not model.checkpointing):
+                raise out_of_memory(frames) from err
+            optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            model.set_memory_plan(max(1, frames // 4), True)
+            log.warning(
+                "out of memory at %d frames: chunked encoder calls with activation "
+                "checkpointing from now on",
+                frames,
+            )
+            try:
+                loss = _backward(*batch)
+            except torch.OutOfMemoryError as again:
+                raise out_of_memory(frames) from again
         optimizer.step()
         scheduler.step()
         total, steps = total + float(loss.detach()), steps + 1
         on_step(float(loss.detach()))
     return total / max(steps, 1)
+
+
+def out_of_memory(frames: int) -> RuntimeError:
+    return RuntimeError(
+        f"out of GPU memory with {frames} encoder frames per step: set train.settings "
+        "activation_checkpointing: true and encoder_frames_per_call (e.g. 70), or lower "
+        "batch_size; precision bf16 also halves activation memory"
+    )
 
 
 @torch.no_grad()
