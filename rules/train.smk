@@ -15,6 +15,7 @@ rule train:
         settings=json.dumps(config["train"]["settings"]),
         weights=weights_args,
         device=config["train"]["device"],
+        cache=RUN / "feature_cache",
         out=lambda wildcards, output: Path(output[0]).parent,
     threads: max(1, config["train"]["settings"].get("workers", 2))
     resources:
@@ -31,4 +32,5 @@ rule train:
         "gfmtune train --store {input.store} --label-split {input.split}"
         " --timesteps {input.timesteps} --model {wildcards.model} --ft-rate {wildcards.ft_rate}"
         " --seed {wildcards.seed} --settings-json '{params.settings}' {params.weights}"
-        " --device {params.device} --out {params.out} --no-progress > {log} 2>&1"
+        " --device {params.device} --feature-cache {params.cache} --out {params.out}"
+        " --no-progress > {log} 2>&1"

@@ -83,15 +83,20 @@ class InputPolicy:
             x = resize_frames(x, self.size)
         return forward(x, out_size)
 
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder sees of x (B, T, 10, H, W) when that does not depend on chance
+        (``native``, ``resize``): the same in training and evaluation, hence cacheable."""
+        if not self.deterministic_train_input:
+            raise ValueError(f"the {self.kind} policy draws random crops: no fixed encoder input")
+        x = adapt_bands(x, band_index(self.bands))
+        return resize_frames(x, self.size) if self.kind == "resize" else x
+
     def predict(self, forward: Forward, x: torch.Tensor) -> torch.Tensor:
         """Evaluation logits at the input's full resolution: x (B, T, 10, H, W)."""
-        x = adapt_bands(x, band_index(self.bands))
         h, w = x.shape[-2:]
-        if self.kind == "native":
-            return forward(x, (h, w))
-        if self.kind == "resize":
-            return forward(resize_frames(x, self.size), (h, w))
-        return sliding_windows(forward, x, self.size)
+        if self.deterministic_train_input:
+            return forward(self.encoder_input(x), (h, w))
+        return sliding_windows(forward, adapt_bands(x, band_index(self.bands)), self.size)
 
 
 def resize_frames(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -33,6 +33,7 @@ from gfmtune.models.registry import ModelSpec, build_model, get_spec
 from gfmtune.pastis import CLASS_NAMES, TEST_FOLD, VAL_FOLD
 from gfmtune.train import provenance
 from gfmtune.train.devices import amp_dtype, claimed_device, select_device
+from gfmtune.train.feature_cache import ALL_FOLDS, CachedFeatures, FeatureCache, cache_key
 from gfmtune.train.loop import build_optimizer, build_scheduler, evaluate, train_epoch
 from gfmtune.train.metrics import metrics_from_confusion
 from gfmtune.train.settings import TrainSettings
@@ -58,6 +59,7 @@ class Inputs:
     label_split: Path
     timesteps: Path
     weights_dir: Path | None = None
+    feature_cache: Path | None = None  # folder of frozen-encoder feature caches (None: off)
 
 
 def seed_everything(seed: int) -> None:
@@ -135,12 +137,50 @@ class CellJob:
             "inputs": {k: str(v) for k, v in asdict(self.inputs).items()},
         }
 
-    def _data(self) -> tuple[DataLoader, DataLoader, DataLoader, torch.Generator]:
+    def _datasets(self) -> list[PastisZarrDataset]:
+        """Training (the label split of folds 1-3), validation (fold 4) and test (fold 5)."""
         kw = {"norm": self.s.norm, "nodata": self.s.nodata}
         store, ts = self.inputs.store, self.inputs.timesteps
-        train_ds = PastisZarrDataset.training(store, self.inputs.label_split, ts, **kw)
-        val_ds = PastisZarrDataset.evaluation(store, ts, VAL_FOLD, **kw)
-        test_ds = PastisZarrDataset.evaluation(store, ts, TEST_FOLD, **kw)
+        return [
+            PastisZarrDataset.training(store, self.inputs.label_split, ts, **kw),
+            PastisZarrDataset.evaluation(store, ts, VAL_FOLD, **kw),
+            PastisZarrDataset.evaluation(store, ts, TEST_FOLD, **kw),
+        ]
+
+    def _cached(self, model: torch.nn.Module, datasets: list) -> list:
+        """The datasets with cached encoder features, when the cache applies."""
+        if not (
+            self.frozen
+            and self.s.feature_cache
+            and self.inputs.feature_cache
+            and self.spec.policy.deterministic_train_input
+        ):
+            return datasets
+        key = cache_key(
+            self.spec,
+            model.encoder,
+            self.inputs.store,
+            self.inputs.timesteps,
+            self.s.norm,
+            self.s.nodata,
+            self.amp,
+        )
+        cache = FeatureCache(self.inputs.feature_cache, key)
+        every = PastisZarrDataset(
+            self.inputs.store,
+            self.inputs.timesteps,
+            ALL_FOLDS,
+            norm=self.s.norm,
+            nodata=self.s.nodata,
+        )
+        cache.build(model, self.spec, every, self.device, self.amp, self.progress)
+        log.info("training from cached encoder features in %s", cache.dir)
+        return [CachedFeatures(ds, cache) for ds in datasets]
+
+    def _loaders(
+        self, datasets: list
+    ) -> tuple[DataLoader, DataLoader, DataLoader, torch.Generator]:
+        train_ds, val_ds, test_ds = datasets
         order = torch.Generator().manual_seed(self.cell.seed)
         train = _loader(train_ds, self.s.batch_size, self.s, True, order, self.s.drop_last)
         if len(train) == 0:
@@ -149,13 +189,13 @@ class CellJob:
                 f"{self.s.batch_size} with drop_last; lower train.batch_size or set drop_last false"
             )
         evals = [_loader(ds, self.s.eval_batch_size, self.s, False) for ds in (val_ds, test_ds)]
-        return train, evals[0], evals[1], order
+        return train, evals[0], evals[1], order  # order: the shuffling generator
 
     def run(self) -> dict:
         started = time.time()
         self.out.mkdir(parents=True, exist_ok=True)
         seed_everything(self.cell.seed)
-        train_dl, val_dl, test_dl, order = self._data()
+        datasets = self._datasets()
         model = build_model(
             self.cell.model,
             weights_dir=self.inputs.weights_dir,
@@ -165,6 +205,7 @@ class CellJob:
         ).to(self.device)
         if self.spec.has_encoder:
             model.set_memory_plan(self.s.encoder_frames_per_call, self.s.activation_checkpointing)
+        train_dl, val_dl, test_dl, order = self._loaders(self._cached(model, datasets))
         optimizer = build_optimizer(model, self.spec, self.cell.ft_rate, self.s)
         total_iters = self.s.epochs * len(train_dl)
         scheduler = build_scheduler(optimizer, total_iters, self.s)
@@ -303,6 +344,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settings-json", help="training settings as a JSON string")
     parser.add_argument("--weights-dir", type=Path, help="folder of pretrained checkpoints")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--feature-cache", type=Path, help="folder for frozen-encoder features")
     parser.add_argument("--out", type=Path, required=True, help="cell folder")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -317,7 +359,9 @@ def run(args: argparse.Namespace) -> int:
         settings = TrainSettings.from_json(args.settings)
     else:
         settings = TrainSettings.from_mapping(json.loads(args.settings_json or "{}"))
-    inputs = Inputs(args.store, args.label_split, args.timesteps, args.weights_dir)
+    inputs = Inputs(
+        args.store, args.label_split, args.timesteps, args.weights_dir, args.feature_cache
+    )
     with claimed_device(args.device) as device:
         job = CellJob(cell, inputs, settings, args.out, str(device), not args.no_progress)
         metrics = job.run()

@@ -75,20 +75,42 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _batches(loader: DataLoader, device: torch.device) -> Iterator[tuple[torch.Tensor, ...]]:
+Inputs = torch.Tensor | list[torch.Tensor]  # frames (B, T, C, H, W) or cached encoder levels
+
+
+def _batches(loader: DataLoader, device: torch.device) -> Iterator[tuple[Inputs, ...]]:
     for batch in loader:
+        if "features" in batch:
+            x = [level.to(device, non_blocking=True) for level in batch["features"]]
+        else:
+            x = batch["image"].to(device, non_blocking=True)
         yield (
-            batch["image"].to(device, non_blocking=True),
+            x,
             batch["days"].to(device, non_blocking=True),
             batch["label"].to(device, non_blocking=True),
         )
+
+
+def _logits(
+    model: nn.Module,
+    spec: ModelSpec,
+    x: Inputs,
+    days: torch.Tensor,
+    size: tuple[int, int],
+    train: bool,
+) -> torch.Tensor:
+    """Logits of frames through the input policy, or of cached encoder levels directly."""
+    if isinstance(x, list):
+        return model.decode(x, size)
+    forward = forward_fn(model, spec, days)
+    return spec.policy.train_logits(forward, x) if train else spec.policy.predict(forward, x)
 
 
 def _backward(
     model: nn.Module,
     spec: ModelSpec,
     optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
+    x: Inputs,
     days: torch.Tensor,
     y: torch.Tensor,
     device: torch.device,
@@ -97,7 +119,7 @@ def _backward(
     """Forward and backward of one batch; returns the loss."""
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, amp):
-        logits = spec.policy.train_logits(forward_fn(model, spec, days), x)
+        logits = _logits(model, spec, x, days, tuple(y.shape[-2:]), train=True)
     loss = F.cross_entropy(logits.float(), y, ignore_index=VOID_CLASS)
     loss.backward()
     return loss
@@ -124,12 +146,13 @@ def train_epoch(
     model.train()
     total, steps = 0.0, 0
     for x, days, y in _batches(loader, device):
-        x, y = spec.policy.train_view(x, y, crops)
+        if not isinstance(x, list):
+            x, y = spec.policy.train_view(x, y, crops)
         batch = (model, spec, optimizer, x, days, y, device, amp)
         try:
             loss = _backward(*batch)
         except torch.OutOfMemoryError as err:
-            frames = x.shape[0] * x.shape[1]
+            frames = y.shape[0] * days.shape[1]
             if not (auto_memory and spec.has_encoder and not model.checkpointing):
                 raise out_of_memory(frames) from err
             optimizer.zero_grad(set_to_none=True)
@@ -172,6 +195,6 @@ def evaluate(
     matrix = ConfusionMatrix(device=device)
     for x, days, y in _batches(loader, device):
         with autocast(device, amp):
-            logits = spec.policy.predict(forward_fn(model, spec, days), x)
+            logits = _logits(model, spec, x, days, tuple(y.shape[-2:]), train=False)
         matrix.update(logits.float(), y)
     return matrix

@@ -31,6 +31,7 @@ class TrainSettings:
     encoder_frames_per_call: int | None = None  # encoder micro-batch (None: all B x T frames)
     activation_checkpointing: bool = False  # recompute encoder activations in backward
     auto_memory: bool = True  # on GPU OOM, switch once to chunks + checkpointing
+    feature_cache: bool = True  # frozen encoder with a fixed input: compute features once
 
     @classmethod
     def from_mapping(cls, values: dict | None) -> TrainSettings:
