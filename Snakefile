@@ -16,6 +16,7 @@ include: "rules/weights.smk"
 include: "rules/store.smk"
 include: "rules/manifests.smk"
 include: "rules/train.smk"
+include: "rules/results.smk"
 
 
 rule all:

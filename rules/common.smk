@@ -110,6 +110,8 @@ def cell_metrics():
 
 def all_targets():
     return [
+        RUN / "tables" / "miou.csv",
+        RUN / "tables" / "params.csv",
         *cell_metrics(),
         *[RUN / "weights" / f"{name}.json" for name in checkpoints()],
         RUN / "data" / "s2.zarr",

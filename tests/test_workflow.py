@@ -21,6 +21,7 @@ def test_paper_preset_plans_data_stages_offline(tmp_path: Path) -> None:
     assert counts["label_splits"] == 1 and counts["timestep_manifest"] == 5
     assert counts["weights"] == 2  # CROMA-large and SSL4EO DINO; U-TAE trains from scratch
     assert counts["train"] == 140  # (2 GFMs x 3 FT-Rates + U-TAE) x 4 fractions x 5 lengths
+    assert counts["results"] == 1 and counts["params"] == 1
     assert not (tmp_path / "results").exists(), "a dry run must not write results"
 
 
@@ -70,5 +71,8 @@ def test_demo_data_stages_end_to_end(tmp_path: Path) -> None:
         "croma_tiny",
         "utae_tiny",
     }
+    assert len(pd.read_csv(run / "tables" / "miou.csv")) == 4
+    assert (run / "claims.md").exists() and (run / "figures" / "heatmaps.pdf").exists()
+    assert list(pd.read_csv(run / "tables" / "params.csv").model) == ["CROMA", "DINO", "U-TAE"]
     again = run_snakemake(tmp_path, "--cores", "2", config=overlay)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

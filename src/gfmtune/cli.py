@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "params": ("gfmtune.models.params", "parameter table of the paper-size models"),
     "weights": ("gfmtune.models.weights", "fetch and verify a pretrained checkpoint"),
     "train": ("gfmtune.train.job", "train and evaluate one grid cell"),
+    "results": ("gfmtune.results.report", "tables, figures and claims from finished cells"),
 }
 
 

@@ -50,3 +50,11 @@ MODEL_CHECKPOINTS: dict[str, Checkpoint] = {"croma": CROMA_LARGE, "dino": DINO_T
 
 #: Registry models trained from scratch: they have no FT-Rate (one grid cell per fraction and t).
 FROM_SCRATCH: tuple[str, ...] = ("utae", "utae_tiny")
+
+
+def family_of(model: str) -> str:
+    """The paper's display name of a registry model: CROMA, DINO or U-TAE."""
+    for prefix, family in (("croma", "CROMA"), ("dino", "DINO"), ("utae", "U-TAE")):
+        if model.startswith(prefix):
+            return family
+    raise KeyError(f"unknown model {model!r}")

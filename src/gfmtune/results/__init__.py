@@ -1,0 +1,1 @@
+"""Results: aggregation, the paper's tables and figures, claims check."""

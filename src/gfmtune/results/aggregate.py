@@ -1,0 +1,61 @@
+"""Collect every finished cell (``metrics.json``) into one table, ``tables/miou.csv``.
+
+One row per cell and seed: model (CROMA / DINO / U-TAE), registry name, ft_rate (empty for
+U-TAE), label_percent, timesteps, seed, miou and miou_paper and oa (percent), per-class IoU
+(percent), best_epoch, wall_seconds, gpu_hours.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from gfmtune.models.catalog import family_of
+from gfmtune.pastis import CLASS_NAMES, VOID_CLASS
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, 2)
+
+
+def cell_row(path: Path) -> dict:
+    """The table row of one ``metrics.json``."""
+    try:
+        metrics = json.loads(Path(path).read_text())
+        cell, test = metrics["cell"], metrics["test"]
+    except (OSError, json.JSONDecodeError, KeyError) as err:
+        raise ValueError(f"{path}: not a finished cell's metrics.json ({err})") from err
+    row = {
+        "model": family_of(cell["model"]),
+        "model_name": cell["model"],
+        "ft_rate": cell["ft_rate"],
+        "label_percent": float(cell["label_percent"]),
+        "timesteps": int(cell["timesteps"]),
+        "seed": int(cell["seed"]),
+        "miou": _pct(test["miou"]),
+        "miou_paper": _pct(test["miou_paper"]),
+        "oa": _pct(test["oa"]),
+    }
+    for c, name in enumerate(CLASS_NAMES):
+        if c != VOID_CLASS:
+            row[f"iou_{name}"] = _pct(test["per_class"][name]["iou"])
+    row |= {
+        "best_epoch": metrics["best_epoch"],
+        "wall_seconds": metrics["wall_seconds"],
+        "gpu_hours": metrics["gpu_hours"],
+    }
+    return row
+
+
+def collect(paths: Iterable[Path]) -> pd.DataFrame:
+    rows = [cell_row(p) for p in paths]
+    if not rows:
+        raise ValueError("no finished cell to aggregate")
+    table = pd.DataFrame(rows)
+    order = ["model", "ft_rate", "label_percent", "timesteps", "seed"]
+    return table.sort_values(
+        order, na_position="last", ascending=[True, True, False, True, True], ignore_index=True
+    )

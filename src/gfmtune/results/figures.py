@@ -1,0 +1,96 @@
+"""Figures: mIoU against the number of frames (published curves dashed) and heatmaps of mIoU
+over (FT-Rate, frames) per model and label fraction. PNG and PDF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from gfmtune.results.tables import row_label, row_order
+
+COLORS = {"CROMA": "tab:blue", "DINO": "tab:orange", "U-TAE": "tab:green"}
+STYLES = {0.0: ":", 0.1: "-.", 1.0: "-", -1.0: "-"}
+
+
+def _save(fig: Figure, base: Path) -> list[Path]:
+    base.parent.mkdir(parents=True, exist_ok=True)
+    paths = [base.with_suffix(".png"), base.with_suffix(".pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    return paths
+
+
+def miou_vs_frames(
+    ours: pd.DataFrame, paper: pd.DataFrame | None, fractions: list[float], base: Path
+) -> list[Path]:
+    """One panel per label fraction: ours solid with error bars (seeds), the paper's dashed."""
+    fig = Figure(figsize=(5.5 * len(fractions), 4.2))
+    axes = fig.subplots(1, len(fractions), squeeze=False)
+    for ax, fraction in zip(axes[0], fractions, strict=True):
+        for model, ft in row_order(ours):
+            mine = ours[
+                (ours.model == model) & (ours.ft_rate == ft) & (ours.label_percent == fraction)
+            ].sort_values("timesteps")
+            color = COLORS.get(model, "gray")
+            if len(mine):
+                ax.errorbar(
+                    mine.timesteps,
+                    mine["mean"],
+                    yerr=mine["std"].fillna(0),
+                    color=color,
+                    ls=STYLES.get(ft, "-"),
+                    marker="o",
+                    ms=3,
+                    capsize=2,
+                    label=row_label(model, ft),
+                )
+            if paper is not None:
+                theirs = paper[
+                    (paper.model == model)
+                    & (paper.ft_rate == ft)
+                    & (paper.label_percent == fraction)
+                ].sort_values("timesteps")
+                if len(theirs):
+                    ax.plot(
+                        theirs.timesteps, theirs["mean"], color=color, ls="--", alpha=0.45, lw=1
+                    )
+        ax.set(
+            title=f"{fraction:g} % of the labels",
+            xlabel="frames per series",
+            ylabel="test mIoU (%, paper convention)",
+        )
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, title="solid: this run; dashed: paper", title_fontsize=7)
+    return _save(fig, base)
+
+
+def heatmaps(ours: pd.DataFrame, base: Path) -> list[Path]:
+    """Per model (rows) and label fraction (columns): mIoU over FT-Rate x frames."""
+    gfms = [m for m in ("CROMA", "DINO") if m in set(ours.model)]
+    fractions = sorted(ours.label_percent.unique(), reverse=True)
+    if not gfms:
+        return []
+    fig = Figure(figsize=(3.4 * len(fractions), 2.8 * len(gfms)), layout="constrained")
+    axes = fig.subplots(len(gfms), len(fractions), squeeze=False)
+    vmin, vmax = ours["mean"].min(), ours["mean"].max()
+    for i, model in enumerate(gfms):
+        for j, fraction in enumerate(fractions):
+            part = ours[(ours.model == model) & (ours.label_percent == fraction)]
+            grid = part.pivot(index="ft_rate", columns="timesteps", values="mean")
+            ax = axes[i][j]
+            image = ax.imshow(
+                grid.to_numpy(), vmin=vmin, vmax=vmax, cmap="viridis", aspect="auto", origin="lower"
+            )
+            ax.set_xticks(range(grid.shape[1]), [str(t) for t in grid.columns])
+            ax.set_yticks(range(grid.shape[0]), [f"{f:g}" for f in grid.index])
+            for (r, c), v in np.ndenumerate(grid.to_numpy()):
+                if not np.isnan(v):
+                    ax.text(c, r, f"{v:.1f}", ha="center", va="center", fontsize=7, color="w")
+            ax.set_title(f"{model}, {fraction:g} %", fontsize=9)
+            ax.set_xlabel("frames", fontsize=8)
+            ax.set_ylabel("FT-Rate", fontsize=8)
+    fig.colorbar(image, ax=axes, shrink=0.8, label="test mIoU (%)")
+    return _save(fig, base)

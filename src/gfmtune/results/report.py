@@ -1,0 +1,111 @@
+"""``gfmtune results``: every results file from the finished cells of a run.
+
+Writes under ``--out`` (``results/<run>``)::
+
+    tables/miou.csv                      one row per cell and seed (percent)
+    tables/miou_<fractions>.{md,tex,csv} the paper's layout, best of each column marked
+    tables/comparison.{csv,md}           ours, the paper's and the difference per cell
+    tables/cost.csv                      GPU-hours and wall time per model and in total
+    figures/miou_vs_frames.{png,pdf}     per fraction, published curves dashed
+    figures/heatmaps.{png,pdf}           mIoU over (FT-Rate, frames) per model and fraction
+    claims.{json,md}                     the paper's conclusions checked on these results
+
+Every value in the paper-layout tables, the comparison and the claims is the paper's
+convention (``miou_paper``: mean over 20 classes with void as 0, percent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from gfmtune.fileio import atomic_path, atomic_write_text
+from gfmtune.results import claims, figures, tables
+from gfmtune.results.aggregate import collect
+from gfmtune.results.published import CITATION, published
+
+VALUE = "miou_paper"
+
+
+def _csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    head = "| " + " | ".join(frame.columns) + " |\n" + "|---" * len(frame.columns) + "|\n"
+    body = "".join(
+        "| " + " | ".join("–" if pd.isna(v) else str(v) for v in row) + " |\n"
+        for row in frame.itertuples(index=False)
+    )
+    return head + body
+
+
+def cost_table(table: pd.DataFrame) -> pd.DataFrame:
+    per_model = table.groupby("model")[["gpu_hours", "wall_seconds"]].sum().reset_index()
+    per_model["cells"] = table.groupby("model").size().to_numpy()
+    total = pd.DataFrame(
+        [
+            {
+                "model": "total",
+                "gpu_hours": table.gpu_hours.sum(),
+                "wall_seconds": table.wall_seconds.sum(),
+                "cells": len(table),
+            }
+        ]
+    )
+    return pd.concat([per_model, total], ignore_index=True).round(4)
+
+
+def write_results(cells: list[Path], out: Path) -> dict:
+    """All tables, figures and the claims check; returns the paths written, by kind."""
+    out = Path(out)
+    table = collect(cells)
+    _csv(table, out / "tables" / "miou.csv")
+    ours = tables.summarize(table, VALUE)
+    paper = tables.summarize(published().rename(columns={"miou": VALUE}), VALUE)
+    written = {"tables": [out / "tables" / "miou.csv"]}
+    for group in tables.fraction_groups(list(ours.label_percent.unique())):
+        grid = tables.layout(ours, group)
+        base = out / "tables" / ("miou_" + "_".join(f"{f:g}" for f in group))
+        for suffix, render in (
+            (".md", tables.to_markdown),
+            (".tex", tables.to_latex),
+            (".csv", tables.to_csv),
+        ):
+            atomic_write_text(base.with_suffix(suffix), render(grid))
+            written["tables"].append(base.with_suffix(suffix))
+    comparison = tables.comparison(ours, paper).round(2)
+    _csv(comparison, out / "tables" / "comparison.csv")
+    atomic_write_text(
+        out / "tables" / "comparison.md",
+        f"Published values: {CITATION}.\n\n" + _markdown(comparison),
+    )
+    _csv(cost_table(table), out / "tables" / "cost.csv")
+    written["tables"] += [
+        out / "tables" / n for n in ("comparison.csv", "comparison.md", "cost.csv")
+    ]
+    fractions = sorted(ours.label_percent.unique(), reverse=True)
+    panels = [fractions[0], fractions[-1]] if len(fractions) > 1 else fractions
+    written["figures"] = figures.miou_vs_frames(
+        ours, paper, panels, out / "figures" / "miou_vs_frames"
+    )
+    written["figures"] += figures.heatmaps(ours, out / "figures" / "heatmaps")
+    checked = claims.check_claims(ours)
+    atomic_write_text(out / "claims.json", json.dumps(checked, indent=1, default=str) + "\n")
+    atomic_write_text(out / "claims.md", claims.to_markdown(checked))
+    written["claims"] = [out / "claims.json", out / "claims.md"]
+    return written
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cells", type=Path, nargs="+", required=True, help="metrics.json files")
+    parser.add_argument("--out", type=Path, required=True, help="run folder (results/<run>)")
+
+
+def run(args: argparse.Namespace) -> int:
+    write_results(args.cells, args.out)
+    return 0

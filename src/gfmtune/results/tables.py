@@ -1,0 +1,124 @@
+"""The paper's table layout: rows CROMA 0.0/0.1/1.0, DINO 0.0/0.1/1.0, U-TAE; five timestep
+columns per label fraction, two fractions per table ((100, 50) and (10, 1) in the paper); the
+best value of each column marked. Values are means over seeds (± std when several).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+KEYS = ["model", "ft_rate", "label_percent", "timesteps"]
+FAMILIES = ("CROMA", "DINO", "U-TAE")
+MISSING = "–"
+
+
+def summarize(table: pd.DataFrame, value: str = "miou_paper") -> pd.DataFrame:
+    """Mean, std and seed count of ``value`` per cell (ft_rate -1 stands for none)."""
+    keyed = table.assign(ft_rate=table.ft_rate.fillna(-1.0))
+    out = keyed.groupby(KEYS)[value].agg(["mean", "std", "count"]).reset_index()
+    return out.rename(columns={"count": "n"})
+
+
+def row_label(model: str, ft_rate: float) -> str:
+    return model if ft_rate < 0 else f"{model} {ft_rate:.1f}"
+
+
+def row_order(summary: pd.DataFrame) -> list[tuple[str, float]]:
+    rows = summary[["model", "ft_rate"]].drop_duplicates()
+    rank = {f: i for i, f in enumerate(FAMILIES)}
+    return sorted(map(tuple, rows.to_numpy()), key=lambda r: (rank.get(r[0], 99), r[1]))
+
+
+def fraction_groups(fractions: list[float], per_table: int = 2) -> list[list[float]]:
+    """Fractions from most to fewest labels, ``per_table`` per table: [[100, 50], [10, 1]]."""
+    ordered = sorted(set(fractions), reverse=True)
+    return [ordered[i : i + per_table] for i in range(0, len(ordered), per_table)]
+
+
+def layout(summary: pd.DataFrame, fractions: list[float]) -> pd.DataFrame:
+    """Means as a grid: index row labels, columns (label_percent, timesteps)."""
+    steps = sorted(summary.timesteps.unique())
+    columns = pd.MultiIndex.from_product([fractions, steps], names=["label_percent", "timesteps"])
+    index = [row_label(m, f) for m, f in row_order(summary)]
+    grid = pd.DataFrame(np.nan, index=index, columns=columns)
+    std = grid.copy()
+    for r in summary.itertuples():
+        if r.label_percent in fractions:
+            label = row_label(r.model, r.ft_rate)
+            grid.loc[label, (r.label_percent, r.timesteps)] = r.mean
+            std.loc[label, (r.label_percent, r.timesteps)] = r.std if r.n > 1 else np.nan
+    grid.attrs["std"] = std
+    return grid
+
+
+def _best(grid: pd.DataFrame) -> pd.DataFrame:
+    return grid.eq(grid.max(axis=0), axis=1) & grid.notna()
+
+
+def _text(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return MISSING
+    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def _cells(grid: pd.DataFrame, mark: tuple[str, str]) -> pd.DataFrame:
+    std, best = grid.attrs["std"], _best(grid)
+    out = grid.astype(object).copy()
+    for i in grid.index:
+        for c in grid.columns:
+            text = _text(grid.loc[i, c], std.loc[i, c])
+            out.loc[i, c] = f"{mark[0]}{text}{mark[1]}" if best.loc[i, c] else text
+    return out
+
+
+def _header(grid: pd.DataFrame) -> tuple[list[str], list[str]]:
+    top = [f"{p:g} %" for p, _ in grid.columns]
+    return top, [f"t={t}" for _, t in grid.columns]
+
+
+def to_markdown(grid: pd.DataFrame) -> str:
+    """GitHub Markdown; the best value of each column in bold."""
+    cells = _cells(grid, ("**", "**"))
+    top, sub = _header(grid)
+    head = "| model | " + " | ".join(f"{a} {b}" for a, b in zip(top, sub, strict=True)) + " |"
+    lines = [head, "|---" * (len(top) + 1) + "|"]
+    lines += ["| " + " | ".join([i, *cells.loc[i].tolist()]) + " |" for i in cells.index]
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(grid: pd.DataFrame) -> str:
+    """A LaTeX tabular (booktabs); the best value of each column in bold."""
+    cells = _cells(grid, ("\\textbf{", "}")).map(lambda s: s.replace("±", "$\\pm$"))
+    fractions = list(dict.fromkeys(p for p, _ in grid.columns))
+    n_t = len(grid.columns) // len(fractions)
+    lines = ["\\begin{tabular}{l" + "r" * len(grid.columns) + "}", "\\toprule"]
+    lines.append(
+        " & "
+        + " & ".join(f"\\multicolumn{{{n_t}}}{{c}}{{{p:g}\\,\\%}}" for p in fractions)
+        + " \\\\"
+    )
+    lines.append("model & " + " & ".join(str(t) for _, t in grid.columns) + " \\\\")
+    lines.append("\\midrule")
+    lines += [" & ".join([i, *cells.loc[i].tolist()]) + " \\\\" for i in cells.index]
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(grid: pd.DataFrame) -> str:
+    """CSV with one column per (fraction, t); the best of each column marked with '*'."""
+    cells = _cells(grid, ("", "*"))
+    cells.columns = [f"{p:g}%_t{t}" for p, t in grid.columns]
+    return cells.rename_axis("model").to_csv()
+
+
+def comparison(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    """Per cell of ours: our mean, the paper's value and ours - paper (both summaries)."""
+    theirs = paper.rename(columns={"mean": "paper"})[[*KEYS, "paper"]]
+    mine = ours.rename(columns={"mean": "ours"})[[*KEYS, "ours", "std", "n"]]
+    merged = mine.merge(theirs, on=KEYS, how="left")
+    merged["diff"] = merged.ours - merged.paper
+    merged["ft_rate"] = merged.ft_rate.where(merged.ft_rate >= 0)
+    return merged.sort_values(KEYS, ascending=[True, True, False, True], ignore_index=True)

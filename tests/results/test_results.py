@@ -1,0 +1,108 @@
+"""Results: the published numbers through our table code give the paper's layout; aggregation,
+seeds, comparison, figures and the claims check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gfmtune.pastis import CLASS_NAMES
+from gfmtune.results import claims, tables
+from gfmtune.results.published import published
+from gfmtune.results.report import write_results
+
+PAPER = Path(__file__).resolve().parents[2] / "src" / "gfmtune" / "resources" / "published_miou.csv"
+
+
+def _paper_summary() -> pd.DataFrame:
+    return tables.summarize(published().rename(columns={"miou": "miou_paper"}))
+
+
+def test_published_numbers_give_the_paper_layout() -> None:
+    raw = pd.read_csv(PAPER)
+    assert len(raw) == 140
+    groups = tables.fraction_groups(list(raw.label_percent.unique()))
+    assert groups == [[100, 50], [10, 1]]
+    grid = tables.layout(_paper_summary(), [100, 50])
+    assert grid.index.tolist() == ["CROMA 0.0", "CROMA 0.1", "CROMA 1.0", "DINO 0.0",
+                                   "DINO 0.1", "DINO 1.0", "U-TAE"]  # fmt: skip
+    assert [(p, t) for p, t in grid.columns] == [(p, t) for p in (100, 50)
+                                                 for t in (1, 6, 15, 25, 35)]  # fmt: skip
+    markdown = tables.to_markdown(grid).splitlines()
+    assert markdown[0].startswith("| model | 100 % t=1 | 100 % t=6")
+    # every value of the CSV appears in its place; the column maxima are the bold ones
+    for row in raw.itertuples():
+        label = row.model if pd.isna(row.ft_rate) else f"{row.model} {row.ft_rate:.1f}"
+        if row.label_percent in (100, 50):
+            assert grid.loc[label, (row.label_percent, row.timesteps)] == row.miou
+    csv = pd.read_csv(pd.io.common.StringIO(tables.to_csv(tables.layout(_paper_summary(),
+                                                                           [10, 1]))))  # fmt: skip
+    starred = {c: csv.model[csv[c].astype(str).str.endswith("*")].tolist() for c in csv.columns[1:]}
+    for (p, t), col in zip([(p, t) for p in (10, 1) for t in (1, 6, 15, 25, 35)],
+                           csv.columns[1:], strict=True):  # fmt: skip
+        cell = raw[(raw.label_percent == p) & (raw.timesteps == t)]
+        top = cell[cell.miou == cell.miou.max()]
+        names = [m if pd.isna(f) else f"{m} {f:.1f}" for m, f in zip(top.model, top.ft_rate,
+                                                                        strict=True)]  # fmt: skip
+        assert starred[col] == names
+    assert "\\textbf{19.52}" in tables.to_latex(grid)
+
+
+def test_claims_on_the_published_numbers() -> None:
+    verdicts = [c["verdict"] for c in claims.check_claims(_paper_summary())]
+    assert verdicts == ["true", "true", "true", "true", "true", "true", "true", "false"]
+    md = claims.to_markdown(claims.check_claims(_paper_summary()))
+    assert md.count("\n") == 2 + 8
+
+
+def _fake_cell(folder: Path, model: str, ft, percent: str, t: int, seed: int, miou: float) -> Path:
+    per_class = {n: {"iou": miou, "precision": 0.5, "recall": 0.5, "support": 1}
+                 for n in CLASS_NAMES}  # fmt: skip
+    metrics = {"cell": {"model": model, "ft_rate": ft, "label_percent": percent,
+                        "timesteps": t, "seed": seed},
+               "test": {"miou": miou, "miou_paper": 0.95 * miou, "oa": 0.5,
+                        "per_class": per_class},
+               "best_epoch": 3, "wall_seconds": 10.0, "gpu_hours": 0.01}  # fmt: skip
+    path = folder / f"{model}_{ft}_{percent}_{t}_{seed}" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(metrics))
+    return path
+
+
+def test_write_results_with_seeds(tmp_path: Path) -> None:
+    cells, rng = [], np.random.default_rng(0)
+    for model, fts in (("croma", [0.0, 1.0]), ("utae", [None])):
+        for ft in fts:
+            for percent in ("100", "10"):
+                for t in (1, 6):
+                    for seed in (0, 1):
+                        value = 0.2 + 0.01 * t + rng.uniform(0, 0.01)
+                        cells.append(_fake_cell(tmp_path / "cells", model, ft, percent, t,
+                                                seed, value))  # fmt: skip
+    written = write_results(cells, tmp_path / "run")
+    table = pd.read_csv(tmp_path / "run" / "tables" / "miou.csv")
+    assert len(table) == 24 and set(table.model) == {"CROMA", "U-TAE"}
+    assert table.loc[table.model == "U-TAE", "ft_rate"].isna().all()
+    assert {"miou", "miou_paper", "oa", "gpu_hours", "seed", "iou_Meadow"} <= set(table.columns)
+    md = (tmp_path / "run" / "tables" / "miou_100_10.md").read_text()
+    assert "±" in md and md.count("**") >= 2 * 4  # mean ± std over seeds; a best per column
+    comparison = pd.read_csv(tmp_path / "run" / "tables" / "comparison.csv")
+    row = comparison[(comparison.model == "U-TAE") & (comparison.label_percent == 100)
+                     & (comparison.timesteps == 6)].iloc[0]  # fmt: skip
+    assert row.paper == 45.45 and row["diff"] == pytest.approx(row.ours - 45.45, abs=0.01)
+    cost = pd.read_csv(tmp_path / "run" / "tables" / "cost.csv").set_index("model")
+    assert cost.loc["total", "gpu_hours"] == pytest.approx(0.24)
+    for figure in written["figures"]:
+        assert figure.stat().st_size > 10_000
+    assert len(json.loads((tmp_path / "run" / "claims.json").read_text())) == 8
+
+
+def test_aggregate_rejects_unfinished_cells(tmp_path: Path) -> None:
+    broken = tmp_path / "metrics.json"
+    broken.write_text("{}")
+    with pytest.raises(ValueError, match=r"metrics\.json"):
+        write_results([broken], tmp_path / "run")
