@@ -1,0 +1,233 @@
+"""The training/evaluation dataset: patches of the Zarr store, their chosen frames, normalised.
+
+Which patches: the store's patches in ``folds``; with a label-split manifest
+(``label_split/{percent}.csv``: ``patch_id``, ``fold``) only the split's patches among them
+(training). Which frames: the timestep manifest (``timesteps/{t}.csv``: ``patch_id``, ``frames``,
+``days``, one row per store patch). Only the chosen frames are read.
+
+Normalisation is per band ``(x - mean) / std`` with the store's ``norm_paper`` or
+``norm_train_folds`` statistics. As in the paper, nodata (-10000) is normalised like any value
+(``nodata="keep"``); ``nodata="zero"`` sets those pixels to 0 after normalisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from gfmtune import pastis
+from gfmtune.data.reader import FrameReader
+
+NORMS = ("paper", "train_folds")
+NODATA_MODES = ("keep", "zero")
+
+
+class ManifestError(ValueError):
+    """A manifest is unreadable or does not fit the store; the message names the file."""
+
+
+class Normaliser:
+    """Per-band ``(x - mean) / std`` of int16 (..., band, H, W) into float32."""
+
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], zero_value: int | None = None
+    ) -> None:
+        std64 = np.asarray(std, dtype=np.float64)
+        if np.any(std64 <= 0):
+            raise ValueError(f"band std must be positive, got {list(std)}")
+        self.scale = (1.0 / std64).astype(np.float32)[:, None, None]
+        self.shift = (np.asarray(mean, dtype=np.float64) / std64).astype(np.float32)[:, None, None]
+        self.zero_value = zero_value
+
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        out = np.empty(x.shape, dtype=np.float32) if out is None else out
+        np.multiply(x, self.scale, out=out)  # x / std - mean / std: two passes, no temporaries
+        out -= self.shift
+        if self.zero_value is not None:
+            out[x == self.zero_value] = 0.0
+        return out
+
+
+def store_normaliser(attrs: dict[str, Any], norm: str, nodata: str = "keep") -> Normaliser:
+    """The :class:`Normaliser` for the store attributes ``attrs`` (``norm_{norm}``)."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; choose from {NORMS}")
+    if nodata not in NODATA_MODES:
+        raise ValueError(f"unknown nodata mode {nodata!r}; choose from {NODATA_MODES}")
+    stats = attrs[f"norm_{norm}"]
+    zero = int(attrs.get("nodata", pastis.NODATA)) if nodata == "zero" else None
+    return Normaliser(stats["mean"], stats["std"], zero)
+
+
+# ---- manifests ------------------------------------------------------------------------------
+
+
+def _read_csv(path: Path, what: str, columns: tuple[str, ...]) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} manifest not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{path}: unreadable {what} manifest ({err})") from err
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ManifestError(f"{path}: {what} manifest lacks columns {missing}")
+    return frame
+
+
+def _ints(text: str, path: Path, where: str) -> np.ndarray:
+    try:
+        return np.array([int(v) for v in text.split()], dtype=np.int64)
+    except ValueError:
+        raise ManifestError(f"{path}: {where}: {text!r} is not integers") from None
+
+
+def _int_column(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
+    try:
+        return frame[column].astype(np.int64).to_numpy()
+    except ValueError:
+        raise ManifestError(f"{path}: column {column!r} must hold integers") from None
+
+
+def _store_positions(reader: FrameReader, frame: pd.DataFrame, path: Path) -> np.ndarray:
+    """Store positions of the manifest's ``patch_id`` column (unknown or repeated ids: error)."""
+    patch_ids = _int_column(frame, "patch_id", path)
+    unknown = sorted(set(patch_ids.tolist()) - set(reader.patch_ids.tolist()))
+    if unknown:
+        raise ManifestError(f"{path}: patch_id {unknown[:5]} not in the store {reader.store}")
+    ids, counts = np.unique(patch_ids, return_counts=True)
+    if np.any(counts > 1):
+        raise ManifestError(f"{path}: patch_id {ids[counts > 1][:5].tolist()} listed twice")
+    return np.array([reader.index_of(p) for p in patch_ids], dtype=np.int64)
+
+
+def read_label_split(reader: FrameReader, path: Path) -> np.ndarray:
+    """Store positions of the patches in a label-split manifest (folds checked against it)."""
+    path = Path(path)
+    frame = _read_csv(path, "label split", ("patch_id", "fold"))
+    positions = _store_positions(reader, frame, path)
+    wrong = positions[_int_column(frame, "fold", path) != reader.folds[positions]]
+    if len(wrong):
+        bad = reader.patch_ids[wrong[:5]].tolist()
+        raise ManifestError(f"{path}: fold disagrees with the store for patches {bad}")
+    return positions
+
+
+def _frames_and_days(
+    reader: FrameReader, i: int, frames: str, days: str, path: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    pid = int(reader.patch_ids[i])
+    f = _ints(frames, path, f"patch {pid} frames")
+    d = _ints(days, path, f"patch {pid} days")
+    n = reader.n_frames(i)
+    if len(f) == 0 or len(f) != len(d):
+        raise ManifestError(f"{path}: patch {pid} has {len(f)} frames but {len(d)} days")
+    if f.min() < 0 or f.max() >= n:
+        raise ManifestError(f"{path}: patch {pid} frame index out of range 0..{n - 1}: {f}")
+    if not np.array_equal(reader.days(i)[f], d):
+        raise ManifestError(f"{path}: patch {pid} days do not match the store's dates")
+    return f, d
+
+
+def read_timesteps(
+    reader: FrameReader, path: Path, positions: np.ndarray
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Frames and days for the patches at ``positions``, validated against the store."""
+    path = Path(path)
+    frame = _read_csv(path, "timestep", ("patch_id", "frames", "days"))
+    row_of = {int(i): r for r, i in enumerate(_store_positions(reader, frame, path))}
+    missing = [int(reader.patch_ids[i]) for i in positions if int(i) not in row_of]
+    if missing:
+        raise ManifestError(f"{path}: no row for patches {missing[:5]}")
+    texts = frame[["frames", "days"]].to_numpy()
+    pairs = [_frames_and_days(reader, int(i), *texts[row_of[int(i)]], path) for i in positions]
+    if len({len(f) for f, _ in pairs}) > 1:
+        raise ManifestError(f"{path}: patches have different numbers of frames")
+    return [f for f, _ in pairs], [d for _, d in pairs]
+
+
+# ---- dataset --------------------------------------------------------------------------------
+
+
+def _as_folds(folds: int | Sequence[int]) -> tuple[int, ...]:
+    folds = (folds,) if isinstance(folds, int) else tuple(int(f) for f in folds)
+    if not folds or any(f not in (1, 2, 3, 4, 5) for f in folds):
+        raise ValueError(f"folds must be among 1..5, got {folds}")
+    return folds
+
+
+class PastisZarrDataset(Dataset):
+    """Items ``{"image": float32 (t, band, H, W), "days": int64 (t,), "label": int64 (H, W),
+    "patch_id": int}`` for the store's patches in ``folds`` (only the ``label_split``'s if given).
+
+    Training: ``PastisZarrDataset(store, timesteps, (1, 2, 3), label_split=...)`` or
+    :meth:`training`; validation/test: ``PastisZarrDataset(store, timesteps, 4)`` or
+    :meth:`evaluation`. ``norm``: ``"paper"`` or ``"train_folds"`` statistics; ``nodata``:
+    ``"keep"`` or ``"zero"``; ``backend`` and ``threads``: see :class:`FrameReader`.
+    """
+
+    def __init__(
+        self,
+        store: Path,
+        timesteps: Path,
+        folds: int | Sequence[int],
+        *,
+        label_split: Path | None = None,
+        norm: str = "paper",
+        nodata: str = "keep",
+        backend: str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.reader = FrameReader(store, backend, threads)
+        self.folds = _as_folds(folds)
+        self.normalise = store_normaliser(self.reader.attrs, norm, nodata)
+        positions = np.flatnonzero(np.isin(self.reader.folds, self.folds))
+        if label_split is not None:
+            positions = np.intersect1d(positions, read_label_split(self.reader, label_split))
+        if len(positions) == 0:
+            where = f" of {label_split}" if label_split is not None else ""
+            raise ManifestError(f"{store}: no patches{where} in folds {self.folds}")
+        self.positions = positions
+        self.frames, self.days = read_timesteps(self.reader, timesteps, positions)
+
+    @classmethod
+    def training(
+        cls, store: Path, label_split: Path, timesteps: Path, **kwargs: Any
+    ) -> PastisZarrDataset:
+        """The label split's patches of the training folds 1-3."""
+        return cls(store, timesteps, pastis.TRAIN_FOLDS, label_split=label_split, **kwargs)
+
+    @classmethod
+    def evaluation(
+        cls, store: Path, timesteps: Path, fold: int = pastis.VAL_FOLD, **kwargs: Any
+    ) -> PastisZarrDataset:
+        """Every patch of one fold (4 validation, 5 test)."""
+        return cls(store, timesteps, fold, **kwargs)
+
+    @property
+    def patch_ids(self) -> np.ndarray:
+        return self.reader.patch_ids[self.positions]
+
+    @property
+    def timesteps(self) -> int:
+        return len(self.frames[0])
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        i = int(self.positions[k])
+        image = self.reader.read_frames(i, self.frames[k], self.normalise)
+        return {
+            "image": torch.from_numpy(image),
+            "days": torch.from_numpy(self.days[k].copy()),
+            "label": torch.from_numpy(self.reader.label(i).astype(np.int64)),
+            "patch_id": int(self.reader.patch_ids[i]),
+        }
