@@ -52,6 +52,18 @@ def _mean_beats(text: str, a: tuple[str, pd.Series], b: tuple[str, pd.Series]) -
     return _claim(text, rule, mean_a > mean_b, {a[0]: mean_a, b[0]: mean_b})
 
 
+def _best_claim(text: str, s: pd.DataFrame, fraction: float, expected: tuple[str, float]) -> dict:
+    """Claim that ``expected`` (model, FT-Rate) has the best mIoU averaged over frames."""
+    best = _best_row(s, fraction)
+    verdict = None if best is None else best[:2] == expected
+    return _claim(
+        text,
+        "highest mIoU averaged over frames",
+        verdict,
+        {"best (model, FT-Rate, mean mIoU)": best},
+    )
+
+
 def check_claims(s: pd.DataFrame) -> list[dict]:
     fractions = sorted(s.label_percent.unique())
     if not fractions:
@@ -76,29 +88,15 @@ def check_claims(s: pd.DataFrame) -> list[dict]:
         )
     )
 
-    best = _best_row(s, rich)
-    claims.append(
-        _claim(
-            f"With abundant labels ({rich:g} %), CROMA with FT-Rate 0.1 is best.",
-            "highest mIoU averaged over frames",
-            None if best is None else best[:2] == ("CROMA", 0.1),
-            {"best (model, FT-Rate, mean mIoU)": best},
-        )
-    )
+    text = f"With abundant labels ({rich:g} %), CROMA with FT-Rate 0.1 is best."
+    claims.append(_best_claim(text, s, rich, ("CROMA", 0.1)))
 
     croma = ("CROMA 0.0", _series(s, "CROMA", 0.0, poor))
     text = f"With scarce labels ({poor:g} %), even frozen CROMA beats U-TAE."
     claims.append(_mean_beats(text, croma, ("U-TAE", utae_poor)))
 
-    best = _best_row(s, poor)
-    claims.append(
-        _claim(
-            f"With scarce labels ({poor:g} %), CROMA at FT-Rate 1.0 is best.",
-            "highest mIoU averaged over frames",
-            None if best is None else best[:2] == ("CROMA", 1.0),
-            {"best (model, FT-Rate, mean mIoU)": best},
-        )
-    )
+    text = f"With scarce labels ({poor:g} %), CROMA at FT-Rate 1.0 is best."
+    claims.append(_best_claim(text, s, poor, ("CROMA", 1.0)))
 
     claims.append(
         _mean_beats(
