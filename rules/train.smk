@@ -33,4 +33,5 @@ rule train:
         " --timesteps {input.timesteps} --model {wildcards.model} --ft-rate {wildcards.ft_rate}"
         " --seed {wildcards.seed} --settings-json '{params.settings}' {params.weights}"
         " --device {params.device} --feature-cache {params.cache} --out {params.out}"
+        " --threads {threads}"
         " --no-progress > {log} 2>&1"

@@ -26,7 +26,7 @@ def _best_row(s: pd.DataFrame, fraction: float) -> tuple[str, float, float] | No
         return None
     means = part.groupby(["model", "ft_rate"])["mean"].mean()
     (model, ft), value = means.idxmax(), means.max()
-    return str(model), float(ft), round(float(value), 2)
+    return str(model), (float(ft) if ft >= 0 else None), round(float(value), 2)
 
 
 def _claim(text: str, rule: str, verdict: bool | None, evidence: dict) -> dict:

@@ -346,6 +346,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--feature-cache", type=Path, help="folder for frozen-encoder features")
     parser.add_argument("--out", type=Path, required=True, help="cell folder")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -355,6 +356,8 @@ def run(args: argparse.Namespace) -> int:
     cell = Cell(
         args.model, ft, args.label_split.stem, len(str(manifest.frames.iloc[0]).split()), args.seed
     )
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.settings:
         settings = TrainSettings.from_json(args.settings)
     else:
