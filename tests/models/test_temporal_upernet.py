@@ -99,3 +99,15 @@ def test_memory_plan_gives_identical_outputs_and_gradients() -> None:
         out, grad = grads(*plan)
         torch.testing.assert_close(out, out_ref, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-7)
+
+
+def test_corrected_variants() -> None:
+    from gfmtune.models.catalog import FAMILIES, FROM_SCRATCH, MODEL_CHECKPOINTS
+    from gfmtune.models.registry import REGISTRY
+
+    assert set(FAMILIES) == set(REGISTRY)  # the torch-free catalog agrees with the registry
+    assert {n for n, s in REGISTRY.items() if not s.has_encoder} == set(FROM_SCRATCH)
+    assert {n for n, s in REGISTRY.items() if s.checkpoint} == set(MODEL_CHECKPOINTS)
+    native = get_spec("croma_native")
+    assert native.policy.kind == "native" and native.policy.deterministic_train_input
+    assert get_spec("dino_qkv").build_encoder().vit.blocks[0].attn.qkv.bias is not None

@@ -46,15 +46,27 @@ DINO_TORCHGEO = Checkpoint(
 CHECKPOINTS = {c.name: c for c in (CROMA_BASE, CROMA_LARGE, DINO_TORCHGEO)}
 
 #: Registry model name -> the checkpoint its encoder starts from (others train from scratch).
-MODEL_CHECKPOINTS: dict[str, Checkpoint] = {"croma": CROMA_LARGE, "dino": DINO_TORCHGEO}
+MODEL_CHECKPOINTS: dict[str, Checkpoint] = {
+    "croma": CROMA_LARGE,
+    "croma_native": CROMA_LARGE,
+    "dino": DINO_TORCHGEO,
+    "dino_qkv": DINO_TORCHGEO,
+}
 
 #: Registry models trained from scratch: they have no FT-Rate (one grid cell per fraction and t).
 FROM_SCRATCH: tuple[str, ...] = ("utae", "utae_tiny")
 
 
+#: Display names in tables; the paper's three, and the corrected variants.
+FAMILIES: dict[str, str] = {
+    "croma": "CROMA", "croma_tiny": "CROMA", "croma_native": "CROMA (128 px)",
+    "dino": "DINO", "dino_tiny": "DINO", "dino_qkv": "DINO (qkv bias)",
+    "utae": "U-TAE", "utae_tiny": "U-TAE",
+}  # fmt: skip
+
+
 def family_of(model: str) -> str:
-    """The paper's display name of a registry model: CROMA, DINO or U-TAE."""
-    for prefix, family in (("croma", "CROMA"), ("dino", "DINO"), ("utae", "U-TAE")):
-        if model.startswith(prefix):
-            return family
-    raise KeyError(f"unknown model {model!r}")
+    """The display name of a registry model (the paper's: CROMA, DINO, U-TAE)."""
+    if model not in FAMILIES:
+        raise KeyError(f"unknown model {model!r}; known: {', '.join(FAMILIES)}")
+    return FAMILIES[model]

@@ -71,6 +71,22 @@ REGISTRY: dict[str, ModelSpec] = {
         _dino("small", qkv_bias=False),
         MODEL_CHECKPOINTS["dino"],
     ),
+    # corrected variants: CROMA at its native 128 px (no crops: cacheable when frozen), and DINO
+    # with the checkpoint's qkv biases loaded instead of dropped
+    "croma_native": ModelSpec(
+        "croma_native",
+        "CROMA (128 px)",
+        InputPolicy("native", 128, CROMA_BANDS),
+        _croma("large", (3, 5, 7, 11)),
+        MODEL_CHECKPOINTS["croma_native"],
+    ),
+    "dino_qkv": ModelSpec(
+        "dino_qkv",
+        "DINO (qkv bias)",
+        InputPolicy("resize", 224, DINO_BANDS),
+        _dino("small", qkv_bias=True),
+        MODEL_CHECKPOINTS["dino_qkv"],
+    ),
     "utae": ModelSpec("utae", "U-TAE", InputPolicy("native"), None, build_baseline=utae_paper),
     "utae_tiny": ModelSpec(
         "utae_tiny", "U-TAE", InputPolicy("native"), None, build_baseline=utae_tiny
