@@ -203,8 +203,8 @@ def write_synthetic_pastis(root: Path, spec: SyntheticSpec = SyntheticSpec()) ->
     return root
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, required=True, help="folder to write")
+def add_spec_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Options of a :class:`SyntheticSpec` (shared with ``gfmtune download``)."""
     parser.add_argument("--patches", type=int, default=SyntheticSpec.n_patches)
     parser.add_argument("--size", type=int, default=SyntheticSpec.size, help="patch side (px)")
     parser.add_argument(
@@ -217,7 +217,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=SyntheticSpec.seed)
 
 
+def spec_from_args(args: argparse.Namespace) -> SyntheticSpec:
+    return SyntheticSpec(args.patches, args.size, tuple(args.frames), args.seed)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="folder to write")
+    add_spec_arguments(parser)
+
+
 def run(args: argparse.Namespace) -> int:
-    spec = SyntheticSpec(args.patches, args.size, tuple(args.frames), args.seed)
-    write_synthetic_pastis(args.out, spec)
+    write_synthetic_pastis(args.out, spec_from_args(args))
     return 0

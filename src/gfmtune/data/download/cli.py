@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from gfmtune.data.inventory import SOURCES, write_inventory
-from gfmtune.data.synthetic import SyntheticSpec
+from gfmtune.data.synthetic import add_spec_arguments, spec_from_args
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument(
         "--retries", type=int, default=5, help="retries per file, backoff 1, 2, 4 s..."
     )
-    syn = parser.add_argument_group("synthetic")
-    syn.add_argument("--patches", type=int, default=SyntheticSpec.n_patches)
-    syn.add_argument("--size", type=int, default=SyntheticSpec.size, help="patch side (px)")
-    syn.add_argument(
-        "--frames",
-        type=int,
-        nargs="+",
-        default=list(SyntheticSpec.frames_per_tile),
-        help="frames per series, one value per tile",
-    )
-    syn.add_argument("--seed", type=int, default=SyntheticSpec.seed)
+    add_spec_arguments(parser.add_argument_group("synthetic"))
 
 
 def _dest(args: argparse.Namespace) -> Path:
@@ -101,7 +91,7 @@ def _synthetic(args: argparse.Namespace) -> Fetched:
     from gfmtune.data.download.local import validate_layout
     from gfmtune.data.synthetic import write_synthetic_pastis
 
-    spec = SyntheticSpec(args.patches, args.size, tuple(args.frames), args.seed)
+    spec = spec_from_args(args)
     root = write_synthetic_pastis(_dest(args), spec)
     validate_layout(root)
     return root, [], {}
