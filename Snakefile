@@ -10,6 +10,9 @@ min_version("9.0")
 configfile: Path(workflow.basedir) / "workflow_config.yaml"
 
 
+report: "rules/report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/download.smk"
 include: "rules/weights.smk"

@@ -6,11 +6,22 @@ rule results:
     input:
         cells=cell_metrics(),
     output:
-        table=RUN / "tables" / "miou.csv",
-        comparison=RUN / "tables" / "comparison.csv",
+        table=report(RUN / "tables" / "miou.csv", caption="report/table.rst", category="Tables"),
+        comparison=report(
+            RUN / "tables" / "comparison.csv",
+            caption="report/comparison.rst",
+            category="Tables",
+        ),
         cost=RUN / "tables" / "cost.csv",
-        curves=RUN / "figures" / "miou_vs_frames.png",
-        claims=RUN / "claims.md",
+        curves=report(
+            RUN / "figures" / "miou_vs_frames.png",
+            caption="report/miou_vs_frames.rst",
+            category="Figures",
+        ),
+        heatmaps=report(
+            RUN / "figures" / "heatmaps.png", caption="report/heatmaps.rst", category="Figures"
+        ),
+        claims=report(RUN / "claims.md", caption="report/claims.rst", category="Claims"),
     params:
         out=RUN,
     log:
@@ -23,7 +34,7 @@ rule results:
 
 rule params:
     output:
-        RUN / "tables" / "params.csv",
+        report(RUN / "tables" / "params.csv", caption="report/params.rst", category="Tables"),
     log:
         RUN / "logs" / "params.log",
     conda:

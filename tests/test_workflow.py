@@ -10,6 +10,7 @@ import pytest
 import xarray as xr
 
 from tests.data.test_store import assert_store_equals_source
+from tests.report_browser import rendered_figures
 from tests.workflow_helpers import job_counts, run_snakemake
 
 
@@ -45,7 +46,7 @@ def test_schema_defaults_fill_missing_keys(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_data_stages_end_to_end(tmp_path: Path) -> None:
+def test_demo_end_to_end_with_report(tmp_path: Path) -> None:
     overlay = {
         "run": "e2e",
         "models": ["croma_tiny", "utae_tiny"],
@@ -74,5 +75,11 @@ def test_demo_data_stages_end_to_end(tmp_path: Path) -> None:
     assert len(pd.read_csv(run / "tables" / "miou.csv")) == 4
     assert (run / "claims.md").exists() and (run / "figures" / "heatmaps.pdf").exists()
     assert list(pd.read_csv(run / "tables" / "params.csv").model) == ["CROMA", "DINO", "U-TAE"]
+    report = tmp_path / "report.html"
+    made = run_snakemake(tmp_path, "--report", str(report), config=overlay)
+    assert made.returncode == 0, made.stderr[-2000:]
+    widths = rendered_figures(report, "Figures", ["miou_vs_frames.png", "heatmaps.png"])
+    assert all(width > 500 for width in widths.values()), widths
+
     again = run_snakemake(tmp_path, "--cores", "2", config=overlay)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
