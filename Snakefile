@@ -20,6 +20,7 @@ include: "rules/store.smk"
 include: "rules/manifests.smk"
 include: "rules/train.smk"
 include: "rules/results.smk"
+include: "rules/maps.smk"
 
 
 rule all:

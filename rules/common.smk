@@ -111,6 +111,8 @@ def cell_metrics():
 def all_targets():
     return [
         RUN / "tables" / "miou.csv",
+        RUN / "maps",
+        RUN / "figures" / "predictions.png",
         RUN / "tables" / "params.csv",
         *cell_metrics(),
         *[RUN / "weights" / f"{name}.json" for name in checkpoints()],

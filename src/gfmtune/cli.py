@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "weights": ("gfmtune.models.weights", "fetch and verify a pretrained checkpoint"),
     "train": ("gfmtune.train.job", "train and evaluate one grid cell"),
     "results": ("gfmtune.results.report", "tables, figures and claims from finished cells"),
+    "predict-maps": ("gfmtune.results.maps", "GeoTIFF test maps of each family's best cell"),
 }
 
 
