@@ -104,6 +104,29 @@ def weights_args(wildcards):
     return f"--weights-dir {config['weights']['dir']}" if weights_stamp(wildcards) else ""
 
 
+#: Training time of a model relative to CROMA's (the step costs behind the README's GPU-time
+#: estimate, with margin).
+RUNTIME_MODEL_WEIGHT = {
+    "croma": 1.0,
+    "croma_native": 1.0,
+    "dino": 0.5,
+    "dino_qkv": 0.5,
+    "utae": 0.25,
+}
+
+
+def train_runtime(wildcards, attempt):
+    """Time limit in minutes of a training job (SLURM -t): `train.runtime` is a CROMA cell's
+    at 35 frames. Scaled by the model (RUNTIME_MODEL_WEIGHT, 1 for others), by the frames
+    (0.2 + 0.8 t / 35: a fifth does not grow with t) and by the attempt (a retry after a
+    time-out gets twice the limit, and resumes from its last finished epoch)."""
+    import math
+
+    model = RUNTIME_MODEL_WEIGHT.get(wildcards.model, 1.0)
+    frames = 0.2 + 0.8 * int(wildcards.timesteps) / 35
+    return math.ceil(config["train"]["runtime"] * model * frames * attempt)
+
+
 def cell_metrics():
     return [RUN / "cells" / instance / "metrics.json" for instance in CELLS.instance_patterns]
 

@@ -21,7 +21,7 @@ rule train:
     resources:
         gpu=config["train"]["gpus"],
         mem_mb=config["train"]["mem_mb"],
-        runtime=config["train"]["runtime"],
+        runtime=train_runtime,
     log:
         RUN / "logs" / "train" / f"{CELLS.wildcard_pattern}.log",
     benchmark:
@@ -29,9 +29,12 @@ rule train:
     conda:
         CONDA_ENV
     shell:
-        "gfmtune train --store {input.store} --label-split {input.split}"
+        # Under SLURM the log's first line names the job and the GPU SLURM gave it.
+        '{{ if [ -n "${{SLURM_JOB_ID:-}}" ]; then echo "slurm job $SLURM_JOB_ID'
+        ' CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-unset}}"; fi;'
+        " gfmtune train --store {input.store} --label-split {input.split}"
         " --timesteps {input.timesteps} --model {wildcards.model} --ft-rate {wildcards.ft_rate}"
         " --seed {wildcards.seed} --settings-json '{params.settings}' {params.weights}"
         " --device {params.device} --feature-cache {params.cache} --out {params.out}"
         " --threads {threads}"
-        " --no-progress > {log} 2>&1"
+        " --no-progress; }} > {log} 2>&1"

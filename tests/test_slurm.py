@@ -1,0 +1,258 @@
+"""The SLURM profile on a real one-node SLURM cluster started by the test (Debian's slurm-wlm).
+
+The cluster is private to the test: its own slurm.conf (through ``SLURM_CONF``), ports, munge
+socket and state folders in a temporary folder, and two scheduling-only GPU slots (character
+devices made with ``mknod``, as /dev/null). The node declares 32 CPUs and 128 GB
+(``SlurmdParameters=config_overrides``) so that the profile's real requests are scheduled as
+they are on a cluster; the jobs still share this machine's cores. Needs root (slurmd runs the
+jobs as the submitting user, munged as user munge).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.workflow_helpers import REPO, run_snakemake
+
+pytestmark = pytest.mark.slurm
+
+INSTALL_HINT = "slurm-wlm/munge not installed (install with apt-get install -y slurm-wlm munge)"
+DAEMONS = ("slurmctld", "slurmd", "munged")
+CLIENTS = ("sbatch", "squeue", "scontrol", "sinfo", "srun", "munge", "unmunge")
+MUNGE_KEY = Path("/etc/munge/munge.key")
+
+#: The demo, small: 15 patches of 32 px, CROMA (frozen) and U-TAE at 1 and 6 frames, one epoch.
+OVERLAY = {
+    "run": "slurm",
+    "models": ["croma_tiny", "utae_tiny"],
+    "manifests": {"label_percents": [100], "timesteps": [1, 6]},
+    "train": {"ft_rates": [0.0], "gpus": 1, "mem_mb": 3000, "runtime": 240,
+              "settings": {"epochs": 1, "batch_size": 2, "workers": 0}},
+    "data": {"source": "synthetic",
+             "synthetic": {"patches": 15, "size": 32, "frames_per_tile": [7, 12]}},
+    "store": {"threads": 2},
+}  # fmt: skip
+#: What each job must have been granted: (CPUs, memory MB, time limit), from profiles/slurm
+#: (set-threads, set-resources, default-resources) and, for training, from the overlay's
+#: train.mem_mb and train_runtime in rules/common.smk: 240 x 1 x (0.2 + 0.8 t / 35) minutes.
+GRANTED = {
+    "download": (1, 4000, "12:00:00"),
+    "zarr_store": (2, 16000, "04:00:00"),
+    "label_splits": (1, 4000, "01:00:00"),
+    "timestep_manifest": (1, 4000, "01:00:00"),
+    "train 1": (8, 3000, "00:54:00"),
+    "train 6": (8, 3000, "01:21:00"),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def slurm_conf(root: Path, host: str, munge_socket: Path) -> str:
+    return f"""\
+ClusterName=gfmtune-test
+SlurmctldHost={host}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
+SlurmUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={munge_socket}
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/slurmctld.log
+SlurmdLogFile={root}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+SlurmdParameters=config_overrides
+ReturnToService=2
+JobRequeue=0
+MinJobAge=3600
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+GresTypes=gpu
+NodeName={host} CPUs=32 RealMemory=128000 Gres=gpu:2 State=UNKNOWN
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def wait_for(check, what: str, timeout: float, logs: list[Path]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    tails = "\n".join(f"--- {log}\n{log.read_text()[-2000:]}" for log in logs if log.exists())
+    raise RuntimeError(f"{what} within {timeout:.0f} s\n{tails}")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[dict[str, str]]:
+    """A one-node SLURM cluster; yields the environment its clients need."""
+    if not all(shutil.which(name) for name in DAEMONS + CLIENTS) or not MUNGE_KEY.exists():
+        pytest.skip(INSTALL_HINT)
+    if os.geteuid() != 0:
+        pytest.skip("the SLURM test starts munged and slurmd, which needs root")
+    root = Path(tempfile.mkdtemp(prefix="gfmtune-slurm-"))  # short: socket paths are limited
+    root.chmod(0o755)
+    for sub in ("state", "spool", "munge", "dev", "bin"):
+        (root / sub).mkdir()
+    shutil.chown(root / "munge", "munge", "munge")
+    munge_socket = root / "munge" / "munge.socket"
+    host = socket.gethostname().split(".")[0]
+    conf = root / "slurm.conf"
+    conf.write_text(slurm_conf(root, host, munge_socket))
+    for index in (0, 1):  # scheduling-only GPU slots: character devices, as /dev/null
+        subprocess.run(["mknod", str(root / "dev" / f"nvidia{index}"), "c", "1", "3"], check=True)
+    (root / "gres.conf").write_text(f"NodeName={host} Name=gpu File={root}/dev/nvidia[0-1]\n")
+    # The plugin's job step drops every SLURM_* variable (SLURM_CONF too) before its nested
+    # srun; on a cluster slurm.conf is in /etc/slurm, here srun gets it back from this shim.
+    srun = root / "bin" / "srun"
+    srun.write_text(f'#!/bin/sh\nSLURM_CONF={conf} exec {shutil.which("srun")} "$@"\n')
+    srun.chmod(0o755)
+    env = {"SLURM_CONF": str(conf), "PATH": f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    daemon_env = {**os.environ, **env}
+    logs = [root / "munge" / "munged.log", root / "slurmctld.log", root / "slurmd.log"]
+    started: list[subprocess.Popen] = []
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.STDOUT}
+    try:
+        started.append(subprocess.Popen(
+            ["munged", "-F", f"--socket={munge_socket}", f"--key-file={MUNGE_KEY}",
+             f"--pid-file={root}/munge/munged.pid", f"--log-file={logs[0]}",
+             f"--seed-file={root}/munge/munged.seed"],
+            user="munge", group="munge", **quiet))  # fmt: skip
+
+        def munge_works() -> bool:
+            cred = subprocess.run(["munge", "-n", "-S", str(munge_socket)], capture_output=True)
+            check = subprocess.run(["unmunge", "-S", str(munge_socket)], input=cred.stdout,
+                                   capture_output=True)  # fmt: skip
+            return cred.returncode == 0 and check.returncode == 0
+
+        wait_for(munge_works, "munged did not answer", 20, logs)
+        for daemon in ("slurmctld", "slurmd"):
+            started.append(subprocess.Popen([daemon, "-D"], env=daemon_env, **quiet))
+
+        def node_idle() -> bool:
+            state = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=daemon_env,
+                                   capture_output=True, text=True)  # fmt: skip
+            return state.stdout.strip() == "idle"
+
+        wait_for(node_idle, "the SLURM node did not become idle", 60, logs)
+        yield env
+    finally:
+        subprocess.run(["scancel", "--full", "--user", "root"], env=daemon_env, capture_output=True)
+        for process in reversed(started):
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def scontrol_job(job_id: str, env: dict[str, str]) -> dict[str, str]:
+    """SLURM's record of a job (kept for MinJobAge after it ends) as {key: value}."""
+    shown = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
+                           text=True, env={**os.environ, **env}, check=True)  # fmt: skip
+    return dict(re.findall(r"(\S+?)=(\S*)", shown.stdout))
+
+
+def test_slurm_profile_runs_training_on_gpus(
+    slurm_cluster: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in slurm_cluster.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("SLURM_PARTITION", "debug")  # the profile's partition variable
+    for name in ("SLURM_ACCOUNT", "GFMTUNE_GPU_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    on_slurm, local = tmp_path / "slurm", tmp_path / "local"
+    on_slurm.mkdir(), local.mkdir()
+    result = run_snakemake(
+        on_slurm, "--profile", str(REPO / "profiles" / "slurm"), "--jobs", "4", "--until", "train",
+        "--slurm-no-account", "--slurm-status-command", "squeue", "--retries", "0",
+        "--slurm-init-seconds-before-status-checks", "2",
+        config=OVERLAY, timeout=300,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+
+    # Which SLURM job ran which Snakemake job (Snakemake's log), and what SLURM granted it.
+    planned = re.findall(r"rule (\w+):\n(?:    .*\n)*?    jobid: (\d+)", output)
+    rule_of = {jobid: rule for rule, jobid in planned}
+    submitted = re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", output)
+    rule_of_slurm = {slurm_id: rule_of[jobid] for jobid, slurm_id in submitted}
+    assert sorted(rule_of_slurm.values()) == sorted(
+        ["download", "zarr_store", "label_splits"] + ["timestep_manifest"] * 2 + ["train"] * 4
+    ), output[-4000:]
+    granted = {slurm_id: scontrol_job(slurm_id, slurm_cluster) for slurm_id in rule_of_slurm}
+    for slurm_id, job in granted.items():
+        assert job["JobState"] == "COMPLETED" and job["Partition"] == "debug", job
+        assert job["Requeue"] == "1", job  # the profile's slurm-requeue (cluster default off)
+        assert job["Account"] == "(null)", job
+        if rule_of_slurm[slurm_id] != "train":  # data jobs: CPU only
+            assert "gpu" not in job.get("TresPerJob", ""), job
+            cpus, mem_mb, limit = GRANTED[rule_of_slurm[slurm_id]]
+            assert (job["NumCPUs"], job["MinMemoryNode"], job["TimeLimit"]) == (
+                str(cpus), f"{mem_mb}M", limit), job  # fmt: skip
+
+    # Each training job: one GPU, seen by the job as CUDA_VISIBLE_DEVICES (its log's first
+    # line), the profile's CPUs, the overlay's memory and the scaled time limit.
+    run = on_slurm / "results" / "slurm"
+    cells = sorted((run / "cells").rglob("metrics.json"))
+    assert len(cells) == 4
+    gpu_of = {}
+    for metrics in cells:
+        cell = json.loads(metrics.read_text())["cell"]
+        log = run / "logs" / "train" / f"{metrics.parent.relative_to(run / 'cells')}.log"
+        first = log.read_text().splitlines()[0]
+        match = re.fullmatch(r"slurm job (\d+) CUDA_VISIBLE_DEVICES=([01])", first)
+        assert match, f"{log}: {first!r}"
+        slurm_id, gpu_of[slurm_id] = match.groups()
+        job = granted[slurm_id]
+        assert rule_of_slurm[slurm_id] == "train", job
+        assert job["TresPerJob"] == "gres:gpu:1", job
+        cpus, mem_mb, limit = GRANTED[f"train {cell['timesteps']}"]
+        assert (job["NumCPUs"], job["MinMemoryNode"], job["TimeLimit"]) == (
+            str(cpus), f"{mem_mb}M", limit), job  # fmt: skip
+    assert len(gpu_of) == 4
+    # CPUs and memory fit four at once, GPUs two: at most two ran together, on different GPUs.
+    spans = {i: (granted[i]["StartTime"], granted[i]["EndTime"]) for i in gpu_of}
+    overlapping = [(a, b) for a, (start_a, end_a) in spans.items()
+                   for b, (start_b, end_b) in spans.items()
+                   if a < b and start_a < end_b and start_b < end_a]  # fmt: skip
+    assert all(gpu_of[a] != gpu_of[b] for a, b in overlapping), (spans, gpu_of)
+    assert max(sum(s <= spans[i][0] < e for s, e in spans.values()) for i in spans) == 2, spans
+
+    # The same overlay run locally, with as many torch threads, gives the same test metrics.
+    threads = {json.loads((m.parent / "provenance.json").read_text())["torch_threads"]
+               for m in cells}  # fmt: skip
+    assert len(threads) == 1
+    (threads,) = threads
+    here = run_snakemake(local, "--cores", str(2 * threads), "--until", "train",
+                         "--set-threads", f"train={threads}", config=OVERLAY)  # fmt: skip
+    assert here.returncode == 0, here.stderr[-3000:]
+    for metrics in cells:
+        twin = local / metrics.relative_to(on_slurm)
+        provenance = json.loads((twin.parent / "provenance.json").read_text())
+        assert provenance["torch_threads"] == threads
+        assert json.loads(metrics.read_text())["test"] == json.loads(twin.read_text())["test"]
