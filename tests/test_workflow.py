@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import xarray as xr
+import yaml
 
 from tests.data.test_store import assert_store_equals_source
 from tests.report_browser import rendered_figures
-from tests.workflow_helpers import job_counts, run_snakemake
+from tests.workflow_helpers import REPO, job_counts, run_snakemake
 
 
 def test_paper_preset_plans_data_stages_offline(tmp_path: Path) -> None:
@@ -46,39 +46,40 @@ def test_schema_defaults_fill_missing_keys(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_demo_end_to_end_with_report(tmp_path: Path) -> None:
-    overlay = {
-        "run": "e2e",
-        "models": ["croma_tiny", "utae_tiny"],
-        "manifests": {"label_percents": [100], "timesteps": [1, 6]},
-        "train": {"ft_rates": [0.0], "gpus": 0,
-                  "settings": {"epochs": 1, "batch_size": 2, "workers": 0}},
-        "data": {"source": "synthetic",
-                 "synthetic": {"patches": 15, "size": 32, "frames_per_tile": [7, 12]}},
-        "store": {"threads": 2},
-    }  # fmt: skip
-    result = run_snakemake(tmp_path, "--cores", "2", config=overlay)
+    """The README's first command: the demo overlay through every stage and the report (~8 min
+    on 2 cores), with U-TAE's mIoU rising with frames and with labels."""
+    overlay = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    result = run_snakemake(tmp_path, "--cores", "2", config=overlay, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
-    run = tmp_path / "results" / "e2e"
+    run = tmp_path / "results" / "demo"
     assert_store_equals_source(run / "data" / "s2.zarr", run / "raw" / "pastis")
-    ds = xr.open_zarr(run / "data" / "s2.zarr")
-    assert ds.attrs["source"]["source"] == "synthetic"
-    for t in (1, 6):
-        assert len(pd.read_csv(run / "manifests" / "timesteps" / f"{t}.csv")) == 15
-    assert len(pd.read_csv(run / "manifests" / "label_split" / "100.csv")) > 0
-    cells = sorted((run / "cells").rglob("metrics.json"))
-    assert len(cells) == 4  # (croma_tiny at FT-Rate 0 + utae_tiny) x 2 frame counts
-    assert {json.loads(c.read_text())["cell"]["model"] for c in cells} == {
-        "croma_tiny",
-        "utae_tiny",
-    }
-    assert len(pd.read_csv(run / "tables" / "miou.csv")) == 4
-    assert (run / "claims.md").exists() and (run / "figures" / "heatmaps.pdf").exists()
-    assert list(pd.read_csv(run / "tables" / "params.csv").model) == ["CROMA", "DINO", "U-TAE"]
+    assert xr.open_zarr(run / "data" / "s2.zarr").attrs["source"]["source"] == "synthetic"
+    for t in (1, 6, 15):
+        assert len(pd.read_csv(run / "manifests" / "timesteps" / f"{t}.csv")) == 100
+
+    table = pd.read_csv(run / "tables" / "miou.csv")
+    assert len(table) == 2 * 3 * 2 * 3 + 2 * 3  # GFMs x FT-Rates x fractions x frames + U-TAE
+    utae = table[table.model == "U-TAE"].set_index(["label_percent", "timesteps"]).miou_paper
+    for percent in (10, 100):
+        assert utae[percent, 1] < utae[percent, 6] < utae[percent, 15], utae
+    for t in (1, 6, 15):
+        assert utae[100, t] > utae[10, t], utae
+    for name in ("miou_100_10.md", "miou_100_10.tex", "comparison.md", "cost.csv", "params.csv"):
+        assert (run / "tables" / name).stat().st_size > 0, name
+    for figure in ("miou_vs_frames", "heatmaps", "predictions"):
+        assert {f.suffix for f in (run / "figures").glob(f"{figure}.*")} == {".png", ".pdf"}
+    assert {d.name for d in (run / "maps").iterdir() if d.is_dir()} == {
+        "croma", "dino", "u-tae", "labels"
+    }  # fmt: skip
+    assert "| claim |" in (run / "claims.md").read_text()
+
     report = tmp_path / "report.html"
     made = run_snakemake(tmp_path, "--report", str(report), config=overlay)
     assert made.returncode == 0, made.stderr[-2000:]
-    widths = rendered_figures(report, "Figures", ["miou_vs_frames.png", "heatmaps.png"])
+    figures = ["miou_vs_frames.png", "heatmaps.png", "predictions.png"]
+    widths = rendered_figures(report, "Figures", figures)
     assert all(width > 500 for width in widths.values()), widths
 
     again = run_snakemake(tmp_path, "--cores", "2", config=overlay)

@@ -2,9 +2,11 @@
 
 Each patch is a mosaic of parcels (Voronoi cells). A parcel's class sets its seasonal vegetation
 curve (a Gaussian bump in time with class-specific peak day, width and amplitude, jittered per
-parcel); band values mix a soil and a vegetation spectrum by that curve, plus sensor noise, clouds
-and nodata strips. Classes are separable mostly through timing, so more frames help a model, and
-the class prior is skewed, so more labels help too. Everything is seeded and deterministic.
+parcel); band values mix a soil spectrum and the class's own vegetation spectrum by that curve,
+plus sensor noise, clouds and nodata strips. Classes are separable through timing and, more weakly,
+through their spectra (visible to a model that ignores acquisition order), so more frames help a
+model, and the class prior is skewed, so more labels help too. Everything is seeded and
+deterministic.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from gfmtune.pastis import METADATA_FILE, NODATA, NORM_FILE, REFERENCE_DATE, VOI
 
 #: Real PASTIS tile names; each tile has its own acquisition calendar (and frame count).
 TILES: tuple[str, ...] = ("T30UXV", "T31TFJ", "T31TFM", "T32ULU")
-#: Soil and green-vegetation reflectance (x 10000) for B2..B12.
+#: Soil and mean green-vegetation reflectance (x 10000) for B2..B12.
 SOIL = np.array([900, 1200, 1500, 1800, 2100, 2300, 2500, 2600, 3200, 2700], dtype=np.float32)
 GREEN = np.array([300, 600, 300, 1200, 3200, 4000, 4500, 4600, 2200, 1100], dtype=np.float32)
 PIXEL_M = 10.0
@@ -49,6 +51,12 @@ def _class_curves(n_classes: int, rng: np.random.Generator) -> np.ndarray:
     return params
 
 
+def _class_spectra(n_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """(class, band) vegetation reflectance: GREEN times exp(N(0, 0.12)) per class and band."""
+    scale = np.exp(rng.normal(0.0, 0.12, (n_classes, len(GREEN))))
+    return (GREEN[None] * scale).astype(np.float32)
+
+
 def _tile_dates(n_frames: int, rng: np.random.Generator) -> np.ndarray:
     """Strictly increasing acquisition days between mid-Sep 2018 and mid-Nov 2019."""
     days = np.sort(rng.choice(np.arange(14, 440), size=n_frames, replace=False))
@@ -74,7 +82,12 @@ def _parcels(size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
 
 
 def _patch(
-    dates: np.ndarray, size: int, curves: np.ndarray, prior: np.ndarray, rng: np.random.Generator
+    dates: np.ndarray,
+    size: int,
+    curves: np.ndarray,
+    spectra: np.ndarray,
+    prior: np.ndarray,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One patch: S2 series int16 (T, 10, H, W) and TARGET (3, H, W)."""
     parcel, edge = _parcels(size, rng)
@@ -91,7 +104,7 @@ def _patch(
     veg = base + amp * np.exp(-0.5 * ((days[None] - peak) / width) ** 2)  # (parcel, T)
     veg = np.clip(veg, 0, 1).astype(np.float32)
     brightness = rng.normal(1.0, 0.06, n_parcels).astype(np.float32)
-    refl = SOIL[None, None] * (1 - veg[..., None]) + GREEN[None, None] * veg[..., None]
+    refl = SOIL[None, None] * (1 - veg[..., None]) + spectra[c][:, None] * veg[..., None]
     refl *= brightness[:, None, None]  # (parcel, T, band)
     series = refl[parcel].transpose(2, 3, 0, 1)  # (T, band, H, W)
     series += 120 * rng.standard_normal(series.shape, dtype=np.float32)
@@ -147,6 +160,7 @@ def write_synthetic_pastis(root: Path, spec: SyntheticSpec = SyntheticSpec()) ->
     rng = np.random.default_rng(spec.seed)
     n_classes = VOID_CLASS + 1
     curves = _class_curves(n_classes, rng)
+    spectra = _class_spectra(n_classes, rng)
     prior = 1.0 / np.arange(1, n_classes) ** 0.8  # Zipf-like over classes 0..18
     prior = np.append(prior / prior.sum() * 0.97, 0.03)  # some void parcels too
     rng.shuffle(prior[1:-1])
@@ -160,7 +174,7 @@ def write_synthetic_pastis(root: Path, spec: SyntheticSpec = SyntheticSpec()) ->
         tile = tiles[i % len(tiles)]
         block = 10000 * (1 + i % 4)
         patch_id = block + 3 * (i // 4) + (i // 4) % 2  # gaps: ids are not contiguous
-        series, target = _patch(tile_dates[tile], spec.size, curves, prior, rng)
+        series, target = _patch(tile_dates[tile], spec.size, curves, spectra, prior, rng)
         np.save(root / "DATA_S2" / f"S2_{patch_id}.npy", series)
         dtype = np.uint16 if i % 7 == 3 else np.uint8  # some TARGET files are 2-byte, as in PASTIS
         np.save(root / "ANNOTATIONS" / f"TARGET_{patch_id}.npy", target.astype(dtype))

@@ -8,7 +8,6 @@ dropped tensors are logged), ``qkv_bias=True`` is the corrected setting.
 
 from __future__ import annotations
 
-import timm
 import torch
 from torch import nn
 
@@ -37,6 +36,8 @@ class DinoEncoder(nn.Module):
         qkv_bias: bool = False,
         img_size: int = 224,
     ) -> None:
+        import timm  # here, not at the top: it costs ~1.7 s, which CROMA and U-TAE jobs skip
+
         super().__init__()
         name, overrides = ARCHS[arch]
         self.vit = timm.create_model(

@@ -34,6 +34,7 @@ class ModelSpec:
     build_encoder: Callable[[], nn.Module] | None  # None: trained from scratch (U-TAE)
     checkpoint: Checkpoint | None = None
     decoder_channels: int = 512
+    ltae_heads: int = 16  # heads of the decoder's shared L-TAE
     build_baseline: Callable[[], nn.Module] | None = None  # whole model, for U-TAE
 
     @property
@@ -63,6 +64,7 @@ REGISTRY: dict[str, ModelSpec] = {
         InputPolicy("crop_windows", 24, CROMA_BANDS),
         _croma("tiny", (0, 1, 2, 3)),
         decoder_channels=32,
+        ltae_heads=4,
     ),
     "dino": ModelSpec(
         "dino",
@@ -97,6 +99,7 @@ REGISTRY: dict[str, ModelSpec] = {
         InputPolicy("resize", 64, DINO_BANDS),
         _dino("tiny_test", qkv_bias=False, img_size=64, out_indices=(0, 1, 2, 3)),
         decoder_channels=32,
+        ltae_heads=4,
     ),
 }
 
@@ -142,5 +145,6 @@ def build_model(
         channels=spec.decoder_channels,
         temporal=temporal,
         n_frames=n_frames,
+        ltae_heads=spec.ltae_heads,
         encoder_trainable=encoder_trainable,
     )
