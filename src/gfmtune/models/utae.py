@@ -48,14 +48,12 @@ PAPER_CONFIG: dict[str, Any] = {
 
 #: Same code, small widths: for CPU tests and the demo.
 TINY_CONFIG: dict[str, Any] = {
-    "in_channels": 10,
-    "num_classes": 20,
+    **PAPER_CONFIG,
     "encoder_widths": (16, 16, 16, 32),
     "decoder_widths": (16, 16, 16, 32),
     "out_conv": (16, 20),
     "n_head": 4,
     "d_model": 32,
-    "d_k": 4,
 }
 
 
