@@ -40,3 +40,12 @@ def job_counts(output: str) -> dict[str, int]:
             break
         counts[match.group(1)] = int(match.group(2))
     return counts
+
+
+def readme_commands() -> tuple[list[str], str]:
+    """The README's two fresh-machine commands: command 1 split at ``&&``, and command 2."""
+    block = (REPO / "README.md").read_text().split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [line for line in block.splitlines() if line and not line.startswith("#")]
+    if len(lines) != 2:
+        raise AssertionError(f"README's first code block holds {len(lines)} commands, not 2")
+    return [part.strip() for part in lines[0].split("&&")], lines[1].strip()
