@@ -10,6 +10,7 @@ Layout (Garnot et al., PASTIS; IGNF PASTIS-HD)::
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from datetime import date
@@ -60,14 +61,24 @@ def target_path(root: Path, patch_id: int) -> Path:
 
 
 def find_dataset_root(path: Path) -> Path:
-    """Return the folder holding ``metadata.geojson`` at or below ``path`` (archives nest it)."""
+    """Return the folder holding ``metadata.geojson`` at or below ``path`` (archives nest it).
+
+    Several PASTIS folders below ``path`` are an error listing them: which one is meant is not
+    for the directory order to decide.
+    """
     path = Path(path)
     if (path / METADATA_FILE).is_file():
         return path
-    found = sorted(path.rglob(METADATA_FILE), key=lambda p: len(p.parts))
+    found = sorted(p.parent for p in path.rglob(METADATA_FILE))
     if not found:
         raise PastisFormatError(f"{path}: no {METADATA_FILE} found in this folder or below")
-    return found[0].parent
+    if len(found) > 1:
+        listed = ", ".join(str(p) for p in found)
+        raise PastisFormatError(
+            f"{path}: {len(found)} PASTIS folders (with {METADATA_FILE}) below it: {listed}; "
+            "point data.root at one of them"
+        )
+    return found[0]
 
 
 @dataclass(frozen=True)
@@ -169,12 +180,24 @@ def days_since_reference(dates: np.ndarray) -> np.ndarray:
     return (dates.astype("datetime64[D]") - ref).astype(np.int64)
 
 
-def load_s2(path: Path, n_dates: int, size: int | None = None) -> np.ndarray:
-    """Load and validate one S2 series: int16 (T, 10, H, W) with T equal to its date count."""
+def open_npy(path: Path, what: str, content: bytes | None = None) -> np.ndarray:
+    """Open a ``.npy`` file (memory-mapped), or parse its ``content`` when already read."""
     try:
-        series = np.load(path, mmap_mode="r")
+        if content is None:
+            return np.load(path, mmap_mode="r")
+        return np.load(io.BytesIO(content))
     except (OSError, ValueError) as err:
-        raise PastisFormatError(f"{path}: cannot read S2 series ({err})") from err
+        raise PastisFormatError(f"{path}: cannot read {what} ({err})") from err
+
+
+def load_s2(
+    path: Path, n_dates: int, size: int | None = None, content: bytes | None = None
+) -> np.ndarray:
+    """Load and validate one S2 series: int16 (T, 10, H, W) with T equal to its date count.
+
+    ``content``: the file's bytes when the caller already read them (to hash them).
+    """
+    series = open_npy(path, "S2 series", content)
     if series.ndim != 4 or series.shape[1] != len(BANDS):
         raise PastisFormatError(f"{path}: shape {series.shape} is not (T, 10, H, W)")
     if series.dtype != np.int16:
@@ -188,12 +211,12 @@ def load_s2(path: Path, n_dates: int, size: int | None = None) -> np.ndarray:
     return np.asarray(series)
 
 
-def load_target(path: Path, size: int | None = None) -> np.ndarray:
-    """Load channel 0 (semantic class) of a TARGET file as uint8, validating values 0..19."""
-    try:
-        target = np.load(path, mmap_mode="r")
-    except (OSError, ValueError) as err:
-        raise PastisFormatError(f"{path}: cannot read target ({err})") from err
+def load_target(path: Path, size: int | None = None, content: bytes | None = None) -> np.ndarray:
+    """Load channel 0 (semantic class) of a TARGET file as uint8, validating values 0..19.
+
+    ``content``: the file's bytes when the caller already read them (to hash them).
+    """
+    target = open_npy(path, "target", content)
     if target.ndim != 3 or target.shape[0] < 1:
         raise PastisFormatError(f"{path}: shape {target.shape} is not (3, H, W)")
     if not np.issubdtype(target.dtype, np.integer):

@@ -11,7 +11,10 @@ Layout of ``s2.zarr`` (dimensions patch, time, band, y, x)::
 
 ``reflectance`` has one chunk per frame (all bands) and one shard per patch, so reading k frames
 of a patch reads about k frames' bytes from one file. The store is built in ``s2.zarr.partial``
-and renamed when complete; a killed conversion resumes from its progress log.
+and renamed when complete; a killed conversion resumes from its progress log, which records each
+source file's size, mtime and sha256: a partial store whose source files changed since is started
+over. The group attribute ``content_digest`` (sha256 over every source file's sha256) changes
+whenever the source content does.
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ import shutil
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
@@ -35,7 +38,9 @@ from tqdm import tqdm
 from zarr.codecs import BloscCodec
 
 from gfmtune import pastis
+from gfmtune.data.download.http import check_free_space
 from gfmtune.data.inventory import provenance, read_inventory
+from gfmtune.fileio import disk_full_reported
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,9 @@ STORE_VERSION = 1
 #: .npy reads with a warm page cache (``gfmtune bench-data``); it is slower to write.
 CODEC = {"cname": "lz4hc", "clevel": 5, "shuffle": "shuffle"}
 LABEL_SHARD = 256
+#: Store bytes per raw S2 byte assumed by the free-space check (0.68-0.71 measured, plus margin).
+ESTIMATED_RATIO = 0.8
+DIMS = ("patch", "time", "band", "y", "x")
 
 
 def partial_path(store: Path) -> Path:
@@ -58,37 +66,60 @@ def progress_path(store: Path) -> Path:
     return Path(str(store) + ".progress.jsonl")
 
 
-def _fingerprint(root: Path, table: pastis.PatchTable, size: int) -> str:
-    digest = hashlib.sha256((root / pastis.METADATA_FILE).read_bytes())
-    digest.update(json.dumps([STORE_VERSION, size, CODEC, len(table)]).encode())
-    return digest.hexdigest()
+def _layout(size: int) -> list:
+    """What a partial store's layout depends on besides its source files."""
+    return [STORE_VERSION, size, CODEC]
+
+
+def _relative(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _stat_identity(path: Path) -> dict | None:
+    """Size and mtime of ``path``, or None when it is gone."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def _read_source(path: Path, what: str) -> tuple[bytes, dict]:
+    """Read a source file; return its bytes and identity (size, mtime_ns, sha256)."""
+    try:
+        st = path.stat()  # before reading: a change while reading shows in the next resume
+        content = path.read_bytes()
+    except OSError as err:
+        raise pastis.PastisFormatError(f"{path}: cannot read {what} ({err})") from err
+    identity = {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "sha256": hashlib.sha256(content).hexdigest(),
+    }
+    return content, identity
 
 
 def _frame_size(root: Path, patch_id: int) -> int:
     path = pastis.s2_path(root, patch_id)
-    try:
-        shape = np.load(path, mmap_mode="r").shape
-    except (OSError, ValueError) as err:
-        raise pastis.PastisFormatError(f"{path}: cannot read S2 series ({err})") from err
+    shape = pastis.open_npy(path, "S2 series").shape
     if len(shape) != 4 or shape[2] != shape[3]:
         raise pastis.PastisFormatError(f"{path}: shape {shape} is not (T, 10, H, H)")
     return int(shape[2])
 
 
-def _template(
-    root: Path, table: pastis.PatchTable, size: int, labels: np.ndarray, source: dict
-) -> xr.Dataset:
+def _needed_bytes(root: Path, table: pastis.PatchTable, todo: list[int]) -> int:
+    """Estimated store bytes of the patches ``todo`` (raw S2 bytes x ``ESTIMATED_RATIO``)."""
+    paths = [pastis.s2_path(root, int(table.frame.patch_id.iloc[i])) for i in todo]
+    return int(sum(p.stat().st_size for p in paths if p.is_file()) * ESTIMATED_RATIO)
+
+
+def _template(root: Path, table: pastis.PatchTable, labels: np.ndarray, source: dict) -> xr.Dataset:
+    """Everything but ``reflectance`` (created empty by :func:`_create_reflectance`)."""
     frame = table.frame
     n_patch, t_max = len(frame), int(frame.dates.map(len).max())
     dates = np.full((n_patch, t_max), np.datetime64("NaT"), dtype="datetime64[ns]")
     for i, d in enumerate(frame.dates):
         dates[i, : len(d)] = d
-    refl = da.full(
-        (n_patch, t_max, len(pastis.BANDS), size, size),
-        PAD_VALUE,
-        dtype=np.int16,
-        chunks=(1, t_max, len(pastis.BANDS), size, size),
-    )
     attrs = {
         "title": "PASTIS-HD Sentinel-2 series and semantic labels",
         "class_names": list(pastis.CLASS_NAMES),
@@ -105,7 +136,6 @@ def _template(
     }
     return xr.Dataset(
         {
-            "reflectance": (("patch", "time", "band", "y", "x"), refl),
             "n_frames": ("patch", frame.dates.map(len).to_numpy(np.int32)),
             "dates": (("patch", "time"), dates),
             "label": (("patch", "y", "x"), labels),
@@ -123,16 +153,9 @@ def _template(
 
 
 def _encoding(ds: xr.Dataset) -> dict:
-    _, t_max, n_band, size, _ = ds.reflectance.shape
-    blosc = (BloscCodec(typesize=2, **CODEC),)
     shard = min(LABEL_SHARD, ds.sizes["patch"])
+    size = ds.sizes["y"]
     return {
-        "reflectance": {
-            "chunks": (1, 1, n_band, size, size),
-            "shards": (1, t_max, n_band, size, size),
-            "compressors": blosc,
-            "fill_value": PAD_VALUE,
-        },
         "label": {
             "chunks": (1, size, size),
             "shards": (shard, size, size),
@@ -142,13 +165,42 @@ def _encoding(ds: xr.Dataset) -> dict:
     }
 
 
-def _load_labels(root: Path, table: pastis.PatchTable, size: int, threads: int) -> np.ndarray:
+def _create_reflectance(group: Path, ds: xr.Dataset) -> None:
+    """Create the empty (all ``PAD_VALUE``) reflectance array: one shard per patch."""
+    n_patch, t_max = ds.sizes["patch"], ds.sizes["time"]
+    n_band, size = ds.sizes["band"], ds.sizes["y"]
+    zarr.create_array(
+        store=group,
+        name="reflectance",
+        shape=(n_patch, t_max, n_band, size, size),
+        dtype=np.int16,
+        chunks=(1, 1, n_band, size, size),
+        shards=(1, t_max, n_band, size, size),
+        compressors=BloscCodec(typesize=2, **CODEC),
+        fill_value=PAD_VALUE,
+        dimension_names=DIMS,
+        attributes={"coordinates": "fold patch_id tile"},
+    )
+
+
+def _load_labels(
+    root: Path, table: pastis.PatchTable, size: int, threads: int
+) -> tuple[np.ndarray, dict[str, dict]]:
+    """Every patch's label map, and each TARGET file's identity."""
+
+    def load(patch_id: int) -> tuple[np.ndarray, dict]:
+        path = pastis.target_path(root, patch_id)
+        content, identity = _read_source(path, "target")
+        return pastis.load_target(path, size, content), identity
+
     ids = table.frame.patch_id.tolist()
-    with ThreadPoolExecutor(threads) as pool:
-        maps = list(
-            pool.map(lambda pid: pastis.load_target(pastis.target_path(root, pid), size), ids)
-        )
-    return np.stack(maps)
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        loaded = list(pool.map(load, ids))
+    files = {
+        _relative(root, pastis.target_path(root, pid)): identity
+        for pid, (_, identity) in zip(ids, loaded, strict=True)
+    }
+    return np.stack([labels for labels, _ in loaded]), files
 
 
 def _stats(series: np.ndarray) -> dict[str, list]:
@@ -161,12 +213,31 @@ def _stats(series: np.ndarray) -> dict[str, list]:
     }
 
 
-def _read_progress(path: Path, fingerprint: str) -> dict[int, dict] | None:
-    """Patches recorded as written, or None when the log is missing or is for other input."""
-    if not path.exists():
+def _changed_files(root: Path, recorded: dict[str, dict], fresh: dict[str, dict]) -> list[str]:
+    """Recorded files that changed: by sha256 when ``fresh`` has one, else by size and mtime."""
+    changed = []
+    for rel, identity in recorded.items():
+        keys = ("sha256",) if rel in fresh else ("size", "mtime_ns")
+        now = fresh.get(rel) or _stat_identity(root / rel)
+        if now is None or any(now[k] != identity.get(k) for k in keys):
+            changed.append(rel)
+    return changed
+
+
+def _resume(
+    root: Path, partial: Path, log_path: Path, header: dict
+) -> tuple[dict[str, dict], dict[int, dict]] | None:
+    """The recorded source files and the patch records of a partial store begun from these very
+    files, or None to start over (with a warning naming the changed file, when one changed)."""
+    if not partial.exists() or not log_path.exists():
         return None
-    lines = path.read_text().splitlines()
-    if not lines or lines[0] != json.dumps({"fingerprint": fingerprint}):
+    lines = log_path.read_text().splitlines()
+    try:
+        old = json.loads(lines[0])
+    except (IndexError, json.JSONDecodeError):
+        old = None
+    if not isinstance(old, dict) or old.get("layout") != header["layout"]:
+        log.warning("%s: progress log is for another store layout; starting over", partial)
         return None
     done: dict[int, dict] = {}
     for line in lines[1:]:
@@ -175,11 +246,120 @@ def _read_progress(path: Path, fingerprint: str) -> dict[int, dict] | None:
         except json.JSONDecodeError:  # a line cut by a kill: that patch is redone
             continue
         done[int(record["index"])] = record
-    return done
+    files = old.get("files", {})
+    changed = _changed_files(root, {**files, **_patch_files(done)}, header["files"])
+    if changed:
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        log.warning(
+            "%s changed%s since %s was begun from it: starting the conversion over",
+            root / changed[0],
+            more,
+            partial,
+        )
+        return None
+    return files, done
+
+
+def _patch_files(done: dict[int, dict]) -> dict[str, dict]:
+    """The S2 files of the written patches, by relative path."""
+    return {record["file"]: record for record in done.values()}
+
+
+def _content_digest(files: dict[str, dict]) -> str:
+    """sha256 over the sorted (path, sha256) list of the source files."""
+    listing = sorted((rel, identity["sha256"]) for rel, identity in files.items())
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
 def _stored_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+@dataclass(frozen=True)
+class _Conversion:
+    """One conversion of the PASTIS folder ``root`` into the partial store ``partial``."""
+
+    root: Path
+    table: pastis.PatchTable
+    size: int
+    partial: Path
+    log_path: Path
+    threads: int
+
+    def start(self, header: dict, source: dict) -> dict[str, dict]:
+        """Create the empty partial store and the progress log; return the TARGET files."""
+        labels, targets = _load_labels(self.root, self.table, self.size, self.threads)
+        ds = _template(self.root, self.table, labels, source)
+        tmp = Path(str(self.partial) + ".init")
+        shutil.rmtree(tmp, ignore_errors=True)
+        ds.to_zarr(tmp, mode="w", zarr_format=3, encoding=_encoding(ds), consolidated=False)
+        _create_reflectance(tmp, ds)
+        header = {**header, "files": {**header["files"], **targets}}
+        self.log_path.write_text(json.dumps(header) + "\n")
+        os.replace(tmp, self.partial)
+        return targets
+
+    def write(self, todo: list[int], done: dict[int, dict], progress: bool) -> None:
+        """Write the patches ``todo``, logging each one's record (file identity, statistics)."""
+        refl = zarr.open_array(self.partial / "reflectance", mode="r+")
+        frame, lock = self.table.frame, threading.Lock()
+
+        def write_patch(i: int) -> None:
+            pid, dates = int(frame.patch_id.iloc[i]), frame.dates.iloc[i]
+            path = pastis.s2_path(self.root, pid)
+            content, identity = _read_source(path, "S2 series")
+            series = pastis.load_s2(path, len(dates), self.size, content)
+            refl[i, : len(dates)] = series
+            record = {"index": i, "file": _relative(self.root, path), **identity}
+            record.update(_stats(series))
+            with lock, self.log_path.open("a") as out:
+                out.write(json.dumps(record) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            done[i] = record
+
+        n = len(self.table)
+        bar = tqdm(
+            total=n, initial=n - len(todo), desc="zarr store", unit="patch", disable=not progress
+        )
+        with ThreadPoolExecutor(max(1, self.threads)) as pool:
+            for _ in pool.map(write_patch, todo):
+                bar.update()
+        bar.close()
+
+    def finish(self, done: dict[int, dict], digest: str) -> dict:
+        """Write the recomputed statistics, the size report and the content digest;
+        consolidate the metadata; return the size report."""
+        folds = self.table.frame.fold
+        train = [i for i, f in enumerate(folds) if f in pastis.TRAIN_FOLDS]
+        s, s2, n = (np.sum([done[i][k] for i in train], axis=0) for k in ("sum", "sumsq", "count"))
+        mean = s / np.maximum(n, 1)
+        std = np.sqrt(np.maximum(s2 / np.maximum(n, 1) - mean**2, 0.0))
+        raw = int(sum(r["size"] for r in done.values()))
+        stored = _stored_bytes(self.partial / "reflectance")
+        report = {
+            "patches": len(self.table),
+            "raw_s2_bytes": raw,
+            "stored_reflectance_bytes": stored,
+            "compression_ratio": round(stored / raw, 4) if raw else None,
+        }
+        group = zarr.open_group(self.partial, mode="r+")
+        group.attrs.update(
+            {
+                "norm_train_folds": {
+                    "folds": list(pastis.TRAIN_FOLDS),
+                    "mean": mean.round(4).tolist(),
+                    "std": std.round(4).tolist(),
+                    "nodata_excluded": True,
+                },
+                "size_report": report,
+                "content_digest": digest,
+            }
+        )
+        with warnings.catch_warnings():  # consolidated metadata is not (yet) in the v3 spec
+            warnings.filterwarnings("ignore", "Consolidated metadata", zarr.errors.ZarrUserWarning)
+            zarr.consolidate_metadata(self.partial)
+        return report
 
 
 def convert(
@@ -190,95 +370,47 @@ def convert(
     source: dict | None = None,
     progress: bool = True,
 ) -> dict:
-    """Build (or resume building) ``store`` from the PASTIS folder ``raw_root``; return a report."""
+    """Build (or resume building) ``store`` from the PASTIS folder ``raw_root``; return a report.
+
+    Free space is checked first (raw S2 bytes x ``ESTIMATED_RATIO``); a write that fails for
+    lack of space raises :class:`~gfmtune.fileio.DiskFullError` naming the partial store.
+    """
     root = pastis.find_dataset_root(raw_root)
     store, partial = Path(store), partial_path(Path(store))
     table = pastis.read_metadata(root)
     for pid, dates in zip(table.frame.patch_id, table.frame.dates, strict=True):
         pastis.check_dates(dates, f"{root / pastis.METADATA_FILE} (ID_PATCH {pid})")
     size = _frame_size(root, int(table.frame.patch_id.iloc[0]))
-    fingerprint = _fingerprint(root, table, size)
-    log_path = progress_path(store)
-    done = _read_progress(log_path, fingerprint) if partial.exists() else None
-    if done is None:  # nothing to resume, or a partial store from other input: start over
+    sources = (pastis.METADATA_FILE, pastis.NORM_FILE)
+    header = {
+        "layout": _layout(size),
+        "files": {name: _read_source(root / name, name)[1] for name in sources},
+    }
+    job = _Conversion(root, table, size, partial, progress_path(store), max(1, threads))
+    resumed = _resume(root, partial, job.log_path, header)
+    if resumed is None:
         shutil.rmtree(partial, ignore_errors=True)
-        labels = _load_labels(root, table, size, threads)
-        ds = _template(root, table, size, labels, source or {"kind": "unknown"})
-        tmp = Path(str(partial) + ".init")
-        shutil.rmtree(tmp, ignore_errors=True)
-        ds.to_zarr(
-            tmp, mode="w", zarr_format=3, encoding=_encoding(ds), compute=False, consolidated=False
-        )
-        log_path.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
-        os.replace(tmp, partial)
-        done = {}
+        files, done = dict(header["files"]), {}
+    else:
+        files, done = resumed
     todo = [i for i in range(len(table)) if i not in done]
-    resumed = len(table) - len(todo)
-    if resumed:
-        log.info("resuming %s: %d of %d patches already written", partial, resumed, len(table))
-    refl = zarr.open_array(partial / "reflectance", mode="r+")
-    lock = threading.Lock()
-
-    def write_patch(i: int) -> None:
-        pid, dates = int(table.frame.patch_id.iloc[i]), table.frame.dates.iloc[i]
-        path = pastis.s2_path(root, pid)
-        series = pastis.load_s2(path, len(dates), size)
-        refl[i, : len(dates)] = series
-        record = {"index": i, "raw_bytes": path.stat().st_size, **_stats(series)}
-        with lock, log_path.open("a") as log:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            os.fsync(log.fileno())
-        done[i] = record
-
-    bar = tqdm(
-        total=len(table),
-        initial=resumed,
-        desc="zarr store",
-        unit="patch",
-        disable=not progress,
-    )
-    with ThreadPoolExecutor(max(1, threads)) as pool:
-        for _ in pool.map(write_patch, todo):
-            bar.update()
-    bar.close()
-    report = {**_finish(partial, table, done), "resumed_patches": resumed}
+    needed = _needed_bytes(root, table, todo) + (len(table) * size**2 if resumed is None else 0)
+    check_free_space(partial, needed)
+    with disk_full_reported(partial, needed):
+        if resumed is None:
+            files.update(job.start(header, source or {"kind": "unknown"}))
+        else:
+            log.info(
+                "resuming %s: %d of %d patches already written", partial, len(done), len(table)
+            )
+        n_resumed = len(done)
+        job.write(todo, done, progress)
+        digest = _content_digest({**files, **_patch_files(done)})
+        report = {**job.finish(done, digest), "resumed_patches": n_resumed}
     if store.exists():
         shutil.rmtree(store)
     os.replace(partial, store)
-    log_path.unlink()
-    return report
-
-
-def _finish(partial: Path, table: pastis.PatchTable, done: dict[int, dict]) -> dict:
-    """Write the recomputed statistics and the size report, consolidate, drop the progress log."""
-    train = [i for i, f in enumerate(table.frame.fold) if f in pastis.TRAIN_FOLDS]
-    s, s2, n = (np.sum([done[i][k] for i in train], axis=0) for k in ("sum", "sumsq", "count"))
-    mean = s / np.maximum(n, 1)
-    std = np.sqrt(np.maximum(s2 / np.maximum(n, 1) - mean**2, 0.0))
-    raw = int(sum(r["raw_bytes"] for r in done.values()))
-    stored = _stored_bytes(partial / "reflectance")
-    report = {
-        "patches": len(table),
-        "raw_s2_bytes": raw,
-        "stored_reflectance_bytes": stored,
-        "compression_ratio": round(stored / raw, 4) if raw else None,
-    }
-    group = zarr.open_group(partial, mode="r+")
-    group.attrs.update(
-        {
-            "norm_train_folds": {
-                "folds": list(pastis.TRAIN_FOLDS),
-                "mean": mean.round(4).tolist(),
-                "std": std.round(4).tolist(),
-                "nodata_excluded": True,
-            },
-            "size_report": report,
-        }
-    )
-    with warnings.catch_warnings():  # consolidated metadata is not (yet) in the v3 spec
-        warnings.filterwarnings("ignore", "Consolidated metadata", zarr.errors.ZarrUserWarning)
-        zarr.consolidate_metadata(partial)
+    job.log_path.unlink()
     return report
 
 
