@@ -10,7 +10,7 @@ import pytest
 from gfmtune.cli import main
 from gfmtune.data import bench
 
-TINY = ["--patches", "6", "--size", "16", "--frames", "5", "9", "--repeats", "1"]
+TINY = ["--patches", "6", "--size", "16", "--frames", "35", "37", "--repeats", "1"]
 
 
 def _measured_ok(row: dict) -> bool:

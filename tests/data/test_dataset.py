@@ -19,9 +19,9 @@ from gfmtune.data.reader import FrameReader
 
 @pytest.fixture(scope="module")
 def manifests(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Paper timesteps 1, 3, 6 and a label split holding every other training patch."""
+    """Paper timesteps 1, 3, 5 and a label split holding every other training patch."""
     out = tmp_path_factory.mktemp("manifests")
-    write_timesteps(tiny_store, out / "timesteps", [1, 3, 6], "paper")
+    write_timesteps(tiny_store, out / "timesteps", [1, 3, 5], "paper")
     reader = FrameReader(tiny_store)
     train = np.flatnonzero(np.isin(reader.folds, pastis.TRAIN_FOLDS))[::2]
     split = pd.DataFrame({"patch_id": reader.patch_ids[train], "fold": reader.folds[train]})
@@ -49,19 +49,19 @@ def _hand_norm(x: np.ndarray, stats: dict) -> np.ndarray:
 def test_training_items(tiny_store: Path, tiny_root: Path, manifests: Path) -> None:
     split = pd.read_csv(manifests / "label_split" / "50.csv")
     ds = PastisZarrDataset.training(
-        tiny_store, manifests / "label_split" / "50.csv", manifests / "timesteps" / "6.csv"
+        tiny_store, manifests / "label_split" / "50.csv", manifests / "timesteps" / "5.csv"
     )
     assert sorted(ds.patch_ids.tolist()) == sorted(split.patch_id.tolist())
-    assert len(ds) == len(split) and ds.timesteps == 6
+    assert len(ds) == len(split) and ds.timesteps == 5
     for k in range(len(ds)):
         item = ds[k]
-        assert item["image"].dtype == torch.float32 and item["image"].shape == (6, 10, 16, 16)
-        assert item["days"].dtype == torch.int64 and item["days"].shape == (6,)
+        assert item["image"].dtype == torch.float32 and item["image"].shape == (5, 10, 16, 16)
+        assert item["days"].dtype == torch.int64 and item["days"].shape == (5,)
         assert item["label"].dtype == torch.int64 and item["label"].shape == (16, 16)
         pid = item["patch_id"]
         assert isinstance(pid, int) and pid == ds.patch_ids[k]
         series = np.load(pastis.s2_path(tiny_root, pid))
-        frames = paper_frames(len(series), 6)
+        frames = paper_frames(len(series), 5)
         expected = _hand_norm(series[frames], ds.reader.attrs["norm_paper"])
         np.testing.assert_allclose(item["image"].numpy(), expected, rtol=1e-5, atol=1e-5)
         target = np.load(pastis.target_path(tiny_root, pid))[0]
@@ -130,11 +130,11 @@ def test_nodata_keep_or_zero(tiny_store: Path, tiny_root: Path, tmp_path: Path) 
 
 
 def test_dataloader_batches(tiny_store: Path, manifests: Path) -> None:
-    ds = PastisZarrDataset.evaluation(tiny_store, manifests / "timesteps" / "6.csv", 5)
+    ds = PastisZarrDataset.evaluation(tiny_store, manifests / "timesteps" / "5.csv", 5)
     loader = DataLoader(ds, batch_size=2, num_workers=2)
     ids = []
     for batch in loader:
-        assert batch["image"].shape[1:] == (6, 10, 16, 16) and batch["days"].shape[1:] == (6,)
+        assert batch["image"].shape[1:] == (5, 10, 16, 16) and batch["days"].shape[1:] == (5,)
         ids += batch["patch_id"].tolist()
     assert ids == ds.patch_ids.tolist()
 
@@ -153,7 +153,7 @@ def test_missing_manifests(tiny_store: Path, manifests: Path, tmp_path: Path) ->
         PastisZarrDataset(tiny_store, missing, 4)
     split = tmp_path / "label_split" / "1.csv"
     with pytest.raises(FileNotFoundError, match=re.escape(f"{split}: label split manifest")):
-        PastisZarrDataset.training(tiny_store, split, manifests / "timesteps" / "6.csv")
+        PastisZarrDataset.training(tiny_store, split, manifests / "timesteps" / "5.csv")
 
 
 def test_bad_timestep_manifests(tiny_store: Path, manifests: Path, tmp_path: Path) -> None:

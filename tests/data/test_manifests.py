@@ -20,7 +20,7 @@ def _floor_linspace(stop: int, num: int) -> list[int]:
     return [int(Fraction(i * stop, num - 1)) for i in range(num)]
 
 
-@pytest.mark.parametrize("n", [38, 43, 61, 20])
+@pytest.mark.parametrize("n", [38, 43, 61, 35])
 def test_paper_frames_nested_linspace(n: int) -> None:
     base = _floor_linspace(n - 1, 35)
     expected = {35: base}
@@ -36,9 +36,48 @@ def test_paper_frames_hand_example() -> None:
     assert mf.paper_frames(61, 6).tolist() == [0, 7, 19, 31, 44, 60]
 
 
+def test_paper_frames_short_series_use_all_frames_as_base() -> None:
+    # 20 frames: the base grid is frames 0..19; 25 is skipped; 15 and 6 nest by the same rule
+    fifteen = _floor_linspace(19, 15)
+    assert mf.paper_frames(20, 15).tolist() == fifteen
+    assert mf.paper_frames(20, 6).tolist() == [fifteen[j] for j in _floor_linspace(14, 6)]
+    assert mf.paper_frames(20, 20).tolist() == list(range(20))
+
+
+@pytest.mark.parametrize("strategy", mf.TIMESTEP_STRATEGIES)
+@pytest.mark.parametrize("n", [1, 5, 9, 20, 35, 38, 61])
+def test_no_strategy_repeats_a_frame(strategy: str, n: int) -> None:
+    for t in range(1, min(n, mf.PAPER_BASE_FRAMES) + 1):
+        frames = mf.frames_for(strategy, n, t, seed=2, patch_id=7)
+        assert len(frames) == t and np.all(np.diff(frames) > 0), (t, frames)
+        assert frames[0] >= 0 and frames[-1] < n
+
+
+@pytest.mark.parametrize(
+    ("strategy", "n", "t", "message"),
+    [
+        ("paper", 61, 40, "t=40 with strategy 'paper' exceeds its base grid of 35 frames"),
+        ("paper", 9, 15, "t=15 with strategy 'paper' exceeds the 9 frames of patch 7"),
+        ("uniform", 3, 6, "t=6 with strategy 'uniform' exceeds the 3 frames of patch 7"),
+        ("random", 5, 6, "t=6 with strategy 'random' exceeds the 5 frames of patch 7"),
+        ("paper", 9, 0, "timesteps must be >= 1"),
+        ("linear", 9, 3, "unknown timestep strategy 'linear'"),
+    ],
+)
+def test_timesteps_that_would_repeat_frames_are_refused(
+    strategy: str, n: int, t: int, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        mf.frames_for(strategy, n, t, seed=0, patch_id=7)
+
+
+def test_more_than_35_frames_allowed_for_uniform_and_random() -> None:
+    assert mf.frames_for("uniform", 61, 40, 0, 7).tolist() == mf.uniform_frames(61, 40).tolist()
+    assert len(set(mf.frames_for("random", 61, 40, 0, 7))) == 40
+
+
 def test_uniform_and_random_frames() -> None:
     assert mf.uniform_frames(10, 5).tolist() == [1, 3, 5, 7, 9]
-    assert mf.uniform_frames(3, 6).tolist() == [0, 0, 1, 1, 2, 2]
     small, big = mf.random_frames(40, 6, 0, 123), mf.random_frames(40, 15, 0, 123)
     assert set(small) <= set(big) and len(set(big)) == 15 and np.all(np.diff(big) > 0)
     assert not np.array_equal(small, mf.random_frames(40, 6, 1, 123))
@@ -125,13 +164,13 @@ def test_cli_writes_manifests(tiny_store: Path, tmp_path: Path) -> None:
 
     tdir = tmp_path / "timesteps"
     assert main(["manifests", "timesteps", "--store", str(tiny_store), "--out", str(tdir),
-                 "--timesteps", "1", "6"]) == 0  # fmt: skip
-    six = pd.read_csv(tdir / "6.csv")
-    assert six.patch_id.tolist() == ds.patch_id.values.tolist()
-    for i, row in six.iterrows():
+                 "--timesteps", "1", "5"]) == 0  # fmt: skip
+    five = pd.read_csv(tdir / "5.csv")
+    assert five.patch_id.tolist() == ds.patch_id.values.tolist()
+    for i, row in five.iterrows():
         frames = np.array(row.frames.split(), dtype=int)
         n = int(ds.n_frames[i])
-        assert frames.tolist() == mf.paper_frames(n, 6).tolist()
+        assert frames.tolist() == mf.paper_frames(n, 5).tolist()
         dates = ds.dates[i].values[frames].astype("datetime64[D]")
         days = (dates - np.datetime64("2018-09-01")).astype(int)
         assert row.days.split() == [str(d) for d in days]

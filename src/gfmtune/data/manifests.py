@@ -13,10 +13,15 @@ Label splits (``label_split/{percent}.csv``: ``patch_id``, ``fold``) choose trai
 Timestep subsets (``timesteps/{t}.csv``: ``patch_id``, ``frames``, ``days``) choose frames:
 
 - ``paper``: t = 1 is the last frame; t > 1 takes ``int(linspace(0, N-1, 35))`` and nests
-  25 ⊂ 35, 15 ⊂ 25, 6 ⊂ 15 by the same rule (repeats when N < 35). The paper's random 50-frame
-  pre-draw for series longer than 50 is deliberately not reproduced (it made evaluation random).
+  25 ⊂ 35, 15 ⊂ 25, 6 ⊂ 15 by the same rule. A series shorter than 35 frames (none in PASTIS:
+  38 to 61) uses all its frames as the base grid and skips the nesting steps larger than it,
+  where the paper's grid would repeat frames. The paper's random 50-frame pre-draw for series
+  longer than 50 is deliberately not reproduced (it made evaluation random).
 - ``uniform``: the centres of t equal bins over the whole series.
 - ``random``: the first t of a seeded permutation per patch, sorted (nested across t).
+
+No strategy repeats a frame: t above 35 with ``paper`` (its base grid), or above a series' frame
+count with any strategy, is an error naming t, the strategy and the limit (and the patch).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import pandas as pd
 import xarray as xr
 
 from gfmtune import pastis
-from gfmtune.fileio import atomic_path
+from gfmtune.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -49,38 +54,60 @@ def _nest(positions: np.ndarray, t: int) -> np.ndarray:
 
 
 def paper_frames(n_frames: int, t: int) -> np.ndarray:
-    """The paper's frame indices for a series of ``n_frames`` frames (REFERENCE §2)."""
+    """The paper's frame indices for a series of ``n_frames >= t`` frames (REFERENCE §2)."""
     if t == 1:
         return np.array([n_frames - 1])
-    chosen = np.linspace(0, n_frames - 1, PAPER_BASE_FRAMES).astype(int)
+    base = min(n_frames, PAPER_BASE_FRAMES)  # shorter series: all frames, never repeats
+    chosen = np.linspace(0, n_frames - 1, base).astype(int)
     for size in (25, 15, 6):  # 6 ⊂ 15 ⊂ 25 ⊂ 35
         if t > size:
             break
-        chosen = _nest(chosen, size)
+        if len(chosen) > size:
+            chosen = _nest(chosen, size)
     return chosen if len(chosen) == t else _nest(chosen, t)
 
 
 def uniform_frames(n_frames: int, t: int) -> np.ndarray:
-    """Centres of ``t`` equal bins over the series (repeats when ``n_frames < t``)."""
+    """Centres of ``t`` equal bins over a series of ``n_frames >= t`` frames."""
     return np.floor((np.arange(t) + 0.5) * n_frames / t).astype(int)
 
 
 def random_frames(n_frames: int, t: int, seed: int, patch_id: int) -> np.ndarray:
-    """A seeded, per-patch random subset, sorted; nested across ``t`` for the same seed."""
+    """A seeded, per-patch random subset of ``t <= n_frames`` frames, sorted; nested across
+    ``t`` for the same seed."""
     order = np.random.default_rng([seed, patch_id]).permutation(n_frames)
-    if t > n_frames:
-        order = np.resize(order, t)
     return np.sort(order[:t])
 
 
+def check_timesteps(strategy: str, t: int, n_frames: int, patch_id: int) -> None:
+    """Refuse a ``t`` the strategy could only meet by repeating frames."""
+    if strategy not in TIMESTEP_STRATEGIES:
+        raise ValueError(
+            f"unknown timestep strategy {strategy!r}; choose from {TIMESTEP_STRATEGIES}"
+        )
+    if t < 1:
+        raise ValueError(f"timesteps must be >= 1, got {t}")
+    if strategy == "paper" and t > PAPER_BASE_FRAMES:
+        raise ValueError(
+            f"timesteps t={t} with strategy 'paper' exceeds its base grid of "
+            f"{PAPER_BASE_FRAMES} frames (frames would repeat); use t <= {PAPER_BASE_FRAMES}, "
+            "or strategy 'uniform' or 'random'"
+        )
+    if t > n_frames:
+        raise ValueError(
+            f"timesteps t={t} with strategy {strategy!r} exceeds the {n_frames} frames of "
+            f"patch {patch_id} (frames would repeat); use t <= {n_frames}"
+        )
+
+
 def frames_for(strategy: str, n_frames: int, t: int, seed: int, patch_id: int) -> np.ndarray:
+    """``t`` distinct frame indices of a series; see :func:`check_timesteps` for the limits."""
+    check_timesteps(strategy, t, n_frames, patch_id)
     if strategy == "paper":
         return paper_frames(n_frames, t)
     if strategy == "uniform":
         return uniform_frames(n_frames, t)
-    if strategy == "random":
-        return random_frames(n_frames, t, seed, patch_id)
-    raise ValueError(f"unknown timestep strategy {strategy!r}; choose from {TIMESTEP_STRATEGIES}")
+    return random_frames(n_frames, t, seed, patch_id)
 
 
 def timestep_manifest(store: xr.Dataset, t: int, strategy: str, seed: int = 0) -> pd.DataFrame:
@@ -194,8 +221,7 @@ def coverage_summary(splits: dict[float, np.ndarray], labels: np.ndarray) -> pd.
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False)
+    atomic_write_text(path, frame.to_csv(index=False))
 
 
 def _percent_name(percent: float) -> str:
@@ -226,12 +252,11 @@ def write_label_splits(
 def write_timesteps(
     store_path: Path, out: Path, timesteps: list[int], strategy: str, seed: int = 0
 ) -> None:
-    """Write ``{t}.csv`` under ``out`` for every t."""
+    """Write ``{t}.csv`` under ``out`` for every t (none unless every t is valid)."""
     store = open_store(store_path)
-    for t in timesteps:
-        if t < 1:
-            raise ValueError(f"timesteps must be >= 1, got {t}")
-        _write_csv(timestep_manifest(store, t, strategy, seed), Path(out) / f"{t}.csv")
+    frames = {t: timestep_manifest(store, t, strategy, seed) for t in timesteps}
+    for t, frame in frames.items():
+        _write_csv(frame, Path(out) / f"{t}.csv")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
