@@ -4,10 +4,17 @@ from pathlib import Path
 import json
 
 import pandas as pd
-from snakemake.utils import Paramspace, validate
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import Paramspace
 
-SCHEMA = Path(workflow.basedir) / "src" / "gfmtune" / "resources" / "config.schema.yaml"
-validate(config, SCHEMA, set_default=True)
+from gfmtune.train.settings import ConfigError, validate_config
+
+# Against src/gfmtune/resources/config.schema.yaml, filling its defaults (not in train.settings);
+# a bad key ends the run with one line naming it, its value and what is allowed.
+try:
+    validate_config(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
 
 RUN = Path("results") / config["run"]
 DATA = config["data"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gfmtune.data.download import http
 from gfmtune.data.download.http import (
     ChecksumError,
     DownloadError,
@@ -139,10 +142,42 @@ def test_verified_file_is_skipped_without_request(server: FileServer, tmp_path: 
     assert server.count() == 0
 
 
-def test_present_but_wrong_file_is_fetched_again(server: FileServer, tmp_path: Path) -> None:
+def test_present_but_wrong_file_is_set_aside_and_fetched_again(
+    server: FileServer, tmp_path: Path
+) -> None:
+    """A wrong file we did not download (the user's) is renamed, never deleted."""
     (tmp_path / "f.bin").write_bytes(bytes(len(DATA)))  # right size, wrong content
+    (tmp_path / "f.bin.rejected").write_bytes(b"an earlier reject")
     assert download_file(remote(server, tmp_path), **FAST).read_bytes() == DATA
     assert server.count("GET") == 1
+    assert (tmp_path / "f.bin.rejected").read_bytes() == b"an earlier reject"
+    assert (tmp_path / "f.bin.rejected-2").read_bytes() == bytes(len(DATA))
+
+
+def test_disk_full_mid_download_names_path_and_space(
+    server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC after the free-space check passed (another writer filled the disk meanwhile)."""
+    capacity = 100_000
+
+    class SmallDisk(io.FileIO):
+        def write(self, chunk: bytes) -> int:
+            if self.tell() + len(chunk) > capacity:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(chunk)
+
+    file = remote(server, tmp_path)
+    with monkeypatch.context() as patch, pytest.raises(InsufficientSpaceError) as err:
+        patch.setattr(http, "open", SmallDisk, raising=False)
+        download_all([file], **FAST)
+    written = file.part.stat().st_size
+    assert 0 < written <= capacity, "the partial file is kept for the resume"
+    text = str(err.value)
+    assert f"disk full while writing {file.part}" in text
+    assert f"{len(DATA) - written} more bytes needed" in text
+    assert server.count("GET") == 1, "a full disk is not retried"
+    assert download_file(file, **FAST).read_bytes() == DATA
+    assert ranges(server)[-1] == f"bytes={written}-"
 
 
 def test_free_disk_check_before_any_request(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 from pathlib import Path
 
@@ -10,12 +11,7 @@ import pytest
 import torch
 
 from gfmtune.models.catalog import CROMA_LARGE, Checkpoint
-from gfmtune.models.checkpoints import (
-    CheckpointError,
-    locate,
-    read_checkpoint,
-    sha256_file,
-)
+from gfmtune.models.checkpoints import CheckpointError, locate, read_checkpoint
 from gfmtune.models.croma import CromaOpticalEncoder
 from gfmtune.models.dino import DinoEncoder
 from tests.models.official_layouts import croma_s2_encoder_shapes, dino_vits16_shapes, random_state
@@ -70,21 +66,40 @@ def test_croma_file_without_s2_encoder(tmp_path: Path) -> None:
         read_checkpoint(path, "croma")
 
 
-def _dino_teacher_file(path: Path) -> dict[str, torch.Tensor]:
+def catalog_entry(path: Path, layout: str) -> Checkpoint:
+    """A catalog entry that ``path`` (as it is now) matches."""
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    return Checkpoint(path.stem, f"http://127.0.0.1/{path.name}", path.name, sha, len(data), layout)
+
+
+def _dino_teacher_file(path: Path, args: object = None) -> dict[str, torch.Tensor]:
     backbone = random_state(dino_vits16_shapes(), seed=1)
     teacher = {f"backbone.{k}": v for k, v in backbone.items()}
     teacher |= {"head.mlp.0.weight": torch.zeros(8, 384), "head.last_layer.weight_g": torch.ones(1)}
-    torch.save({"teacher": teacher, "student": teacher, "epoch": 99,
-                "args": argparse.Namespace(arch="vit_small")}, path)  # fmt: skip
+    args = argparse.Namespace(arch="vit_small") if args is None else args
+    torch.save({"teacher": teacher, "student": teacher, "epoch": 99, "args": args}, path)
     return backbone
+
+
+class TouchOnUnpickle:
+    """Pickles to a call of ``Path.touch(target)``: unpickling it creates ``target``."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return Path.touch, (self.target,)
 
 
 def test_dino_original_checkpoint_paper_setting_drops_qkv_bias(tmp_path, caplog) -> None:
     path = tmp_path / "B13_vits16_dino_0099_ckpt.pth"
     backbone = _dino_teacher_file(path)
     encoder = DinoEncoder(qkv_bias=False)
+    expected = catalog_entry(path, "dino_teacher")
     with caplog.at_level(logging.WARNING):
-        dropped = encoder.load_encoder_state(read_checkpoint(path, "dino_teacher"), str(path))
+        state = read_checkpoint(path, "dino_teacher", expected)
+        dropped = encoder.load_encoder_state(state, str(path))
     assert sorted(dropped) == sorted(f"blocks.{i}.attn.qkv.bias" for i in range(12))
     assert "dropped 12 tensor(s)" in caplog.text
     state = encoder.vit.state_dict()
@@ -119,9 +134,54 @@ def test_locate_names_file_url_digest_and_place(tmp_path: Path) -> None:
 
     blob = tmp_path / "w.pt"
     blob.write_bytes(b"0123456789")
-    good = Checkpoint("w", "http://127.0.0.1/w.pt", "w.pt", sha256_file(blob), 10, "timm")
+    good = catalog_entry(blob, "timm")
     assert locate(good, tmp_path) == blob
-    with pytest.raises(CheckpointError, match="10 bytes, expected 11"):
+    with pytest.raises(CheckpointError, match="size mismatch, expected 11 bytes, got 10"):
         locate(Checkpoint("w", "u", "w.pt", good.sha256, 11, "timm"), tmp_path)
-    with pytest.raises(CheckpointError, match=r"sha256 .* != expected 00"):
+    with pytest.raises(
+        CheckpointError, match=f"sha256 mismatch, expected {'00' * 32}, got {good.sha256}"
+    ):
         locate(Checkpoint("w", "u", "w.pt", "00" * 32, 10, "timm"), tmp_path)
+
+
+def test_pickled_payload_runs_when_unpickled(tmp_path: Path) -> None:
+    """The payload of the tests below is live: a plain unpickle creates its marker file."""
+    marker = tmp_path / "payload-ran"
+    torch.save({"args": TouchOnUnpickle(marker)}, tmp_path / "evil.pth")
+    torch.load(tmp_path / "evil.pth", weights_only=False)
+    assert marker.exists()
+
+
+def test_dino_teacher_file_not_matching_catalog_is_not_unpickled(tmp_path: Path) -> None:
+    path = tmp_path / "B13_vits16_dino_0099_ckpt.pth"
+    _dino_teacher_file(path)
+    published = catalog_entry(path, "dino_teacher")
+    marker = tmp_path / "payload-ran"
+    _dino_teacher_file(path, args=TouchOnUnpickle(marker))  # same name, altered content
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path, "dino_teacher", published)
+    text = str(err.value)
+    assert str(path) in text and "not unpickled" in text and published.sha256 in text
+    assert hashlib.sha256(path.read_bytes()).hexdigest() in text
+    assert not marker.exists(), "the payload ran"
+
+
+def test_dino_teacher_file_unknown_to_catalog_is_not_unpickled(tmp_path: Path) -> None:
+    path = tmp_path / "my_dino.pth"
+    marker = tmp_path / "payload-ran"
+    _dino_teacher_file(path, args=TouchOnUnpickle(marker))
+    with pytest.raises(CheckpointError, match="not a catalogued checkpoint") as err:
+        read_checkpoint(path, "dino_teacher")
+    assert str(path) in str(err.value)
+    assert not marker.exists(), "the payload ran"
+
+
+@pytest.mark.parametrize("layout", ["croma", "timm"])
+def test_tensor_layouts_never_unpickle_objects(tmp_path: Path, layout: str) -> None:
+    path = tmp_path / "CROMA_large.pt"
+    marker = tmp_path / "payload-ran"
+    torch.save({"s2_encoder": {"w": torch.zeros(1)}, "args": TouchOnUnpickle(marker)}, path)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint") as err:
+        read_checkpoint(path, layout)
+    assert str(path) in str(err.value)
+    assert not marker.exists(), "the payload ran"

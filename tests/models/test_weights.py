@@ -63,6 +63,30 @@ def test_wrong_digest_and_missing_file_are_clear_errors(tmp_path: Path, blob: by
             fetch_checkpoint(gone, tmp_path, retries=0, progress=False)
 
 
+def test_wrong_file_in_weights_dir_is_set_aside_and_replaced(tmp_path: Path, blob: bytes) -> None:
+    wrong = bytes(len(blob))  # right size, wrong content: a bad hand copy
+    (tmp_path / "CROMA_toy.pt").write_bytes(wrong)
+    with FileServer({"/toy/CROMA_toy.pt": blob}) as server:
+        path = fetch_checkpoint(_ckpt(server, blob), tmp_path, retries=0, progress=False)
+    assert path.read_bytes() == blob
+    assert (tmp_path / "CROMA_toy.pt.rejected").read_bytes() == wrong
+
+
+def test_wrong_file_without_network_is_kept_and_named(tmp_path: Path, blob: bytes) -> None:
+    wrong = b"not a checkpoint"
+    (tmp_path / "CROMA_toy.pt").write_bytes(wrong)
+    with FileServer({}) as server:  # the URL answers 404: like a machine without network
+        ckpt = _ckpt(server, blob)
+        with pytest.raises(CheckpointError) as err:
+            fetch_checkpoint(ckpt, tmp_path, retries=0, progress=False)
+    text = str(err.value)
+    aside = tmp_path / "CROMA_toy.pt.rejected"
+    assert aside.read_bytes() == wrong, "a wrong file must be moved aside, never deleted"
+    assert str(tmp_path / "CROMA_toy.pt") in text and f"moved aside to {aside}" in text
+    assert ckpt.sha256 in text and hashlib.sha256(wrong).hexdigest() in text
+    assert f"expected {len(blob)} bytes, got {len(wrong)}" in text
+
+
 def test_cli_writes_stamp(tmp_path: Path, blob: bytes, monkeypatch) -> None:
     with FileServer({"/toy/CROMA_toy.pt": blob}) as server:
         ckpt = _ckpt(server, blob)

@@ -2,11 +2,15 @@
 
 The weights cannot be downloaded on this project's machines; the loaders are tested on
 checkpoints generated with the official key names (see :mod:`gfmtune.models.catalog`).
+
+Files are read with ``torch.load(weights_only=True)``, except the layouts of
+:data:`PICKLED_LAYOUTS`, which pickle Python objects besides tensors: those are unpickled only
+after their size and sha256 matched a catalogued :class:`Checkpoint`, so an unknown or altered
+file is refused before any of it runs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gfmtune.models.catalog import Checkpoint
+from gfmtune.data.download.http import mismatch
+from gfmtune.models.catalog import CHECKPOINTS, Checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +28,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt or does not fit the model; the message says how to fix."""
 
 
-def sha256_file(path: Path, block: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
+#: Layouts that need ``torch.load(weights_only=False)`` (the original DINO file pickles its args).
+PICKLED_LAYOUTS = ("dino_teacher",)
+
+
+def checkpoint_mismatch(path: Path, ckpt: Checkpoint) -> str | None:
+    """What differs between ``path`` and ``ckpt``'s published size and sha256, or None."""
+    return mismatch(path, ckpt.size, f"sha256:{ckpt.sha256}")
 
 
 def locate(ckpt: Checkpoint, folder: Path, verify: bool = True) -> Path:
@@ -40,13 +46,8 @@ def locate(ckpt: Checkpoint, folder: Path, verify: bool = True) -> Path:
     )
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; {advice}")
-    if verify:
-        size = path.stat().st_size
-        if size != ckpt.size:
-            raise CheckpointError(f"{path}: {size:,} bytes, expected {ckpt.size:,}; {advice}")
-        actual = sha256_file(path)
-        if actual != ckpt.sha256:
-            raise CheckpointError(f"{path}: sha256 {actual} != expected {ckpt.sha256}; {advice}")
+    if verify and (problem := checkpoint_mismatch(path, ckpt)):
+        raise CheckpointError(f"{path}: {problem}; {advice}")
     return path
 
 
@@ -110,9 +111,35 @@ def load_strict(
     return dropped
 
 
-def read_checkpoint(path: Path, layout: str) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file and return the encoder's tensors (see :func:`encoder_state`)."""
-    weights_only = layout != "dino_teacher"  # the original DINO file pickles its args
+def catalogued(path: Path) -> Checkpoint:
+    """The catalog's checkpoint with ``path``'s file name; a :class:`CheckpointError` if none."""
+    for ckpt in CHECKPOINTS.values():
+        if ckpt.filename == path.name:
+            return ckpt
+    raise CheckpointError(
+        f"{path}: not a catalogued checkpoint (known files: "
+        f"{', '.join(sorted(c.filename for c in CHECKPOINTS.values()))}); its layout pickles "
+        "Python objects, so it is read only once its sha256 matches the catalog's"
+    )
+
+
+def read_checkpoint(
+    path: Path, layout: str, expected: Checkpoint | None = None
+) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file and return the encoder's tensors (see :func:`encoder_state`).
+
+    A layout of :data:`PICKLED_LAYOUTS` is unpickled only after the file matched ``expected``
+    (default: the catalog's checkpoint of that file name); else nothing of it is unpickled.
+    """
+    path = Path(path)
+    weights_only = layout not in PICKLED_LAYOUTS
+    if not weights_only:
+        ckpt = expected or catalogued(path)
+        if problem := checkpoint_mismatch(path, ckpt):
+            raise CheckpointError(
+                f"{path}: refused, not unpickled: {problem} (catalog entry {ckpt.name}); "
+                f"download {ckpt.url} again"
+            )
     try:
         raw = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as err:  # torch raises many types for corrupt files

@@ -1,8 +1,9 @@
 """``gfmtune weights``: fetch (resumable) and verify a pretrained checkpoint, write a stamp.
 
 The checkpoint lives in ``--dir`` (config ``weights.dir``: a folder of pre-downloaded files, or
-where downloads go). A file already there is verified and kept; otherwise it is downloaded from
-its published URL and verified against its published size and sha256. The stamp JSON (the
+where downloads go). A file already there is verified and kept; a wrong one is renamed
+``<file>.rejected`` (never deleted: it may be a hand-copied file) and the checkpoint is downloaded
+from its published URL and verified against its published size and sha256. The stamp JSON (the
 Snakemake output) is written only after verification.
 """
 
@@ -12,25 +13,38 @@ import argparse
 import json
 from pathlib import Path
 
-from gfmtune.data.download.http import ChecksumError, DownloadError, RemoteFile, download_all
+from gfmtune.data.download.http import (
+    ChecksumError,
+    DownloadError,
+    RemoteFile,
+    download_all,
+    set_aside_unless_verified,
+)
 from gfmtune.fileio import atomic_write_text
 from gfmtune.models.catalog import CHECKPOINTS, Checkpoint
-from gfmtune.models.checkpoints import CheckpointError, locate
+from gfmtune.models.checkpoints import CheckpointError
 
 
 def fetch_checkpoint(
     ckpt: Checkpoint, folder: Path, retries: int = 5, progress: bool = True
 ) -> Path:
-    """The verified checkpoint in ``folder``, downloaded first when absent or wrong."""
+    """The verified checkpoint in ``folder``, downloaded first when absent or wrong (a wrong file
+    is set aside first; the error, if the download fails, says where it went)."""
     remote = RemoteFile(ckpt.url, Path(folder) / ckpt.filename, ckpt.size, f"sha256:{ckpt.sha256}")
+    rejected = ""
+    if remote.dest.is_file():
+        note = set_aside_unless_verified(remote)
+        if note is None:
+            return remote.dest
+        rejected = f"{note}; "
     try:
         download_all([remote], workers=1, retries=retries, progress=progress)
     except (DownloadError, ChecksumError, OSError) as err:
         raise CheckpointError(
-            f"{remote.dest}: could not fetch {ckpt.url} ({err}); download it by hand "
+            f"{rejected}{remote.dest}: could not fetch {ckpt.url} ({err}); download it by hand "
             f"(sha256 {ckpt.sha256}, {ckpt.size:,} bytes) and put it there"
         ) from err
-    return locate(ckpt, folder)
+    return remote.dest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,12 +1,15 @@
 """Resumable, verified single-file HTTP downloads, run in parallel, with retries and a disk check.
 
 A file is written to ``<dest>.part``, resumed with a ``Range`` request after an interruption, and
-renamed to ``<dest>`` only once its size and digest (``"md5:..."`` or ``"sha256:..."``) match.
-An existing ``<dest>`` is verified, never trusted for its presence alone.
+renamed to ``<dest>`` only once its size and digest (``"md5:..."`` or ``"sha256:..."``) match;
+a ``.part`` that does not match is deleted (it is ours). An existing ``<dest>`` is verified, never
+trusted for its presence alone, and one that does not match is renamed ``<dest>.rejected`` (it
+may be the user's: it is never deleted) before the download.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -51,7 +54,7 @@ class RemoteNotFoundError(DownloadError):
 
 
 class ChecksumError(ValueError):
-    """A file's size or digest differs from the published one; the file was deleted."""
+    """A downloaded file's size or digest differs from the published one; it was deleted."""
 
 
 class InsufficientSpaceError(OSError):
@@ -92,36 +95,50 @@ def file_digest(path: Path, algo: str) -> str:
         return hashlib.file_digest(f, algo).hexdigest()
 
 
-def verify_file(path: Path, size: int | None, digest: str | None, name: str | None = None) -> None:
-    """Check size and digest of ``path``; on a mismatch delete it, raise :class:`ChecksumError`."""
-    name = name or path.name
+def mismatch(path: Path, size: int | None, digest: str | None) -> str | None:
+    """What differs between ``path`` and ``size``/``digest`` (expected and actual values), or None
+    when it matches; a file with neither to check against does not match."""
+    if size is None and digest is None:
+        return "no size or digest to verify it against"
+    problems = []
     actual_size = path.stat().st_size
     if size is not None and actual_size != size:
-        path.unlink(missing_ok=True)
-        raise ChecksumError(
-            f"{name}: size mismatch, expected {size} bytes, got {actual_size}; file deleted"
-        )
-    if digest is None:
-        return
-    algo, expected = parse_digest(digest)
-    actual = file_digest(path, algo)
-    if actual != expected:
-        path.unlink(missing_ok=True)
-        raise ChecksumError(
-            f"{name}: {algo} mismatch, expected {expected}, got {actual}; file deleted"
-        )
+        problems.append(f"size mismatch, expected {size} bytes, got {actual_size}")
+    if digest is not None:
+        algo, expected = parse_digest(digest)
+        actual = file_digest(path, algo)
+        if actual != expected:
+            problems.append(f"{algo} mismatch, expected {expected}, got {actual}")
+    return "; ".join(problems) or None
 
 
-def is_verified(path: Path, size: int | None, digest: str | None) -> bool:
-    """True when ``path`` exists and matches size and digest (at least one of them is known)."""
-    if not path.is_file() or (size is None and digest is None):
-        return False
-    if size is not None and path.stat().st_size != size:
-        return False
-    if digest is None:
-        return True
-    algo, expected = parse_digest(digest)
-    return file_digest(path, algo) == expected
+def verify_file(path: Path, size: int | None, digest: str | None, name: str | None = None) -> None:
+    """Check a file we downloaded; on a mismatch delete it and raise :class:`ChecksumError`."""
+    problem = mismatch(path, size, digest)
+    if problem is not None:
+        path.unlink(missing_ok=True)
+        raise ChecksumError(f"{name or path.name}: {problem}; file deleted")
+
+
+def set_aside(path: Path) -> Path:
+    """Rename ``path`` to ``<name>.rejected`` (``.rejected-2``, ... if taken), never deleting."""
+    aside, n = path.with_name(path.name + ".rejected"), 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.rejected-{n}")
+    os.replace(path, aside)
+    return aside
+
+
+def set_aside_unless_verified(file: RemoteFile) -> str | None:
+    """Verify the existing ``file.dest``: None when it matches; else it is renamed aside (see
+    :func:`set_aside`) and the returned message names it, what differs and where it went."""
+    problem = mismatch(file.dest, file.size, file.digest)
+    if problem is None:
+        return None
+    note = f"{file.dest}: {problem}; moved aside to {set_aside(file.dest)}"
+    log.warning("%s", note)
+    return note
 
 
 def with_retries(
@@ -257,13 +274,32 @@ def _stream(
         disable=None if progress else True,
     )
     written = offset
-    with bar, open(file.part, mode) as out:
-        for chunk in response.iter_content(chunk_size=chunk_size):
-            out.write(chunk)
-            written += len(chunk)
-            bar.update(len(chunk))
+    try:
+        with bar, open(file.part, mode) as out:
+            for chunk in response.iter_content(chunk_size=chunk_size):
+                out.write(chunk)
+                written += len(chunk)
+                bar.update(len(chunk))
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise _disk_full(file, written) from err
+        raise
     if file.size is not None and written < file.size:
         raise TransientError(f"body ended after {written} of {file.size} bytes")
+
+
+def _disk_full(file: RemoteFile, written: int) -> InsufficientSpaceError:
+    """The error for a write that ran out of disk: the path, the bytes still needed, the free."""
+    free = shutil.disk_usage(file.part.parent).free
+    needed = (
+        f"{file.size - written} more bytes needed ({(file.size - written) / 1e9:.2f} GB)"
+        if file.size is not None
+        else "size of the rest unknown"
+    )
+    return InsufficientSpaceError(
+        f"disk full while writing {file.part}: {written} bytes written, {needed}, {free} free; "
+        "free some space and run again (the partial file is kept and resumed)"
+    )
 
 
 def download_file(
@@ -275,14 +311,12 @@ def download_file(
 ) -> Path:
     """Fetch ``file`` (resuming its .part), verify it, rename it into place and return its path.
 
-    An existing verified destination is kept without any request; 404 is raised at once.
+    An existing verified destination is kept without any request, a wrong one is set aside
+    (:func:`set_aside_unless_verified`); 404 is raised at once.
     """
-    if is_verified(file.dest, file.size, file.digest):
+    if file.dest.is_file() and set_aside_unless_verified(file) is None:
         log.info("%s: already present and verified", file.dest)
         return file.dest
-    if file.dest.exists():
-        log.warning("%s: present but does not verify; downloading again", file.dest)
-        file.dest.unlink()
     file.dest.parent.mkdir(parents=True, exist_ok=True)
 
     def once() -> None:
