@@ -9,12 +9,10 @@ may be the user's: it is never deleted) before the download.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import logging
 import os
 import re
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -25,6 +23,8 @@ from typing import TypeVar
 
 import requests
 from tqdm import tqdm
+
+from gfmtune.fileio import disk_full_reported, free_bytes
 
 log = logging.getLogger(__name__)
 
@@ -274,32 +274,14 @@ def _stream(
         disable=None if progress else True,
     )
     written = offset
-    try:
-        with bar, open(file.part, mode) as out:
-            for chunk in response.iter_content(chunk_size=chunk_size):
-                out.write(chunk)
-                written += len(chunk)
-                bar.update(len(chunk))
-    except OSError as err:
-        if err.errno == errno.ENOSPC:
-            raise _disk_full(file, written) from err
-        raise
+    needed = None if file.size is None else file.size - offset
+    with disk_full_reported(file.part, needed), bar, open(file.part, mode) as out:
+        for chunk in response.iter_content(chunk_size=chunk_size):
+            out.write(chunk)
+            written += len(chunk)
+            bar.update(len(chunk))
     if file.size is not None and written < file.size:
         raise TransientError(f"body ended after {written} of {file.size} bytes")
-
-
-def _disk_full(file: RemoteFile, written: int) -> InsufficientSpaceError:
-    """The error for a write that ran out of disk: the path, the bytes still needed, the free."""
-    free = shutil.disk_usage(file.part.parent).free
-    needed = (
-        f"{file.size - written} more bytes needed ({(file.size - written) / 1e9:.2f} GB)"
-        if file.size is not None
-        else "size of the rest unknown"
-    )
-    return InsufficientSpaceError(
-        f"disk full while writing {file.part}: {written} bytes written, {needed}, {free} free; "
-        "free some space and run again (the partial file is kept and resumed)"
-    )
 
 
 def download_file(
@@ -345,10 +327,7 @@ def remaining_bytes(files: Iterable[RemoteFile]) -> int:
 
 def check_free_space(folder: Path, needed: int) -> None:
     """Raise :class:`InsufficientSpaceError` (naming ``folder``) if under ``needed`` bytes free."""
-    probe = Path(folder).absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    free = free_bytes(folder)
     if needed > free:
         raise InsufficientSpaceError(
             f"not enough free disk space in {folder}: {needed} bytes needed "
