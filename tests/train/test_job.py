@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +14,7 @@ import torch
 from gfmtune.models.registry import build_model
 from gfmtune.train.job import Cell, CellJob, seed_everything
 from gfmtune.train.metrics import metrics_from_confusion
-from tests.train.conftest import FAST, inputs
+from tests.train.conftest import FAST, inputs, kill_mid_training, train_argv
 
 
 def _run(base: Path, out: Path, cell: Cell, settings=FAST, **kw) -> dict:
@@ -75,21 +70,6 @@ def test_two_runs_are_identical(train_data: Path, tmp_path: Path) -> None:
     assert ha.train_loss.tolist() == hb.train_loss.tolist()
 
 
-TRAIN_CMD = """
-import sys, time
-import gfmtune.train.loop as loop
-epoch = loop.train_epoch
-def slow(*a, **k):
-    time.sleep(1.0)
-    return epoch(*a, **k)
-loop.train_epoch = slow
-import gfmtune.train.job as job
-job.train_epoch = slow
-from gfmtune.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def test_kill_and_resume_equals_uninterrupted(train_data: Path, tmp_path: Path) -> None:
     settings = replace(FAST, epochs=4)
     cell = Cell("dino_tiny", 0.1, "100", 6)
@@ -97,19 +77,8 @@ def test_kill_and_resume_equals_uninterrupted(train_data: Path, tmp_path: Path) 
 
     out = tmp_path / "killed"
     (tmp_path / "settings.json").write_text(json.dumps(settings.to_dict()))
-    args = ["train", "--store", str(train_data / "s2.zarr"),
-            "--label-split", str(train_data / "label_split" / "100.csv"),
-            "--timesteps", str(train_data / "timesteps" / "6.csv"), "--model", "dino_tiny",
-            "--ft-rate", "0.1", "--settings", str(tmp_path / "settings.json"),
-            "--out", str(out), "--no-progress"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-c", TRAIN_CMD, *args])
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (out / "state.pt").exists():
-        time.sleep(0.05)
-    time.sleep(0.3)  # inside the second epoch
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    saved = torch.load(out / "state.pt", weights_only=False)
+    kill_mid_training(train_argv(inputs(train_data), cell, tmp_path / "settings.json", out), out)
+    saved = torch.load(out / "state.pt", weights_only=True)  # plain tensors and containers
     assert 1 <= saved["loop"]["epoch"] < 4, "the kill must land mid-training"
     assert not (out / "metrics.json").exists()
 
@@ -119,6 +88,7 @@ def test_kill_and_resume_equals_uninterrupted(train_data: Path, tmp_path: Path) 
     ref_hist = pd.read_csv(tmp_path / "ref" / "history.csv")
     new_hist = pd.read_csv(out / "history.csv")
     assert ref_hist.train_loss.tolist() == new_hist.train_loss.tolist()
+    assert resumed["attempts"] == 2 and resumed["wall_seconds"] > saved["loop"]["seconds"]
 
 
 def test_clear_errors(train_data: Path, tmp_path: Path) -> None:

@@ -50,7 +50,8 @@ from gfmtune.fileio import atomic_path
 from gfmtune.models.registry import ModelSpec, build_model, get_spec
 from gfmtune.pastis import BANDS, CLASS_NAMES, N_CLASSES, NODATA, TEST_FOLD, VOID_CLASS
 from gfmtune.train.devices import amp_dtype, claimed_device
-from gfmtune.train.job import BEST, seed_everything
+from gfmtune.train.feature_cache import CorruptFileError, load_tensors
+from gfmtune.train.job import BEST, invalidate_cell, seed_everything
 from gfmtune.train.loop import autocast, forward_fn
 from gfmtune.train.settings import TrainSettings
 
@@ -144,7 +145,8 @@ def cell_settings(folder: Path) -> TrainSettings:
 def load_cell_model(
     choice: Choice, settings: TrainSettings, weights_dir: Path | None
 ) -> torch.nn.Module:
-    """The cell's trained model (CPU, eval mode)."""
+    """The cell's trained model (CPU, eval mode); an unreadable ``best.pt`` invalidates the cell
+    (:func:`~gfmtune.train.job.invalidate_cell`) so that the workflow retrains it."""
     spec = get_spec(choice.model_name)
     pretrained = choice.frozen and spec.checkpoint is not None
     if pretrained and weights_dir is None:
@@ -160,7 +162,10 @@ def load_cell_model(
         temporal=settings.temporal,
         n_frames=choice.timesteps,
     )
-    state = torch.load(choice.folder / BEST, map_location="cpu", weights_only=True)
+    try:
+        state = load_tensors(choice.folder / BEST, "cpu")
+    except CorruptFileError as err:
+        raise invalidate_cell(choice.folder, err) from err
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("encoder.") for k in missing):
         raise RuntimeError(f"{choice.folder / BEST}: does not fit model {choice.model_name}")

@@ -6,8 +6,12 @@ resize, CROMA at native size; never CROMA's random crops). The cache holds, for 
 the store, the encoder's output levels for the frames of one timestep manifest, in the dtype
 the uncached path computes (fp32 on CPU, bf16 under CUDA autocast), so training from it gives
 the uncached result. Its key covers everything the features depend on: encoder weights, input
-policy, frames, normalisation, store and precision. Jobs that share a key build it once, under
-a file lock; a cache is used only once its ``complete.json`` exists.
+policy, frames, normalisation, the store's content digest (not its path: another dataset
+converted to the same path gets its own cache) and precision. Jobs that share a key build it
+once, under a file lock. ``complete.json`` records every file's size: a cache is used only while
+every file has its recorded size; a build keeps the files that do (or, without a record, that
+load) and recomputes the others. A file that fails to load during training is set aside with
+an error naming it, so the next run rebuilds it.
 """
 
 from __future__ import annotations
@@ -16,9 +20,14 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
+import pickle
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
+import zarr
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -30,6 +39,46 @@ from gfmtune.train.loop import autocast
 
 log = logging.getLogger(__name__)
 ALL_FOLDS = (1, 2, 3, 4, 5)
+COMPLETE = "complete.json"
+
+
+class CorruptFileError(RuntimeError):
+    """A file that does not load (truncated, garbage, or pickling more than tensors)."""
+
+    def __str__(self) -> str:
+        # re-raised from a DataLoader worker, the message ends with the worker's traceback,
+        # whose last line is the original error: keep that one line
+        last = super().__str__().strip().splitlines()[-1]
+        return last.split(f"{type(self).__name__}: ", 1)[-1]
+
+
+def set_aside(path: Path, why: str = "corrupt") -> Path:
+    """Rename ``path`` to ``<name>.<why>-<UTC time>`` (kept for inspection, never trusted)."""
+    path = Path(path)
+    aside = path.with_name(f"{path.name}.{why}-{datetime.now(UTC):%Y%m%dT%H%M%S.%f}")
+    os.replace(path, aside)
+    return aside
+
+
+def load_tensors(path: Path, map_location: str | torch.device | None = None) -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers, never code.
+
+    Any failure (missing, truncated, garbage, or a pickle of other objects, which is refused
+    without running) raises :class:`CorruptFileError` naming ``path``.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for bad files
+        if isinstance(err, pickle.UnpicklingError):
+            detail = "weights_only refused it: garbage, or pickled objects other than tensors"
+        else:
+            detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+        raise CorruptFileError(f"{path}: unreadable torch file ({detail})") from err
+
+
+def store_content_digest(store: Path) -> str | None:
+    """The store's ``content_digest`` attribute (a digest of its source files), if recorded."""
+    return zarr.open_group(str(store), mode="r").attrs.get("content_digest")
 
 
 def _file_digest(path: Path) -> str:
@@ -47,7 +96,7 @@ def _module_digest(module: nn.Module) -> str:
 def cache_key(
     spec: ModelSpec,
     encoder: nn.Module,
-    store: Path,
+    content_digest: str,
     timesteps: Path,
     norm: str,
     nodata: str,
@@ -58,7 +107,7 @@ def cache_key(
         "encoder": _module_digest(encoder),
         "policy": repr(spec.policy),
         "timesteps": _file_digest(timesteps),
-        "store": str(Path(store).resolve()),
+        "store": content_digest,
         "norm": norm,
         "nodata": nodata,
         "dtype": str(amp or torch.float32),
@@ -72,12 +121,44 @@ class FeatureCache:
     def __init__(self, root: Path, key: str) -> None:
         self.dir = Path(root) / key
 
+    def path(self, patch_id: int | str) -> Path:
+        return self.dir / f"{patch_id}.pt"
+
+    def _recorded(self) -> dict[str, int]:
+        """Patch id -> file size, as recorded on completion (empty when there is no record)."""
+        try:
+            return dict(json.loads((self.dir / COMPLETE).read_text())["sizes"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+
     @property
     def complete(self) -> bool:
-        return (self.dir / "complete.json").exists()
+        """Completed, and every file still has its recorded size (cheap: one stat per file)."""
+        sizes = self._recorded()
+        return bool(sizes) and all(_size(self.path(p)) == n for p, n in sizes.items())
 
-    def path(self, patch_id: int) -> Path:
-        return self.dir / f"{patch_id}.pt"
+    def discard(self, path: Path, reason: str) -> None:
+        """Set a bad feature file aside (if still there) so that the next build recomputes it."""
+        if path.exists():
+            log.warning("%s: %s; moved to %s, to be rebuilt", path, reason, set_aside(path).name)
+
+    def _usable(self, patch_id: int, recorded: int | None) -> bool:
+        """Whether the patch's file can be kept: its recorded size, or without record, it loads."""
+        path = self.path(patch_id)
+        size = _size(path)
+        if size < 0:
+            return False
+        if recorded is not None:
+            if size == recorded:
+                return True
+            self.discard(path, f"{size} bytes, {recorded} recorded")
+            return False
+        try:
+            load_tensors(path)
+        except CorruptFileError as err:
+            self.discard(path, str(err).split(": ", 1)[-1])
+            return False
+        return True
 
     def build(
         self,
@@ -88,19 +169,21 @@ class FeatureCache:
         amp: torch.dtype | None,
         progress: bool = True,
     ) -> None:
-        """Compute the features of every patch of ``dataset`` (once, whoever asks first)."""
+        """Compute the missing or bad features of ``dataset``'s patches (whoever asks first)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another job may be building the same cache
             if self.complete:
                 return
+            recorded = self._recorded()
             model.eval()
             # own generator: building must not advance the global RNG (dropout draws)
             loader = DataLoader(dataset, batch_size=4, shuffle=False, generator=torch.Generator())
             bar = tqdm(total=len(dataset), desc="feature cache", unit="patch", disable=not progress)
+            sizes = {}
             for batch in loader:
                 ids = [int(p) for p in batch["patch_id"]]
-                todo = [i for i, p in enumerate(ids) if not self.path(p).exists()]
+                todo = [i for i, p in enumerate(ids) if not self._usable(p, recorded.get(str(p)))]
                 if todo:
                     with torch.no_grad(), autocast(device, amp):
                         x = spec.policy.encoder_input(batch["image"][todo].to(device))
@@ -108,11 +191,21 @@ class FeatureCache:
                     for j, i in enumerate(todo):
                         with atomic_path(self.path(ids[i])) as tmp:
                             torch.save([level[j].cpu().clone() for level in levels], tmp)
+                sizes |= {str(p): _size(self.path(p)) for p in ids}
                 bar.update(len(batch["patch_id"]))
             bar.close()
-            atomic_write_text(self.dir / "complete.json", json.dumps({"patches": len(dataset)}))
-            size = sum(p.stat().st_size for p in self.dir.glob("*.pt"))
-            log.info("feature cache %s: %d patches, %.1f MB", self.dir, len(dataset), size / 1e6)
+            record = {"patches": len(dataset), "sizes": sizes}
+            atomic_write_text(self.dir / COMPLETE, json.dumps(record))
+            total = sum(sizes.values())
+            log.info("feature cache %s: %d patches, %.1f MB", self.dir, len(dataset), total / 1e6)
+
+
+def _size(path: Path) -> int:
+    """File size in bytes, -1 when missing."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return -1
 
 
 class CachedFeatures(Dataset):
@@ -129,8 +222,16 @@ class CachedFeatures(Dataset):
     def __getitem__(self, i: int) -> dict:
         position = int(self.base.positions[i])
         patch_id = int(self.base.reader.patch_ids[position])
+        path = self.cache.path(patch_id)
+        try:
+            features = load_tensors(path)
+        except CorruptFileError as err:
+            self.cache.discard(path, "unreadable")
+            raise CorruptFileError(
+                f"{err}; moved aside: rerun the job, it rebuilds the file and resumes"
+            ) from err
         return {
-            "features": torch.load(self.cache.path(patch_id), weights_only=True),
+            "features": features,
             "days": torch.as_tensor(self.base.days[i], dtype=torch.int64),
             "label": torch.as_tensor(self.base.reader.label(position), dtype=torch.int64),
             "patch_id": patch_id,

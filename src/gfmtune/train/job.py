@@ -8,6 +8,14 @@ Cell folder (``metrics.json`` is written last, so a folder without it is never f
     confusion_test.csv  20 x 20 test confusion matrix (rows: target, columns: prediction)
     provenance.json     settings, seed, git revision, package versions, device, time, memory
     metrics.json        test and best-validation metrics, cell, epoch of the best checkpoint
+
+Files are loaded with ``weights_only=True``, so a ``state.pt`` that pickles anything else is
+refused without running it. An unreadable ``state.pt`` is set aside (renamed) and the cell
+starts over; an unreadable ``best.pt`` invalidates the cell (see :func:`invalidate_cell`).
+
+Cost: ``wall_seconds`` (and ``gpu_hours``) add up all attempts. ``state.pt`` carries the time
+spent up to its epoch, setup included, so an attempt killed mid-epoch loses at most the time
+since its last saved epoch; ``attempts`` counts the runs that saved an epoch or finished.
 """
 
 from __future__ import annotations
@@ -33,7 +41,16 @@ from gfmtune.models.registry import ModelSpec, build_model, get_spec
 from gfmtune.pastis import CLASS_NAMES, TEST_FOLD, VAL_FOLD
 from gfmtune.train import provenance
 from gfmtune.train.devices import amp_dtype, claimed_device, select_device
-from gfmtune.train.feature_cache import ALL_FOLDS, CachedFeatures, FeatureCache, cache_key
+from gfmtune.train.feature_cache import (
+    ALL_FOLDS,
+    CachedFeatures,
+    CorruptFileError,
+    FeatureCache,
+    cache_key,
+    load_tensors,
+    set_aside,
+    store_content_digest,
+)
 from gfmtune.train.loop import build_optimizer, build_scheduler, evaluate, train_epoch
 from gfmtune.train.metrics import metrics_from_confusion
 from gfmtune.train.settings import TrainSettings
@@ -101,6 +118,24 @@ def _save(obj: object, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def invalidate_cell(folder: Path, err: CorruptFileError) -> CorruptFileError:
+    """Set aside a cell's unreadable ``best.pt`` with its ``metrics.json`` and ``state.pt``.
+
+    Without ``metrics.json`` (the ``train`` rule's output) Snakemake retrains the cell, from
+    scratch since no state is left. Returns the error to raise, saying what to rerun.
+    """
+    folder = Path(folder)
+    moved = [
+        set_aside(folder / name, "corrupt" if name == BEST else "invalid").name
+        for name in (BEST, METRICS, STATE)
+        if (folder / name).exists()
+    ]
+    return CorruptFileError(
+        f"{err}; the cell must be retrained, so {', '.join(moved) or 'nothing'} moved aside: "
+        f"rerun snakemake (it retrains cells without {METRICS}) or gfmtune train --out {folder}"
+    )
+
+
 class CellJob:
     """Trains one cell; :meth:`run` resumes from ``state.pt`` when it fits this job."""
 
@@ -156,10 +191,19 @@ class CellJob:
             and self.spec.policy.deterministic_train_input
         ):
             return datasets
+        digest = store_content_digest(self.inputs.store)
+        if digest is None:
+            log.warning(
+                "%s: the store predates content digests, so a feature cache cannot tell its "
+                "data from another's; training without the cache: rebuild the store "
+                "(gfmtune convert) to use it",
+                self.inputs.store,
+            )
+            return datasets
         key = cache_key(
             self.spec,
             model.encoder,
-            self.inputs.store,
+            digest,
             self.inputs.timesteps,
             self.s.norm,
             self.s.nodata,
@@ -192,7 +236,7 @@ class CellJob:
         return train, evals[0], evals[1], order  # order: the shuffling generator
 
     def run(self) -> dict:
-        started = time.time()
+        origin = time.time()  # moved back by the time of earlier attempts once resumed
         self.out.mkdir(parents=True, exist_ok=True)
         seed_everything(self.cell.seed)
         datasets = self._datasets()
@@ -211,7 +255,10 @@ class CellJob:
         scheduler = build_scheduler(optimizer, total_iters, self.s)
         crops = torch.Generator().manual_seed(self.cell.seed + 1)
         state = {"epoch": 0, "best_score": -math.inf, "best_epoch": None, "history": []}
+        state |= {"seconds": 0.0, "attempts": 0}  # time and runs up to the saved epoch
         self._resume(model, optimizer, scheduler, order, crops, state)
+        state["attempts"] += 1
+        origin -= state["seconds"]
 
         bar = tqdm(
             total=total_iters,
@@ -254,10 +301,11 @@ class CellJob:
             row["seconds"] = round(time.time() - tick, 3)
             state["history"].append(row)
             state["epoch"] = epoch + 1
+            state["seconds"] = time.time() - origin
             self._checkpoint(model, optimizer, scheduler, order, crops, state)
         bar.close()
         self.model = model
-        return self._finish(model, test_dl, state, started)
+        return self._finish(model, test_dl, state, origin)
 
     def _checkpoint(self, model, optimizer, scheduler, order, crops, state) -> None:
         _save(
@@ -279,8 +327,12 @@ class CellJob:
         path = self.out / STATE
         if not path.exists():
             return
-        saved = torch.load(path, map_location=self.device, weights_only=False)
-        if saved.get("fingerprint") != self.fingerprint():
+        try:
+            saved = load_tensors(path, self.device)
+        except CorruptFileError as err:
+            log.warning("%s; moved to %s, starting the cell over", err, set_aside(path).name)
+            return
+        if not isinstance(saved, dict) or saved.get("fingerprint") != self.fingerprint():
             log.warning("%s: saved state is for another job; starting over", path)
             return
         model.load_state_dict(saved["model"])
@@ -294,8 +346,13 @@ class CellJob:
         state.update(saved["loop"])
         log.info("%s: resuming after epoch %d of %d", path, state["epoch"], self.s.epochs)
 
-    def _finish(self, model, test_dl, state: dict, started: float) -> dict:
-        best = torch.load(self.out / BEST, map_location=self.device, weights_only=True)
+    def _finish(self, model, test_dl, state: dict, origin: float) -> dict:
+        """Test the best checkpoint and write the cell's files; ``origin``: the clock's start,
+        earlier attempts included."""
+        try:
+            best = load_tensors(self.out / BEST, self.device)
+        except CorruptFileError as err:
+            raise invalidate_cell(self.out, err) from err
         missing, unexpected = model.load_state_dict(best, strict=False)
         if unexpected or any(not k.startswith("encoder.") for k in missing):
             raise RuntimeError(f"{self.out / BEST}: does not fit the model")
@@ -305,8 +362,10 @@ class CellJob:
             pd.DataFrame(confusion, index=CLASS_NAMES, columns=CLASS_NAMES).to_csv(tmp)
         with atomic_path(self.out / "history.csv") as tmp:
             pd.DataFrame(state["history"]).to_csv(tmp, index=False)
-        wall = time.time() - started
-        prov = provenance.collect(self.s.to_dict(), self.cell.seed, self.device, wall)
+        wall = time.time() - origin
+        prov = provenance.collect(
+            self.s.to_dict(), self.cell.seed, self.device, wall, state["attempts"]
+        )
         atomic_write_text(self.out / "provenance.json", json.dumps(prov, indent=1) + "\n")
         metrics = {
             "cell": asdict(self.cell),
@@ -319,8 +378,9 @@ class CellJob:
                 "miou": "mean IoU over classes 0-18 (background included)",
                 "miou_paper": "mean over all 20 classes, void included as 0",
             },
-            "wall_seconds": round(wall, 3),
+            "wall_seconds": prov["wall_seconds"],
             "gpu_hours": prov["gpu_hours"],
+            "attempts": state["attempts"],
         }
         atomic_write_text(self.out / METRICS, json.dumps(metrics, indent=1) + "\n")
         (self.out / STATE).unlink(missing_ok=True)

@@ -35,7 +35,11 @@ def _version(name: str) -> str | None:
         return None
 
 
-def collect(settings: dict, seed: int, device: torch.device, wall_seconds: float) -> dict:
+def collect(
+    settings: dict, seed: int, device: torch.device, wall_seconds: float, attempts: int
+) -> dict:
+    """Provenance of a cell. ``wall_seconds`` (and GPU-hours) cover all its ``attempts``
+    (runs resumed after a kill); peak memory is the last attempt's."""
     cuda = device.type == "cuda"
     return {
         "settings": settings,
@@ -47,6 +51,7 @@ def collect(settings: dict, seed: int, device: torch.device, wall_seconds: float
         "torch_threads": torch.get_num_threads(),
         "wall_seconds": round(wall_seconds, 3),
         "gpu_hours": round(wall_seconds / 3600, 6) if cuda else 0.0,
+        "attempts": attempts,
         "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
         "peak_host_memory_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
