@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gfmtune import pastis
@@ -20,6 +22,7 @@ from gfmtune.data.download.local import (
     validate_layout,
 )
 from tests.data.fake_servers import SMALL, make_archive, write_small_dataset
+from tests.workflow_helpers import job_counts, run_snakemake
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +187,30 @@ def test_cli_without_dest_fails_with_one_line(
     with caplog.at_level(logging.ERROR):
         assert main(["download", "--source", "synthetic"]) == 1
     assert [r.getMessage() for r in caplog.records] == ["--dest is required for --source synthetic"]
+
+
+def test_workflow_reruns_after_local_data_change(source: Path, tmp_path: Path) -> None:
+    """A change of the local data in place, or of data.root, reruns download and downstream."""
+    root = tmp_path / "data" / "PASTIS"
+    shutil.copytree(source, root)
+    work = tmp_path / "work"
+    work.mkdir()
+    config = {"run": "loc", "data": {"source": "local", "root": str(root)}}
+    targets = ["results/loc/data/s2.zarr", "results/loc/manifests/timesteps/1.csv"]
+    result = run_snakemake(work, "--cores", "1", *targets, config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    planned = run_snakemake(work, "-n", "--cores", "1", *targets, config=config)
+    assert "Nothing to be done" in planned.stdout + planned.stderr
+
+    patch_id = int(pastis.read_metadata(root).frame.patch_id.iloc[2])
+    series = np.load(pastis.s2_path(root, patch_id))
+    np.save(pastis.s2_path(root, patch_id), series[:, ::-1])  # same size, other content
+    planned = run_snakemake(work, "-n", "--cores", "1", *targets, config=config)
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    expected = {"download": 1, "zarr_store": 1, "timestep_manifest": 1}
+    assert expected.items() <= job_counts(planned.stdout).items()
+
+    moved = shutil.copytree(root, tmp_path / "elsewhere" / "PASTIS", copy_function=shutil.copy2)
+    config["data"]["root"] = str(moved)
+    planned = run_snakemake(work, "-n", "--cores", "1", *targets, config=config)
+    assert expected.items() <= job_counts(planned.stdout).items()

@@ -4,11 +4,15 @@ Archives (.zip, .tar, .tar.gz, .tgz) are extracted into a hidden temporary folde
 (any member that would land outside the folder, and any link or device, is refused), and only
 then moved into the destination; a marker file records which archive version was extracted, so
 a rerun skips it. A corrupt or truncated archive raises :class:`ArchiveError` and leaves nothing.
+:func:`source_fingerprint` is what the workflow's ``download`` rule watches to rerun when local
+data change in place.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 import logging
 import lzma
 import os
@@ -197,3 +201,40 @@ def prepare_local(source: Path, dest: Path | None = None) -> Path:
     n = validate_layout(root)
     log.info("%s: PASTIS layout complete (%d patches)", root, n)
     return root
+
+
+def _stat_listing(paths: list[Path]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of each file: one stat each."""
+    listing = []
+    for path in paths:
+        st = path.stat()
+        listing.append((str(path), st.st_size, st.st_mtime_ns))
+    return listing
+
+
+def source_fingerprint(source: Path) -> str:
+    """A cheap digest of local data: path, size and mtime of the archive, or of the metadata,
+    normalisation, S2 and TARGET files (one stat each), so a change in place shows.
+
+    A source that does not resolve to one PASTIS folder gets a digest of the reason; the
+    download itself then fails with it.
+    """
+    source = Path(source)
+    listing: list | str
+    if source.is_file():
+        listing = _stat_listing([source])
+    elif not source.is_dir():
+        listing = f"{source} does not exist"
+    else:
+        try:
+            root = pastis.find_dataset_root(source)
+        except pastis.PastisFormatError as err:
+            listing = str(err)
+        else:
+            files = [root / name for name in (pastis.METADATA_FILE, pastis.NORM_FILE)]
+            files = [f for f in files if f.is_file()]
+            for folder in ("DATA_S2", "ANNOTATIONS"):
+                if (root / folder).is_dir():
+                    files += sorted((root / folder).iterdir())
+            listing = _stat_listing(files)
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
