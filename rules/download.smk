@@ -3,15 +3,7 @@
 # files and resumes; the inventory is written only once every file is verified.
 # Local data are watched through a fingerprint of their files (sizes and mtimes): a change in
 # place changes the `source` param, so Snakemake reruns the download and everything downstream.
-
-
-def local_source_fingerprint():
-    """Fingerprint of the local data (data.source: local); empty for the other sources."""
-    if DATA["source"] != "local" or not DATA["root"]:
-        return ""
-    from gfmtune.data.download.local import source_fingerprint
-
-    return source_fingerprint(Path(DATA["root"]))
+from gfmtune.data.download.local import source_fingerprint
 
 
 rule download:
@@ -19,7 +11,11 @@ rule download:
         RUN / "raw" / "inventory.json",
     params:
         args=download_args(),
-        source=local_source_fingerprint(),
+        source=(
+            source_fingerprint(DATA["root"])
+            if DATA["source"] == "local" and DATA["root"]
+            else ""
+        ),
     log:
         RUN / "logs" / "download.log",
     conda:

@@ -212,7 +212,7 @@ def _stat_listing(paths: list[Path]) -> list[tuple[str, int, int]]:
     return listing
 
 
-def source_fingerprint(source: Path) -> str:
+def source_fingerprint(source: Path | str) -> str:
     """A cheap digest of local data: path, size and mtime of the archive, or of the metadata,
     normalisation, S2 and TARGET files (one stat each), so a change in place shows.
 
