@@ -164,3 +164,35 @@ def test_changed_input_restarts_partial(tiny_root: Path, tmp_path: Path) -> None
     report = convert(root, store, progress=False)
     assert report["resumed_patches"] == 0
     assert_store_equals_source(store, root)
+
+
+def _reverse_bands(root: Path) -> None:
+    """Rewrite every S2 series of ``root`` with its bands reversed (same sizes, other content)."""
+    for path in (root / "DATA_S2").iterdir():
+        np.save(path, np.load(path)[:, ::-1])
+
+
+def test_content_digest_follows_source_content(
+    tiny_store: Path, tiny_root: Path, tmp_path: Path
+) -> None:
+    digest = zarr.open_group(tiny_store).attrs["content_digest"]
+    assert isinstance(digest, str) and len(digest) == 64 and int(digest, 16) >= 0
+    same = _copy(tiny_root, tmp_path / "same")
+    convert(same, tmp_path / "same.zarr", progress=False)  # other path, same bytes
+    assert zarr.open_group(tmp_path / "same.zarr").attrs["content_digest"] == digest
+    other = _copy(tiny_root, tmp_path / "other")
+    _reverse_bands(other)
+    convert(other, tmp_path / "other.zarr", progress=False)
+    assert zarr.open_group(tmp_path / "other.zarr").attrs["content_digest"] != digest
+    assert xr.open_zarr(tmp_path / "other.zarr").attrs["content_digest"] != digest
+
+
+def test_a_failed_patch_stops_the_conversion(tiny_root: Path, tmp_path: Path) -> None:
+    root = _copy(tiny_root, tmp_path / "raw")
+    pid = int(pastis.read_metadata(root).frame.patch_id.iloc[6])
+    pastis.s2_path(root, pid).write_bytes(b"not a npy")
+    store = tmp_path / "s2.zarr"
+    with pytest.raises(pastis.PastisFormatError, match=f"S2_{pid}.npy"):
+        convert(root, store, threads=1, progress=False)
+    written = len(progress_path(store).read_text().splitlines()) - 1
+    assert 6 <= written <= 7, "patches after the failed one must not be converted"

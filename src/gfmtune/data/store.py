@@ -322,10 +322,13 @@ class _Conversion:
         bar = tqdm(
             total=n, initial=n - len(todo), desc="zarr store", unit="patch", disable=not progress
         )
-        with ThreadPoolExecutor(max(1, self.threads)) as pool:
+        pool = ThreadPoolExecutor(self.threads)
+        try:
             for _ in pool.map(write_patch, todo):
                 bar.update()
-        bar.close()
+        finally:  # after a failure, write no further patch
+            pool.shutdown(cancel_futures=True)
+            bar.close()
 
     def finish(self, done: dict[int, dict], digest: str) -> dict:
         """Write the recomputed statistics, the size report and the content digest;
