@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 import xarray as xr
 import yaml
+from jsonschema import Draft202012Validator
 
+from gfmtune.train.settings import TrainSettings, config_schema, settings_schema
 from tests.data.test_store import assert_store_equals_source
 from tests.report_browser import rendered_figures
 from tests.workflow_helpers import REPO, job_counts, run_snakemake
@@ -43,6 +45,19 @@ def test_schema_defaults_fill_missing_keys(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert job_counts(result.stdout)["timestep_manifest"] == 1
     assert "results/mini/manifests/label_split/100.csv" in result.stdout
+
+
+def test_schema_documents_every_training_setting_with_its_default() -> None:
+    """The schema's train.settings (what snakemake -n checks) and TrainSettings (what a job uses)
+    have the same keys and defaults."""
+    Draft202012Validator.check_schema(config_schema())
+    properties = settings_schema()["properties"]
+    defaults = TrainSettings().to_dict()
+    assert set(properties) == set(defaults)
+    for key, value in defaults.items():
+        expected = list(value) if isinstance(value, tuple) else value
+        assert properties[key]["default"] == expected, key
+    assert TrainSettings.from_mapping(defaults) == TrainSettings()
 
 
 @pytest.mark.slow

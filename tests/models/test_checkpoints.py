@@ -17,7 +17,7 @@ from gfmtune.models.dino import DinoEncoder
 from tests.models.official_layouts import croma_s2_encoder_shapes, dino_vits16_shapes, random_state
 
 
-def _croma_file(path: Path, dim: int, depth: int, mutate=None) -> dict[str, torch.Tensor]:
+def croma_file(path: Path, dim: int, depth: int, mutate=None) -> dict[str, torch.Tensor]:
     s2 = random_state(croma_s2_encoder_shapes(dim, depth))
     if mutate:
         mutate(s2)
@@ -30,7 +30,7 @@ def _croma_file(path: Path, dim: int, depth: int, mutate=None) -> dict[str, torc
 @pytest.mark.parametrize("size, dim, depth", [("base", 768, 12), ("large", 1024, 24)])
 def test_croma_official_layout_loads_strictly(tmp_path: Path, size: str, dim: int, depth: int):
     path = tmp_path / f"CROMA_{size}.pt"
-    s2 = _croma_file(path, dim, depth)
+    s2 = croma_file(path, dim, depth)
     encoder = CromaOpticalEncoder(size)
     assert encoder.load_encoder_state(read_checkpoint(path, "croma"), str(path)) == []
     state = encoder.state_dict()
@@ -52,7 +52,7 @@ def test_croma_official_layout_loads_strictly(tmp_path: Path, size: str, dim: in
 )
 def test_croma_bad_file_is_a_clear_error(tmp_path: Path, mutate, message: str) -> None:
     path = tmp_path / "CROMA_tiny.pt"
-    _croma_file(path, 64, 4, mutate)
+    croma_file(path, 64, 4, mutate)
     encoder = CromaOpticalEncoder("tiny", out_indices=(0, 1, 2, 3))
     with pytest.raises(CheckpointError, match=message) as err:
         encoder.load_encoder_state(read_checkpoint(path, "croma"), str(path))
@@ -73,7 +73,7 @@ def catalog_entry(path: Path, layout: str) -> Checkpoint:
     return Checkpoint(path.stem, f"http://127.0.0.1/{path.name}", path.name, sha, len(data), layout)
 
 
-def _dino_teacher_file(path: Path, args: object = None) -> dict[str, torch.Tensor]:
+def dino_teacher_file(path: Path, args: object = None) -> dict[str, torch.Tensor]:
     backbone = random_state(dino_vits16_shapes(), seed=1)
     teacher = {f"backbone.{k}": v for k, v in backbone.items()}
     teacher |= {"head.mlp.0.weight": torch.zeros(8, 384), "head.last_layer.weight_g": torch.ones(1)}
@@ -94,7 +94,7 @@ class TouchOnUnpickle:
 
 def test_dino_original_checkpoint_paper_setting_drops_qkv_bias(tmp_path, caplog) -> None:
     path = tmp_path / "B13_vits16_dino_0099_ckpt.pth"
-    backbone = _dino_teacher_file(path)
+    backbone = dino_teacher_file(path)
     encoder = DinoEncoder(qkv_bias=False)
     expected = catalog_entry(path, "dino_teacher")
     with caplog.at_level(logging.WARNING):
@@ -154,10 +154,10 @@ def test_pickled_payload_runs_when_unpickled(tmp_path: Path) -> None:
 
 def test_dino_teacher_file_not_matching_catalog_is_not_unpickled(tmp_path: Path) -> None:
     path = tmp_path / "B13_vits16_dino_0099_ckpt.pth"
-    _dino_teacher_file(path)
+    dino_teacher_file(path)
     published = catalog_entry(path, "dino_teacher")
     marker = tmp_path / "payload-ran"
-    _dino_teacher_file(path, args=TouchOnUnpickle(marker))  # same name, altered content
+    dino_teacher_file(path, args=TouchOnUnpickle(marker))  # same name, altered content
     with pytest.raises(CheckpointError) as err:
         read_checkpoint(path, "dino_teacher", published)
     text = str(err.value)
@@ -169,7 +169,7 @@ def test_dino_teacher_file_not_matching_catalog_is_not_unpickled(tmp_path: Path)
 def test_dino_teacher_file_unknown_to_catalog_is_not_unpickled(tmp_path: Path) -> None:
     path = tmp_path / "my_dino.pth"
     marker = tmp_path / "payload-ran"
-    _dino_teacher_file(path, args=TouchOnUnpickle(marker))
+    dino_teacher_file(path, args=TouchOnUnpickle(marker))
     with pytest.raises(CheckpointError, match="not a catalogued checkpoint") as err:
         read_checkpoint(path, "dino_teacher")
     assert str(path) in str(err.value)
