@@ -102,18 +102,18 @@ def _enospc(path: object) -> OSError:
 
 
 def _disk_full_while_writing(case: Case) -> tuple[Path, str]:
-    """The third patch written into the store hits a full disk."""
+    """The disk is full from the third patch written into the store on."""
     setitem, calls = zarr.Array.__setitem__, []
 
     def failing(array: zarr.Array, key: object, value: object) -> None:
         if str(array.store_path).endswith("reflectance"):
             calls.append(key)
-            if len(calls) == 3:
+            if len(calls) >= 3:  # full from the third patch on
                 raise _enospc(array.store_path)
         setitem(array, key, value)
 
     case.monkeypatch.setattr(zarr.Array, "__setitem__", failing)
-    return case.root, "disk full while writing"
+    return case.root, f"disk full while writing {partial_path(case.tmp / 's2.zarr')}: "
 
 
 def _before_converting_disk_full(case: Case) -> tuple[Path, str]:
@@ -242,6 +242,20 @@ def test_disk_full_message_names_partial_store_and_space(
     assert f"not enough free disk space in {partial_path(store)}: " in _messages(caplog)
     assert "1000 free" in _messages(caplog)
     assert not partial_path(store).exists() and not progress_path(store).exists()
+
+
+def test_disk_full_while_converting_resumes_once_space_is_free(
+    case: Case, caplog: pytest.LogCaptureFixture
+) -> None:
+    _disk_full_while_writing(case)
+    with caplog.at_level(logging.ERROR):
+        code, store = _convert(case.root, case.tmp, threads=1)
+    assert code == 1 and "bytes needed" in _messages(caplog)
+    case.monkeypatch.undo()
+    with caplog.at_level(logging.INFO):
+        code, store = _convert(case.root, case.tmp)
+    assert code == 0 and _report(caplog)["resumed_patches"] == 2
+    assert_store_equals_source(store, case.root)
 
 
 MANIFEST_FAULTS: dict[str, tuple[list[str], str]] = {

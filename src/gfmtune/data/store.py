@@ -45,7 +45,7 @@ from gfmtune.fileio import disk_full_reported
 log = logging.getLogger(__name__)
 
 PAD_VALUE = -32768
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: the content_digest attribute
 #: Blosc settings. lz4hc + byte shuffle decodes about twice as fast as zstd + bitshuffle at the
 #: same size (0.68-0.71 of raw on synthetic data), which the training reader needs to beat raw
 #: .npy reads with a warm page cache (``gfmtune bench-data``); it is slower to write.
@@ -62,7 +62,8 @@ def partial_path(store: Path) -> Path:
 
 
 def progress_path(store: Path) -> Path:
-    """Log of the patches already written into the partial store (first line: fingerprint)."""
+    """Log of the patches already written into the partial store (first line: the layout and
+    the identity of the metadata, normalisation and TARGET files)."""
     return Path(str(store) + ".progress.jsonl")
 
 
