@@ -151,6 +151,20 @@ def _truncated_tgz(case: Case) -> tuple[Path, str]:
     return archive, str(archive)
 
 
+def _disk_full_extracting(case: Case) -> tuple[Path, str]:
+    archive = make_archive(case.root, case.tmp / "PASTIS.tar")
+    copy, calls = shutil.copyfileobj, []
+
+    def failing(src: object, dst: object, length: int = 0) -> None:
+        calls.append(dst)
+        if len(calls) >= 5:
+            raise _enospc(getattr(dst, "name", dst))
+        copy(src, dst, length)
+
+    case.monkeypatch.setattr(shutil, "copyfileobj", failing)
+    return archive, f"disk full while writing {case.tmp / 'dest'}: "
+
+
 def _missing(path: Path, root: Path) -> str:
     path.unlink()
     return path.relative_to(root).as_posix()
@@ -171,6 +185,7 @@ DOWNLOAD_FAULTS: dict[str, Fault] = {
     ),
     "zip with bad CRC": _zip_bad_crc,
     "truncated tar.gz": _truncated_tgz,
+    "disk full extracting an archive": _disk_full_extracting,
 }
 
 CONVERT_FAULTS: dict[str, Fault] = {

@@ -30,7 +30,7 @@ from typing import IO
 
 from gfmtune import pastis
 from gfmtune.data.download.http import CHUNK_SIZE, check_free_space
-from gfmtune.fileio import atomic_write_text
+from gfmtune.fileio import atomic_write_text, disk_full_reported
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,8 @@ def extract_archive(archive: Path, dest: Path, fingerprint: str) -> None:
     try:
         log.info("%s: extracting into %s", archive, dest)
         try:
-            _extract_into(archive, tmp)
+            with disk_full_reported(dest):
+                _extract_into(archive, tmp)
         except CORRUPT_ARCHIVE_ERRORS as err:
             raise ArchiveError(
                 f"{archive}: corrupt or truncated archive ({err}); nothing was extracted"
