@@ -18,7 +18,7 @@ class DiskFullError(OSError):
     """A write failed for lack of disk space; the message names the path and the space."""
 
 
-def _free_bytes(path: Path) -> int:
+def free_bytes(path: Path) -> int:
     """Free bytes on the file system holding ``path`` (or its nearest existing parent)."""
     probe = Path(path).absolute()
     while not probe.exists() and probe != probe.parent:
@@ -26,9 +26,9 @@ def _free_bytes(path: Path) -> int:
     return shutil.disk_usage(probe).free
 
 
-def _space_message(path: Path, needed: int | None) -> str:
+def space_message(path: Path, needed: int | None) -> str:
     """``N bytes needed (x GB), M free (y GB)`` for the file system of ``path``."""
-    free = _free_bytes(path)
+    free = free_bytes(path)
     need = f"{needed} bytes needed ({needed / 1e9:.2f} GB), " if needed is not None else ""
     return f"{need}{free} bytes free ({free / 1e9:.2f} GB)"
 
@@ -42,7 +42,7 @@ def disk_full_reported(path: Path, needed: int | None = None) -> Iterator[None]:
         if err.errno != errno.ENOSPC:
             raise
         raise DiskFullError(
-            f"disk full while writing {path}: {_space_message(path, needed)}"
+            f"disk full while writing {path}: {space_message(path, needed)}"
         ) from err
 
 
