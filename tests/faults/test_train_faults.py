@@ -251,8 +251,8 @@ def test_bad_best_at_predict_maps_invalidates_the_cell(
     assert main(predict_maps) == 0 and (run / "maps" / "cells.csv").exists()
 
 
-def spoiled_cache(reference: dict, tmp_path: Path) -> tuple[Path, Path]:
-    """A copy of the reference feature cache (its root) and one of its files."""
+def cache_copy(reference: dict, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the reference feature cache (its root) and its first file."""
     root = tmp_path / "cache"
     shutil.copytree(reference["cache"], root / reference["cache"].name)
     return root, sorted((root / reference["cache"].name).glob("*.pt"))[0]
@@ -264,7 +264,7 @@ def spoiled_cache(reference: dict, tmp_path: Path) -> tuple[Path, Path]:
 def test_bad_cache_file_is_rebuilt(
     fault: str, train_data: Path, reference: dict, tmp_path: Path, caplog
 ) -> None:
-    root, bad = spoiled_cache(reference, tmp_path)
+    root, bad = cache_copy(reference, tmp_path)
     good_size, marker = bad.stat().st_size, tmp_path / "payload-ran"
     if fault == "truncated":  # complete.json records its size: caught without loading it
         truncate(bad)
@@ -282,7 +282,7 @@ def test_bad_cache_file_is_rebuilt(
 def test_unreadable_cache_file_in_training_names_it_and_the_next_run_recovers(
     train_data: Path, reference: dict, tmp_path: Path, caplog
 ) -> None:
-    root, bad = spoiled_cache(reference, tmp_path)
+    root, bad = cache_copy(reference, tmp_path)
     garbage(bad, bad.stat().st_size)  # same size: the cheap check passes, reading fails
     out, data = tmp_path / "cell", dino_inputs(train_data, root)
     workers = replace(SETTINGS, workers=1)  # the error crosses a DataLoader worker
@@ -299,9 +299,11 @@ def test_unreadable_cache_file_in_training_names_it_and_the_next_run_recovers(
 def test_cache_of_other_store_content_at_the_same_path_is_not_reused(
     train_data: Path, reference: dict, tmp_path: Path, caplog
 ) -> None:
-    store, root = tmp_path / "s2.zarr", tmp_path / "cache"
+    (root, _), store = cache_copy(reference, tmp_path), tmp_path / "s2.zarr"
     shutil.copytree(train_data / "s2.zarr", store)
+    built = {p: p.stat().st_mtime_ns for p in root.rglob("*.pt")}
     assert cli_train(dino_inputs(train_data, root, store), DINO, tmp_path / "a") == 0
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.pt")} == built  # same content: reused
     a = metrics(tmp_path / "a")
     assert same_result(a, metrics(reference["dino"]))
 

@@ -138,9 +138,12 @@ class FeatureCache:
         return bool(sizes) and all(_size(self.path(p)) == n for p, n in sizes.items())
 
     def discard(self, path: Path, reason: str) -> None:
-        """Set a bad feature file aside (if still there) so that the next build recomputes it."""
-        if path.exists():
-            log.warning("%s: %s; moved to %s, to be rebuilt", path, reason, set_aside(path).name)
+        """Set a bad feature file aside so that the next build recomputes it."""
+        try:
+            aside = set_aside(path)
+        except FileNotFoundError:  # already set aside, by another job or worker
+            return
+        log.warning("%s: %s; moved to %s, to be rebuilt", path, reason, aside.name)
 
     def _usable(self, patch_id: int, recorded: int | None) -> bool:
         """Whether the patch's file can be kept: its recorded size, or without record, it loads."""
