@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import shlex
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import xarray as xr
-import yaml
 from jsonschema import Draft202012Validator
 
 from gfmtune.train.settings import TrainSettings, config_schema, settings_schema
 from tests.data.test_store import assert_store_equals_source
 from tests.report_browser import rendered_figures
-from tests.workflow_helpers import REPO, job_counts, run_snakemake
+from tests.workflow_helpers import REPO, job_counts, readme_commands, run_snakemake
 
 
 def test_paper_preset_plans_data_stages_offline(tmp_path: Path) -> None:
@@ -63,10 +64,15 @@ def test_schema_documents_every_training_setting_with_its_default() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_demo_end_to_end_with_report(tmp_path: Path) -> None:
-    """The README's first command: the demo overlay through every stage and the report (~8 min
-    on 2 cores), with U-TAE's mIoU rising with frames and with labels."""
-    overlay = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    result = run_snakemake(tmp_path, "--cores", "2", config=overlay, timeout=1800)
+    """The README's first command, its snakemake steps as written: the demo overlay through
+    every stage (~8 min on 2 cores), with U-TAE's mIoU rising with frames and with labels, then
+    the report."""
+    (tmp_path / "config").mkdir()
+    shutil.copy(REPO / "config" / "demo.yaml", tmp_path / "config" / "demo.yaml")
+    demo, report_step = [
+        shlex.split(step)[1:] for step in readme_commands()[0] if step.startswith("snakemake ")
+    ]
+    result = run_snakemake(tmp_path, *demo, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "results" / "demo"
     assert_store_equals_source(run / "data" / "s2.zarr", run / "raw" / "pastis")
@@ -90,12 +96,12 @@ def test_demo_end_to_end_with_report(tmp_path: Path) -> None:
     }  # fmt: skip
     assert "| claim |" in (run / "claims.md").read_text()
 
-    report = tmp_path / "report.html"
-    made = run_snakemake(tmp_path, "--report", str(report), config=overlay)
+    made = run_snakemake(tmp_path, *report_step)
     assert made.returncode == 0, made.stderr[-2000:]
+    report = tmp_path / report_step[report_step.index("--report") + 1]
     figures = ["miou_vs_frames.png", "heatmaps.png", "predictions.png"]
     widths = rendered_figures(report, "Figures", figures)
     assert all(width > 500 for width in widths.values()), widths
 
-    again = run_snakemake(tmp_path, "--cores", "2", config=overlay)
+    again = run_snakemake(tmp_path, *demo)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -25,7 +25,9 @@ def run_snakemake(workdir: Path, *args: str, config: dict | None = None,
         overlay = workdir / "overlay.yaml"
         overlay.write_text(yaml.safe_dump(config))
         cmd += ["--configfile", str(overlay)]
-    env = {**os.environ, **OFFLINE_ENV}
+    # the gfmtune command the rules call: the one installed beside this interpreter
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, **OFFLINE_ENV, "PATH": path}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=workdir)  # fmt: skip
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import shutil
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -191,11 +189,8 @@ def test_cli_without_dest_fails_with_one_line(
     assert [r.getMessage() for r in caplog.records] == ["--dest is required for --source synthetic"]
 
 
-def test_workflow_reruns_after_local_data_change(
-    source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_workflow_reruns_after_local_data_change(source: Path, tmp_path: Path) -> None:
     """A change of the local data in place, or of data.root, reruns download and downstream."""
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     root = tmp_path / "data" / "PASTIS"
     shutil.copytree(source, root)
     work = tmp_path / "work"
