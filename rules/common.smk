@@ -119,6 +119,7 @@ RUNTIME_MODEL_WEIGHT = {
     "dino": 0.5,
     "dino_qkv": 0.5,
     "utae": 0.25,
+    "utae_paper": 0.25,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,49 @@ def test_tensor_layouts_never_unpickle_objects(tmp_path: Path, layout: str) -> N
         read_checkpoint(path, layout)
     assert str(path) in str(err.value)
     assert not marker.exists(), "the payload ran"
+
+
+@pytest.mark.parametrize("qkv_bias", [False, True])
+@pytest.mark.parametrize("with_norm", [True, False])
+def test_dino_file_with_or_without_the_unused_final_norm_loads(
+    tmp_path: Path, caplog, qkv_bias: bool, with_norm: bool
+) -> None:
+    """torchgeo's file may lack ``norm.*``; the features never pass through that norm."""
+    path = tmp_path / "torchgeo.pth"
+    backbone = random_state(dino_vits16_shapes(), seed=3)
+    if not with_norm:
+        del backbone["norm.weight"], backbone["norm.bias"]
+    torch.save(backbone, path)
+    encoder = DinoEncoder(qkv_bias=qkv_bias)
+    initial = encoder.vit.norm.weight.detach().clone()
+    with caplog.at_level(logging.WARNING):
+        dropped = encoder.load_encoder_state(read_checkpoint(path, "timm"), str(path))
+    assert len(dropped) == (0 if qkv_bias else 12)
+    state = encoder.vit.state_dict()
+    for key, value in backbone.items():
+        if key in state:
+            assert torch.equal(state[key], value), key
+    if with_norm:
+        assert "left as initialised" not in caplog.text
+    else:
+        assert torch.equal(state["norm.weight"], initial)
+        assert f"{path}: 2 unused tensor(s) not in the file" in caplog.text
+        assert "norm.bias, norm.weight" in caplog.text
+        # the features the decoder gets do not depend on the final norm
+        x = torch.randn(1, 13, 224, 224)
+        with torch.no_grad():
+            before = encoder(x)
+            encoder.vit.norm.weight.mul_(3.0)
+            for a, b in zip(before, encoder(x), strict=True):
+                assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("key", ["blocks.11.norm1.weight", "pos_embed", "patch_embed.proj.bias"])
+def test_dino_file_missing_a_used_tensor_fails_naming_the_file(tmp_path: Path, key: str) -> None:
+    path = tmp_path / "torchgeo_cut.pth"
+    backbone = random_state(dino_vits16_shapes())
+    del backbone[key], backbone["norm.weight"], backbone["norm.bias"]
+    torch.save(backbone, path)
+    message = rf"{re.escape(str(path))}: .*missing 1 tensor\(s\), e\.g\. \['{re.escape(key)}'\]"
+    with pytest.raises(CheckpointError, match=message):
+        DinoEncoder(qkv_bias=True).load_encoder_state(read_checkpoint(path, "timm"), str(path))

@@ -14,14 +14,15 @@ from tests.models.official_layouts import croma_s2_encoder_shapes
 def test_params_table(tmp_path: Path) -> None:
     out = tmp_path / "params.csv"
     assert main(["params", "--out", str(out)]) == 0
-    table = pd.read_csv(out).set_index("model")
-    assert list(table.index) == ["CROMA", "DINO", "U-TAE"]
-    assert list(table.columns) == ["decoder_only_m", "whole_network_m", "trainable_ft0",
+    table = pd.read_csv(out).set_index("name")
+    assert list(table.index) == ["croma", "dino", "utae", "utae_paper"]
+    assert list(table.model) == ["CROMA", "DINO", "U-TAE", "U-TAE"]
+    assert list(table.columns) == ["model", "decoder_only_m", "whole_network_m", "trainable_ft0",
                                    "trainable_ft_pos"]  # fmt: skip
 
     official = croma_s2_encoder_shapes(1024, 24)
     full_encoder = sum(map(math.prod, official.values()))
-    croma = table.loc["CROMA"]
+    croma = table.loc["croma"]
     assert math.isclose(croma.whole_network_m - croma.decoder_only_m, full_encoder / 1e6,
                         abs_tol=0.011)  # fmt: skip
     used = {k: s for k, s in official.items()
@@ -30,6 +31,7 @@ def test_params_table(tmp_path: Path) -> None:
     # frozen: decoder-only plus the classifier (512 x 20 + 20) and the shared L-TAE
     assert croma.trainable_ft0 > croma.decoder_only_m * 1e6 + 512 * 20 + 20
 
-    utae = table.loc["U-TAE"]
-    assert utae.trainable_ft0 == utae.trainable_ft_pos == 1_087_260
-    assert utae.whole_network_m == utae.decoder_only_m == 1.09
+    for name, total in (("utae", 1_087_260), ("utae_paper", 1_085_852)):
+        utae = table.loc[name]
+        assert utae.trainable_ft0 == utae.trainable_ft_pos == total
+        assert utae.whole_network_m == utae.decoder_only_m == 1.09

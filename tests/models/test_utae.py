@@ -7,14 +7,18 @@ import math
 import pytest
 import torch
 
+from gfmtune.models.catalog import FROM_SCRATCH, family_of
 from gfmtune.models.ltae import SinusoidalDayEncoding
+from gfmtune.models.registry import build_model
 from gfmtune.models.utae import (
     UTAE,
     init_like_utae_paps,
     pad_mask_from_values,
-    utae_paper,
+    utae_official,
     utae_tiny,
 )
+
+NORMS = (torch.nn.GroupNorm, torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d)
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -29,10 +33,29 @@ def series(b: int, t: int, hw: int, seed: int = 0) -> tuple[torch.Tensor, torch.
 
 
 def test_parameter_counts() -> None:
-    assert n_params(utae_paper()) == 1_087_260  # official utae-paps configuration
-    assert n_params(utae_paper(down_norm=False)) == 1_085_852  # ShapingFT typo form
-    assert n_params(utae_paper(logits_norm_act=False)) == 1_087_260 - 2 * 20
-    assert n_params(UTAE()) == 1_087_260  # the class defaults are the paper configuration
+    assert n_params(utae_official()) == 1_087_260  # official utae-paps configuration
+    assert n_params(utae_official(down_norm=False)) == 1_085_852  # ShapingFT typo form
+    assert n_params(utae_official(logits_norm_act=False)) == 1_087_260 - 2 * 20
+    assert n_params(UTAE()) == 1_087_260  # the class defaults are the official configuration
+
+
+def _norms(module: torch.nn.Module) -> list[str]:
+    return [type(m).__name__ for m in module.modules() if isinstance(m, NORMS)]
+
+
+@pytest.mark.parametrize("name, tiny", [("utae_paper", "utae_paper_tiny"), ("utae", "utae_tiny")])
+def test_registry_u_tae_forms(name: str, tiny: str) -> None:
+    """``utae_paper``: ShapingFT's norm="gropu" left the down blocks with conv + ReLU only (the
+    reference ConvLayer adds no norm layer for an unknown name); ``utae`` is the official form."""
+    paper = name == "utae_paper"
+    for model in (build_model(name), build_model(tiny)):
+        assert _norms(model.in_conv) == ["GroupNorm"] * 2
+        down = [_norms(block) for block in model.down_blocks]
+        assert down == [[] if paper else ["GroupNorm"] * 3] * 3
+        assert _norms(model.up_blocks) == ["BatchNorm2d"] * 4 * 3  # the decoder keeps its norms
+    assert n_params(build_model(name)) == (1_085_852 if paper else 1_087_260)
+    assert family_of(name) == family_of(tiny) == "U-TAE"  # one table row for both forms
+    assert name in FROM_SCRATCH and tiny in FROM_SCRATCH
 
 
 @pytest.mark.parametrize("t", [1, 6, 35])
@@ -43,7 +66,7 @@ def test_forward_shapes(t: int) -> None:
         out = utae_tiny().eval()(x, days)
         assert out.shape == (1, 20, 128, 128)
         x, days = series(1, t, 32)
-        out, attn = utae_paper().eval()(x, days, return_attention=True)
+        out, attn = utae_official().eval()(x, days, return_attention=True)
         assert out.shape == (1, 20, 32, 32)
         assert attn.shape == (1, 16, t, 4, 4)
         torch.testing.assert_close(attn.sum(dim=2), torch.ones(1, 16, 4, 4))

@@ -54,14 +54,15 @@ MODEL_CHECKPOINTS: dict[str, Checkpoint] = {
 }
 
 #: Registry models trained from scratch: they have no FT-Rate (one grid cell per fraction and t).
-FROM_SCRATCH: tuple[str, ...] = ("utae", "utae_tiny")
+FROM_SCRATCH: tuple[str, ...] = ("utae", "utae_tiny", "utae_paper", "utae_paper_tiny")
 
 
-#: Display names in tables; the paper's three, and the corrected variants.
+#: Display names in tables; the paper's three, and the corrected variants. Both U-TAE forms
+#: (official ``utae``, the paper's ``utae_paper``) fill the paper's U-TAE row.
 FAMILIES: dict[str, str] = {
     "croma": "CROMA", "croma_tiny": "CROMA", "croma_native": "CROMA (128 px)",
     "dino": "DINO", "dino_tiny": "DINO", "dino_qkv": "DINO (qkv bias)",
-    "utae": "U-TAE", "utae_tiny": "U-TAE",
+    "utae": "U-TAE", "utae_tiny": "U-TAE", "utae_paper": "U-TAE", "utae_paper_tiny": "U-TAE",
 }  # fmt: skip
 
 

@@ -73,16 +73,24 @@ def encoder_state(raw: Mapping, layout: str, where: str) -> dict[str, torch.Tens
 
 
 def load_strict(
-    module: nn.Module, state: Mapping[str, torch.Tensor], where: str, ignore: tuple[str, ...] = ()
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    where: str,
+    ignore: tuple[str, ...] = (),
+    optional: tuple[str, ...] = (),
 ) -> list[str]:
     """Load ``state`` into ``module`` requiring equal keys and shapes; returns ignored keys.
 
     Keys of ``state`` ending with one of ``ignore`` and absent from the module are dropped
-    (and logged); any other missing, extra or misshaped tensor raises naming ``where``.
+    (and logged); module tensors whose key starts with one of ``optional`` (ones the forward
+    pass never uses) may be absent from ``state`` and keep their values (logged); any other
+    missing, extra or misshaped tensor raises naming ``where``.
     """
     expected = module.state_dict()
     dropped = [k for k in state if k not in expected and k.endswith(ignore)] if ignore else []
-    missing = sorted(set(expected) - set(state))
+    absent = sorted(set(expected) - set(state))
+    kept = [k for k in absent if k.startswith(optional)] if optional else []
+    missing = sorted(set(absent) - set(kept))
     extra = sorted(set(state) - set(expected) - set(dropped))
     shapes = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -107,7 +115,15 @@ def load_strict(
             len(dropped),
             ", ".join(dropped[:4]) + (" ..." if len(dropped) > 4 else ""),
         )
-    module.load_state_dict({k: v for k, v in state.items() if k not in dropped}, strict=True)
+    if kept:
+        log.warning(
+            "%s: %d unused tensor(s) not in the file, left as initialised: %s",
+            where,
+            len(kept),
+            ", ".join(kept),
+        )
+    loaded = {k: v for k, v in state.items() if k not in dropped} | {k: expected[k] for k in kept}
+    module.load_state_dict(loaded, strict=True)
     return dropped
 
 

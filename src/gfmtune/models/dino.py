@@ -3,7 +3,8 @@
 Equals timm ``vit_small_patch16_224(in_chans=13, num_classes=0)``. Features after blocks
 3, 5, 7, 11, without the final norm, CLS dropped, as (B, 384, 14, 14). The paper built the ViT
 without qkv bias, silently dropping the checkpoint's biases: ``qkv_bias=False`` keeps that (the
-dropped tensors are logged), ``qkv_bias=True`` is the corrected setting.
+dropped tensors are logged), ``qkv_bias=True`` is the corrected setting. The final norm
+(``norm.*``) is never used, so a checkpoint without it loads (the absence is logged).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from torch import nn
 DINO_BANDS: tuple[str, ...] = (
     "B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12",
 )  # fmt: skip
+
+#: Key prefixes of tensors the features never pass through (the final norm): optional in a file.
+UNUSED: tuple[str, ...] = ("norm.",)
 
 #: timm architecture and overrides; ``tiny_test`` is ViT-S/16's code at toy size.
 ARCHS: dict[str, tuple[str, dict]] = {
@@ -57,7 +61,7 @@ class DinoEncoder(nn.Module):
         from gfmtune.models.checkpoints import load_strict
 
         ignore = () if self.qkv_bias else ("attn.qkv.bias",)
-        return load_strict(self.vit, state, where, ignore=ignore)
+        return load_strict(self.vit, state, where, ignore=ignore, optional=UNUSED)
 
     def truncate(self) -> None:
         """Drop blocks after the last one used and the unused final norm."""

@@ -3,7 +3,8 @@
 Paper convention (REFERENCE §3): "decoder only" counts the neck and the UPerNet head (PPM,
 bottleneck, laterals, FPN convs, fpn_bottleneck), neither the 1 x 1 classifier nor the L-TAE;
 "whole network" adds the full encoder (all 24 CROMA-large blocks). U-TAE has no pretrained
-encoder: both columns give the whole model. The exact columns count the parameters the
+encoder: both columns give the whole model, in its official form (``utae``) and as the paper ran
+it (``utae_paper``, no normalisation in the down blocks). The exact columns count the parameters the
 optimiser updates: at FT-Rate 0 everything but the encoder (classifier and temporal module
 included), at FT-Rate > 0 also the encoder blocks whose output is used (CROMA stops after
 block 11, so blocks 12-23 are never trained).
@@ -20,9 +21,9 @@ from torch import nn
 
 from gfmtune.fileio import atomic_path
 from gfmtune.models.registry import build_model, get_spec
-from gfmtune.models.utae import utae_paper
 
 PAPER_MODELS = ("croma", "dino")
+UTAE_MODELS = ("utae", "utae_paper")
 
 
 def count(module: nn.Module) -> int:
@@ -36,6 +37,7 @@ def gfm_row(name: str) -> dict:
     full_encoder = count(spec.build_encoder())
     trained_frozen = count(model) - count(model.encoder)
     return {
+        "name": name,
         "model": spec.family,
         "decoder_only_m": round(decoder_only / 1e6, 2),
         "whole_network_m": round((decoder_only + full_encoder) / 1e6, 2),
@@ -44,11 +46,13 @@ def gfm_row(name: str) -> dict:
     }
 
 
-def utae_row() -> dict:
-    total = count(utae_paper())
+def utae_row(name: str) -> dict:
+    spec = get_spec(name)
+    total = count(spec.build_baseline())
     millions = round(total / 1e6, 2)
     return {
-        "model": "U-TAE",
+        "name": name,
+        "model": spec.family,
         "decoder_only_m": millions,
         "whole_network_m": millions,
         "trainable_ft0": total,
@@ -57,8 +61,9 @@ def utae_row() -> dict:
 
 
 def parameter_table() -> pd.DataFrame:
-    """One row per paper model (CROMA, DINO, U-TAE); instantiates models only, on the CPU."""
-    return pd.DataFrame([*(gfm_row(n) for n in PAPER_MODELS), utae_row()])
+    """One row per paper model (CROMA, DINO, both U-TAE forms), ``name`` its registry name;
+    instantiates models only, on the CPU."""
+    return pd.DataFrame([*map(gfm_row, PAPER_MODELS), *map(utae_row, UTAE_MODELS)])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,12 +5,17 @@ band list; missing bands are filled with 0. Spatial handling is per model (REFER
 CROMA takes a random 120 x 120 crop of image and target in training and averages logits over
 2 x 2 sliding windows of 120 at evaluation (or runs at native 128); DINO resizes the image to
 224 and resizes the logits back; U-TAE runs at 128 as is.
+
+A ``resize`` policy's evaluation logits go from the decoder's resolution straight to the
+output size (``eval_resize="direct"``: DINO's 56 -> 128), or, as the authors' sliding-inference
+path did, first to the model's input size and then bilinearly (no antialiasing) to the output
+size (``"via_input"``: 56 -> 224 -> 128). Training logits are the same either way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +23,10 @@ import torch.nn.functional as F
 from gfmtune.pastis import BANDS
 
 Forward = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]  # (x, output size) -> logits
+LogitsAt = Callable[[tuple[int, int]], torch.Tensor]  # output size -> logits of a fixed input
+
+#: Ways a ``resize`` policy brings evaluation logits to the output size (see the module doc).
+EVAL_RESIZES = ("direct", "via_input")
 
 
 def band_index(target_bands: tuple[str, ...] | None) -> list[int] | None:
@@ -45,6 +54,13 @@ class InputPolicy:
     kind: str = "native"
     size: int = 128  # crop/window side for crop_windows, model input side for resize
     bands: tuple[str, ...] | None = None  # encoder band order (None = the 10 PASTIS bands)
+    # evaluation logits of ``resize``: direct | via_input; out of the repr, which keys the
+    # feature cache, since the encoder's input does not depend on it
+    eval_resize: str = field(default="direct", repr=False)
+
+    def __post_init__(self) -> None:
+        if self.eval_resize not in EVAL_RESIZES:
+            raise ValueError(f"eval_resize {self.eval_resize!r} is not one of {EVAL_RESIZES}")
 
     @property
     def deterministic_train_input(self) -> bool:
@@ -91,11 +107,21 @@ class InputPolicy:
         x = adapt_bands(x, band_index(self.bands))
         return resize_frames(x, self.size) if self.kind == "resize" else x
 
+    def eval_logits(self, logits_at: LogitsAt, size: tuple[int, int]) -> torch.Tensor:
+        """Evaluation logits at ``size`` from ``logits_at``, the model's logits of its (fixed)
+        input upsampled to a requested size; with ``via_input`` a ``resize`` policy requests its
+        input size and resizes those logits to ``size``."""
+        if self.kind == "resize" and self.eval_resize == "via_input":
+            logits = logits_at((self.size, self.size))
+            return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return logits_at(size)
+
     def predict(self, forward: Forward, x: torch.Tensor) -> torch.Tensor:
         """Evaluation logits at the input's full resolution: x (B, T, 10, H, W)."""
         h, w = x.shape[-2:]
         if self.deterministic_train_input:
-            return forward(self.encoder_input(x), (h, w))
+            frames = self.encoder_input(x)
+            return self.eval_logits(lambda size: forward(frames, size), (h, w))
         return sliding_windows(forward, adapt_bands(x, band_index(self.bands)), self.size)
 
 

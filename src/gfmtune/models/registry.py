@@ -1,14 +1,16 @@
 """Model registry: a name maps to its encoder, decoder, input policy and checkpoint facts.
 
-``croma``, ``dino`` and ``utae`` are the paper's models; ``*_tiny`` are the same code with small
-dimensions for CPU tests and the demo (no pretrained weights).
+``croma``, ``dino`` and ``utae`` are the paper's models (``utae`` in its official form,
+``utae_paper`` as the paper ran it, without normalisation in the down blocks); ``*_tiny`` are the
+same code with small dimensions for CPU tests and the demo (no pretrained weights).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from torch import nn
@@ -19,7 +21,7 @@ from gfmtune.models.croma import CROMA_BANDS, CromaOpticalEncoder
 from gfmtune.models.dino import DINO_BANDS, DinoEncoder
 from gfmtune.models.policies import InputPolicy
 from gfmtune.models.upernet import TemporalUPerNet
-from gfmtune.models.utae import utae_paper, utae_tiny
+from gfmtune.models.utae import utae_official, utae_tiny
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +91,24 @@ REGISTRY: dict[str, ModelSpec] = {
         _dino("small", qkv_bias=True),
         MODEL_CHECKPOINTS["dino_qkv"],
     ),
-    "utae": ModelSpec("utae", "U-TAE", InputPolicy("native"), None, build_baseline=utae_paper),
+    "utae": ModelSpec("utae", "U-TAE", InputPolicy("native"), None, build_baseline=utae_official),
     "utae_tiny": ModelSpec(
         "utae_tiny", "U-TAE", InputPolicy("native"), None, build_baseline=utae_tiny
+    ),
+    # the paper's U-TAE: ShapingFT's norm="gropu" typo left the down blocks without GroupNorm
+    "utae_paper": ModelSpec(
+        "utae_paper",
+        "U-TAE",
+        InputPolicy("native"),
+        None,
+        build_baseline=partial(utae_official, down_norm=False),
+    ),
+    "utae_paper_tiny": ModelSpec(
+        "utae_paper_tiny",
+        "U-TAE",
+        InputPolicy("native"),
+        None,
+        build_baseline=partial(utae_tiny, down_norm=False),
     ),
     "dino_tiny": ModelSpec(
         "dino_tiny",
@@ -104,10 +121,14 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 
-def get_spec(name: str) -> ModelSpec:
+def get_spec(name: str, *, eval_resize: str = "direct") -> ModelSpec:
+    """The registered model; ``eval_resize`` (``direct`` | ``via_input``, the training setting
+    ``dino_eval_resize``) sets how a ``resize`` policy (DINO) brings its evaluation logits to
+    the output size; other policies do not use it."""
     if name not in REGISTRY:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
+    spec = REGISTRY[name]
+    return replace(spec, policy=replace(spec.policy, eval_resize=eval_resize))
 
 
 def build_encoder(spec: ModelSpec, weights_dir: Path | None) -> nn.Module:

@@ -11,6 +11,8 @@ encoder [64, 64, 64, 128] with GroupNorm(4), decoder [32, 32, 64, 128] with Batc
 out_conv [32, 20] (BatchNorm + ReLU after the last conv too, so the logits are >= 0),
 strided conv k4 s2 p1, reflect padding, L-TAE (d_model 256, 16 heads, d_k 4, MLP [256, 128],
 sinusoidal encoding of day offsets, period 1000). Padded frames are given by an explicit mask.
+The paper ran ShapingFT's copy, whose down blocks have no normalisation (``down_norm=False``,
+1,085,852 parameters: the registry's ``utae_paper``).
 
 Known differences from the reference code (all equal when no frame is padded):
 - the L-TAE input GroupNorm takes its statistics over real frames only (the reference includes
@@ -35,7 +37,7 @@ Norm = Literal["group", "batch", "instance"] | None
 AggMode = Literal["att_group", "att_mean", "mean"]
 
 #: The official configuration (``utae-paps`` semantic defaults, 10 S2 bands, 20 PASTIS classes).
-PAPER_CONFIG: dict[str, Any] = {
+OFFICIAL_CONFIG: dict[str, Any] = {
     "in_channels": 10,
     "num_classes": 20,
     "encoder_widths": (64, 64, 64, 128),
@@ -48,7 +50,7 @@ PAPER_CONFIG: dict[str, Any] = {
 
 #: Same code, small widths: for CPU tests and the demo.
 TINY_CONFIG: dict[str, Any] = {
-    **PAPER_CONFIG,
+    **OFFICIAL_CONFIG,
     "encoder_widths": (16, 16, 16, 32),
     "decoder_widths": (16, 16, 16, 32),
     "out_conv": (16, 20),
@@ -204,8 +206,10 @@ class UTAE(nn.Module):
             and in the decoder convs (BatchNorm).
         n_head, d_model, d_k, period, dropout, attn_dropout: L-TAE settings.
         padding_mode: spatial padding of the 3 x 3 and strided convs.
-        down_norm: False drops normalisation in the encoder's down blocks (the ShapingFT typo,
-            1,085,852 parameters for the paper configuration).
+        down_norm: False drops normalisation in the encoder's down blocks: ShapingFT's copy
+            passes ``norm="gropu"``, which the reference ``ConvLayer`` maps to no norm layer
+            (conv + ReLU; ``in_conv`` keeps its GroupNorm); 1,085,852 parameters for the official
+            configuration, the paper's U-TAE.
         logits_norm_act: True (reference) applies BatchNorm + ReLU after the last conv too.
         norm_includes_padding: True reproduces the reference L-TAE input norm, whose statistics
             include padded (zero) frames.
@@ -332,9 +336,10 @@ class UTAE(nn.Module):
         return (logits, attn) if return_attention else logits
 
 
-def utae_paper(**overrides: Any) -> UTAE:
-    """The official configuration (1,087,260 parameters)."""
-    return UTAE(**{**PAPER_CONFIG, **overrides})
+def utae_official(**overrides: Any) -> UTAE:
+    """The official configuration (1,087,260 parameters); ``down_norm=False`` gives the paper's
+    form (1,085,852)."""
+    return UTAE(**{**OFFICIAL_CONFIG, **overrides})
 
 
 def utae_tiny(**overrides: Any) -> UTAE:

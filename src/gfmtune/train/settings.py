@@ -165,6 +165,7 @@ class TrainSettings:
     activation_checkpointing: bool = False  # recompute encoder activations in backward
     auto_memory: bool = True  # on GPU OOM, switch once to chunks + checkpointing
     feature_cache: bool = True  # frozen encoder with a fixed input: compute features once
+    dino_eval_resize: str = "direct"  # DINO eval logits 56 -> 128 | via_input: 56 -> 224 -> 128
 
     @classmethod
     def from_mapping(cls, values: dict | None) -> TrainSettings:
