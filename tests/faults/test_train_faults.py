@@ -22,11 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import zarr
 
 from gfmtune.cli import main
 from gfmtune.data.store import convert
 from gfmtune.results.aggregate import collect
 from gfmtune.results.maps import cell_folder
+from gfmtune.train.feature_cache import store_content_digest
 from gfmtune.train.job import Cell, CellJob, Inputs
 from tests.train.conftest import (
     FAST,
@@ -34,7 +36,6 @@ from tests.train.conftest import (
     inputs,
     interrupt_after,
     kill_mid_training,
-    set_content_digest,
     train_argv,
 )
 from tests.train.conftest import train_data as train_data  # the fixture, for this module
@@ -314,7 +315,7 @@ def test_cache_of_other_store_content_at_the_same_path_is_not_reused(
         np.save(series, np.load(series)[:, ::-1])
     shutil.rmtree(store)
     convert(raw, store, threads=2, progress=False)
-    set_content_digest(store, "dataset-b")
+    assert store_content_digest(store) != store_content_digest(train_data / "s2.zarr")
     caplog.clear()
     assert cli_train(dino_inputs(train_data, root, store), DINO, tmp_path / "b") == 0
     assert len([p for p in root.iterdir() if p.is_dir()]) == 2  # B's cache, beside A's
@@ -328,7 +329,7 @@ def test_store_without_content_digest_trains_uncached(
 ) -> None:
     store, root = tmp_path / "s2.zarr", tmp_path / "cache"
     shutil.copytree(train_data / "s2.zarr", store)
-    set_content_digest(store, None)
+    del zarr.open_group(str(store), mode="r+").attrs["content_digest"]  # as before digests
     assert cli_train(dino_inputs(train_data, root, store), DINO, tmp_path / "cell") == 0
     assert warned(caplog, str(store), "predates content digests", "rebuild the store")
     assert not root.exists() or not any(root.iterdir())

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import zarr
 
 from gfmtune.data.manifests import write_label_splits, write_timesteps
 from gfmtune.data.store import convert
@@ -23,23 +22,13 @@ from gfmtune.train.settings import TrainSettings
 FAST = TrainSettings(epochs=3, batch_size=4, workers=0)
 
 
-def set_content_digest(store: Path, digest: str | None) -> None:
-    """Write the store's ``content_digest`` attribute, or delete it (a store from before)."""
-    attrs = zarr.open_group(str(store), mode="r+").attrs
-    if digest is None:
-        del attrs["content_digest"]
-    else:
-        attrs["content_digest"] = digest
-
-
 @pytest.fixture(scope="session")
 def train_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Folder with raw/ (the PASTIS folder), s2.zarr (content digest ``"train-data"``),
-    label_split/{10,100}.csv and timesteps/{1,6}.csv."""
+    """Folder with raw/ (the PASTIS folder), s2.zarr, label_split/{10,100}.csv and
+    timesteps/{1,6}.csv."""
     base = tmp_path_factory.mktemp("train_data")
     root = write_synthetic_pastis(base / "raw", SyntheticSpec(40, 32, (9, 14), seed=4))
     convert(root, base / "s2.zarr", threads=2, progress=False)
-    set_content_digest(base / "s2.zarr", "train-data")  # pinned: tests give others their own
     write_label_splits(base / "s2.zarr", base / "label_split", [10, 100], "paper")
     write_timesteps(base / "s2.zarr", base / "timesteps", [1, 6], "paper")
     return base
