@@ -4,6 +4,7 @@ seeds, comparison, figures and the claims check."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,59 @@ def test_claims_on_the_published_numbers() -> None:
     assert verdicts == ["true", "true", "true", "true", "true", "true", "true", "false"]
     md = claims.to_markdown(claims.check_claims(_paper_summary()))
     assert md.count("\n") == 2 + 8
+
+
+def _curves(gains: dict[float, float], t6: float = 40.0) -> pd.DataFrame:
+    """Summary of CROMA 0.0 and U-TAE at t = 1, 6, 35 where mIoU changes by ``gains[p]`` (a
+    fraction) from 6 to 35 frames at label fraction p; U-TAE 5 points lower."""
+    rows = [
+        {"model": model, "ft_rate": ft, "label_percent": p, "timesteps": t,
+         "miou_paper": {1: base - 5.0, 6: base, 35: base * (1 + g)}[t]}
+        for model, ft, base in (("CROMA", 0.0, t6), ("U-TAE", None, t6 - 5.0))
+        for p, g in gains.items() for t in (1, 6, 35)
+    ]  # fmt: skip
+    return tables.summarize(pd.DataFrame(rows))
+
+
+def _longer_series_claim(summary: pd.DataFrame) -> dict:
+    (claim,) = [c for c in claims.check_claims(summary) if c["claim"].startswith("Longer series")]
+    return claim
+
+
+@pytest.mark.parametrize(
+    "gains, verdict",
+    [
+        ({1: -0.19, 100: -0.21}, "false"),  # losses at both fractions (the demo's case)
+        ({1: 0.40, 100: 0.10}, "true"),  # a clear gain, larger with scarce labels
+        ({1: 0.10, 100: 0.40}, "false"),  # a gain, but larger with abundant labels
+        ({1: 0.05, 100: -0.30}, "true"),  # helps only with scarce labels
+    ],
+)
+def test_longer_series_claim_needs_a_positive_gain(gains: dict, verdict: str) -> None:
+    claim = _longer_series_claim(_curves(gains))
+    assert claim["verdict"] == verdict
+    reported = list(claim["evidence"].values())
+    assert reported == pytest.approx([100 * gains[1], 100 * gains[100]], abs=0.1)
+    assert "> 0 at the smallest fraction" in claim["rule"]
+
+
+def test_every_claim_rule_states_its_sign() -> None:
+    for claim in claims.check_claims(_paper_summary()):
+        assert re.search(r"(>|<=) \d+( points)?\b", claim["rule"]), claim["rule"]
+
+
+def test_claims_with_the_sign_against_them_are_false() -> None:
+    """The frozen GFM above U-TAE at full labels and below it with scarce labels."""
+    summary = _curves({1: 0.2, 100: 0.1})
+    flipped = summary.assign(
+        mean=summary["mean"].where(
+            (summary.model == "CROMA") == (summary.label_percent == 1), summary["mean"] + 10
+        )
+    )
+    by_claim = {c["claim"].split(",")[-1].strip(): c for c in claims.check_claims(flipped)}
+    assert by_claim["frozen GFMs lose to U-TAE whenever t > 1."]["verdict"] == "false"
+    scarce = by_claim["even frozen CROMA beats U-TAE."]
+    assert scarce["verdict"] == "false" and scarce["evidence"]["difference"] < 0
 
 
 def _fake_cell(folder: Path, model: str, ft, percent: str, t: int, seed: int, miou: float) -> Path:

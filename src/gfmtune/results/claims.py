@@ -3,7 +3,8 @@ the numbers that decide it; "undetermined" when the cells it needs are missing.
 
 Input: :func:`gfmtune.results.tables.summarize` output (mean mIoU per cell, paper convention;
 U-TAE has ft_rate -1). "Abundant" labels is the largest fraction, "scarce" the smallest; each
-rule is stated in ``rule`` so a reader can see exactly what was tested.
+rule is stated in ``rule`` so a reader can see exactly what was tested, including the sign a
+difference or gain needs (a "gain" that is a loss never counts as help).
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ def _series(s: pd.DataFrame, model: str, ft: float, fraction: float) -> pd.Serie
     return part.set_index("timesteps")["mean"].sort_index()
 
 
+def _row_means(s: pd.DataFrame, fraction: float) -> pd.Series:
+    """mIoU averaged over frames per (model, FT-Rate) at ``fraction``."""
+    return s[s.label_percent == fraction].groupby(["model", "ft_rate"])["mean"].mean()
+
+
 def _best_row(s: pd.DataFrame, fraction: float) -> tuple[str, float, float] | None:
     """The (model, FT-Rate) with the highest mIoU averaged over frames at ``fraction``."""
-    part = s[s.label_percent == fraction]
-    if part.empty:
+    means = _row_means(s, fraction)
+    if means.empty:
         return None
-    means = part.groupby(["model", "ft_rate"])["mean"].mean()
     (model, ft), value = means.idxmax(), means.max()
     return str(model), (float(ft) if ft >= 0 else None), round(float(value), 2)
 
@@ -45,23 +50,28 @@ def _beats(a: pd.Series, b: pd.Series, frames: list[int]) -> tuple[bool | None, 
 def _mean_beats(text: str, a: tuple[str, pd.Series], b: tuple[str, pd.Series]) -> dict:
     """Claim that a's mIoU averaged over the frames both have exceeds b's."""
     both = a[1].index.intersection(b[1].index)
-    rule = f"{a[0]} mIoU averaged over frames > {b[0]}'s"
+    rule = f"{a[0]}'s mIoU averaged over frames minus {b[0]}'s > 0"
     if both.empty:
         return _claim(text, rule, None, {})
-    mean_a, mean_b = round(float(a[1][both].mean()), 2), round(float(b[1][both].mean()), 2)
-    return _claim(text, rule, mean_a > mean_b, {a[0]: mean_a, b[0]: mean_b})
+    mean_a, mean_b = float(a[1][both].mean()), float(b[1][both].mean())
+    diff = mean_a - mean_b
+    evidence = {a[0]: round(mean_a, 2), b[0]: round(mean_b, 2), "difference": round(diff, 2)}
+    return _claim(text, rule, diff > 0, evidence)
 
 
 def _best_claim(text: str, s: pd.DataFrame, fraction: float, expected: tuple[str, float]) -> dict:
     """Claim that ``expected`` (model, FT-Rate) has the best mIoU averaged over frames."""
-    best = _best_row(s, fraction)
-    verdict = None if best is None else best[:2] == expected
-    return _claim(
-        text,
-        "highest mIoU averaged over frames",
-        verdict,
-        {"best (model, FT-Rate, mean mIoU)": best},
-    )
+    label = f"{expected[0]} {expected[1]:.1f}"
+    rule = f"{label}'s mIoU averaged over frames minus the best other row's > 0"
+    means = _row_means(s, fraction)
+    if expected not in means.index or len(means) < 2:
+        return _claim(text, rule, None, {})
+    margin = float(means[expected] - means.drop(expected).max())
+    evidence = {
+        "best (model, FT-Rate, mean mIoU)": _best_row(s, fraction),
+        f"{label} minus the best other row (points)": round(margin, 2),
+    }
+    return _claim(text, rule, margin > 0, evidence)
 
 
 def check_claims(s: pd.DataFrame) -> list[dict]:
@@ -82,7 +92,7 @@ def check_claims(s: pd.DataFrame) -> list[dict]:
     claims.append(
         _claim(
             f"With abundant labels ({rich:g} %), frozen GFMs lose to U-TAE whenever t > 1.",
-            "U-TAE mIoU > CROMA 0.0 and > DINO 0.0 at every t > 1",
+            "U-TAE's mIoU minus CROMA 0.0's and minus DINO 0.0's > 0 at every t > 1",
             all(known) if known else None,
             evidence,
         )
@@ -111,7 +121,8 @@ def check_claims(s: pd.DataFrame) -> list[dict]:
     claims.append(
         _claim(
             f"U-TAE stays competitive at full labels ({rich:g} %).",
-            "U-TAE's mIoU averaged over frames within 5 points of the best model's",
+            "the best row's mIoU averaged over frames minus U-TAE's <= 5 points (0 when U-TAE "
+            "is the best)",
             None if gap is None else gap <= 5.0,
             {"gap to the best (points)": gap},
         )
@@ -126,7 +137,7 @@ def check_claims(s: pd.DataFrame) -> list[dict]:
     claims.append(
         _claim(
             "FT-Rate is a hyperparameter worth tuning.",
-            "mean spread between the best and worst FT-Rate of a (model, fraction, t) > 2 points",
+            "best minus worst FT-Rate's mIoU of a (model, fraction, t), averaged, > 2 points",
             None if spreads.empty else bool(spreads.mean() > 2.0),
             {"mean spread (points)": None if spreads.empty else round(float(spreads.mean()), 2)},
         )
@@ -142,7 +153,7 @@ def check_claims(s: pd.DataFrame) -> list[dict]:
     verdict, evidence = None, {}
     if poor != rich and poor in gains and rich in gains:
         g_poor, g_rich = 100 * float(np.mean(gains[poor])), 100 * float(np.mean(gains[rich]))
-        verdict = g_poor > g_rich
+        verdict = g_poor > 0 and g_poor - g_rich > 0  # a loss at both is no help at all
         evidence = {
             f"mean relative gain, {poor:g} % (%)": round(g_poor, 1),
             f"same at {rich:g} % (%)": round(g_rich, 1),
@@ -150,8 +161,8 @@ def check_claims(s: pd.DataFrame) -> list[dict]:
     claims.append(
         _claim(
             "Longer series help most when labels are scarce.",
-            "mean relative mIoU gain from the fewest frames above one to the most is larger at the "
-            "smallest fraction",
+            "mean relative mIoU gain from the fewest frames above one to the most > 0 at the "
+            "smallest fraction, and that gain minus the same at the largest fraction > 0",
             verdict,
             evidence,
         )
