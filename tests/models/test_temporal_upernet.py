@@ -104,8 +104,10 @@ def test_memory_plan_gives_identical_outputs_and_gradients() -> None:
 def test_corrected_variants() -> None:
     from gfmtune.models.catalog import FAMILIES, FROM_SCRATCH, MODEL_CHECKPOINTS
     from gfmtune.models.registry import REGISTRY
+    from gfmtune.train.settings import config_schema
 
     assert set(FAMILIES) == set(REGISTRY)  # the torch-free catalog agrees with the registry
+    assert set(config_schema()["properties"]["models"]["items"]["enum"]) == set(REGISTRY)
     assert {n for n, s in REGISTRY.items() if not s.has_encoder} == set(FROM_SCRATCH)
     assert {n for n, s in REGISTRY.items() if s.checkpoint} == set(MODEL_CHECKPOINTS)
     native = get_spec("croma_native")
