@@ -90,7 +90,7 @@ def load_strict(
     dropped = [k for k in state if k not in expected and k.endswith(ignore)] if ignore else []
     absent = sorted(set(expected) - set(state))
     kept = [k for k in absent if k.startswith(optional)] if optional else []
-    missing = sorted(set(absent) - set(kept))
+    missing = [k for k in absent if k not in kept]
     extra = sorted(set(state) - set(expected) - set(dropped))
     shapes = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
