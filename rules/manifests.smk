@@ -1,4 +1,12 @@
 # Stage 3: manifests pinning the training patches (label splits) and frames (timesteps).
+from gfmtune.data.manifests import argsort_path
+
+# An argsort variant whose order file was never generated stops the run before any job starts.
+if MANIFESTS["label_strategy"] == "paper":
+    try:
+        argsort_path(MANIFESTS["argsort"])
+    except FileNotFoundError as err:
+        raise WorkflowError(str(err)) from None
 
 
 rule label_splits:
@@ -11,6 +19,7 @@ rule label_splits:
         percents=" ".join(PERCENTS),
         strategy=MANIFESTS["label_strategy"],
         seed=MANIFESTS["seed"],
+        argsort=MANIFESTS["argsort"],
         out=lambda wildcards, output: Path(output.summary).parent,
     log:
         RUN / "logs" / "label_splits.log",
@@ -18,7 +27,8 @@ rule label_splits:
         CONDA_ENV
     shell:
         "gfmtune manifests labels --store {input} --out {params.out} --percents {params.percents}"
-        " --strategy {params.strategy} --seed {params.seed} > {log} 2>&1"
+        " --strategy {params.strategy} --seed {params.seed} --argsort {params.argsort}"
+        " > {log} 2>&1"
 
 
 rule timestep_manifest:

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "download": ("gfmtune.data.download.cli", "fetch and verify PASTIS-HD (S2 part)"),
     "convert": ("gfmtune.data.store", "convert the S2 series and labels to the Zarr store"),
     "manifests": ("gfmtune.data.manifests", "write label-split and timestep manifests"),
+    "argsort-orders": ("gfmtune.data.argsort_orders", "generate the paper split's argsort orders"),
     "bench-data": ("gfmtune.data.bench", "benchmark the Zarr reader against raw .npy reads"),
     "params": ("gfmtune.models.params", "parameter table of the paper-size models"),
     "weights": ("gfmtune.models.weights", "fetch and verify a pretrained checkpoint"),

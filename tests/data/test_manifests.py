@@ -9,10 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+import yaml
 
 from gfmtune import pastis
 from gfmtune.cli import main
 from gfmtune.data import manifests as mf
+from gfmtune.train.settings import ConfigError, validate_config
+from tests.workflow_helpers import REPO
 
 
 def _floor_linspace(stop: int, num: int) -> list[int]:
@@ -181,3 +184,96 @@ def test_cli_writes_manifests(tiny_store: Path, tmp_path: Path) -> None:
 def test_missing_store_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="Zarr store not found"):
         mf.write_timesteps(tmp_path / "nope.zarr", tmp_path, [6], "paper")
+
+
+# ---- the paper split's argsort variants -------------------------------------------------------
+
+#: overlap of the first K = 14 / 145 / 727 (1 / 10 / 50 %) with the first K in fold order, as the
+#: review measured it for each numpy build (issue 10)
+REVIEW_OVERLAPS = {
+    "identity": (14, 145, 727),
+    "avx512": (0, 97, 685),
+    "avx2": (0, 127, 703),
+    "baseline": (1, 1, 1),
+}
+
+
+def _paper_store(n_per_fold: int = 485) -> tuple[np.ndarray, np.ndarray]:
+    """Folds 1-3 of ``n_per_fold`` patches each (1,455 in all; the real per-fold sizes are not in
+    REFERENCE) interleaved with folds 4-5 in store order; every patch is class 1 only, so no
+    class needs a top-up and a split is exactly the argsort prefix."""
+    fold = np.tile([3, 1, 4, 2, 5], n_per_fold)
+    return fold, _labels([{1: 36}] * len(fold))
+
+
+def test_review_overlaps_cover_every_variant() -> None:
+    assert set(REVIEW_OVERLAPS) == set(mf.ARGSORT_VARIANTS)
+
+
+@pytest.mark.parametrize("variant", list(mf.ARGSORT_VARIANTS))
+def test_shipped_orders_reproduce_the_review_overlaps(variant: str) -> None:
+    if not (mf.ARGSORT_DIR / f"{variant}.csv").is_file():
+        pytest.skip(f"{variant}.csv not shipped: needs `gfmtune argsort-orders` on an AVX-512 CPU")
+    fold, labels = _paper_store()
+    train = np.concatenate([np.flatnonzero(fold == f) for f in pastis.TRAIN_FOLDS])
+    assert len(train) == mf.PAPER_N_TRAIN
+    splits = mf.label_splits(fold, labels, [1, 10, 50], "paper", argsort=variant)
+    overlaps = []
+    for percent, k in ((1, 14), (10, 145), (50, 727)):
+        assert len(splits[percent]) == k
+        overlaps.append(len(set(splits[percent]) & set(train[:k])))
+    assert tuple(overlaps) == REVIEW_OVERLAPS[variant]
+    if variant in ("avx512", "avx2"):  # the 1 % split: the end of fold 3
+        positions = np.flatnonzero(np.isin(train, splits[1]))
+        assert positions.min() >= 1424 and positions.max() <= 1439, positions
+
+
+def test_identity_variant_is_the_fold_order_rule() -> None:
+    shipped = pd.read_csv(mf.ARGSORT_DIR / "identity.csv")["position"].to_numpy()
+    assert np.array_equal(shipped, np.arange(mf.PAPER_N_TRAIN))
+    assert np.array_equal(mf.argsort_order("identity", 9), np.arange(9))
+    fold = np.array([2, 1, 1, 3, 1, 2, 3])
+    labels = _labels([{1: 36}, {1: 36}, {1: 36}, {2: 36}, {1: 36}, {1: 36}, {3: 36}])
+    default = mf.label_splits(fold, labels, [50, 100], "paper")
+    explicit = mf.label_splits(fold, labels, [50, 100], "paper", argsort="identity")
+    # fold order 1, 2, 4, 0, 5, 3, 6: 50 % keeps the first int(3.5) = 3; classes 2 and 3 top up
+    assert default[50].tolist() == explicit[50].tolist() == [1, 2, 4, 3, 6]
+    assert default[100].tolist() == explicit[100].tolist() == [1, 2, 4, 0, 5, 3, 6]
+
+
+def test_top_up_takes_the_first_remaining_patch_in_fold_order() -> None:
+    # class 2 covers positions 1 and 4; the order lists 4 before 1 but neither among the kept
+    pixels = np.zeros((6, mf.N_REAL_CLASSES), int)
+    pixels[:, 0] = 10
+    pixels[[1, 4], 2] = 10
+    order = np.array([5, 3, 4, 1, 0, 2])
+    assert mf.paper_split(pixels, 34, order).tolist() == [5, 3, 1]
+
+
+@pytest.mark.parametrize("variant", ["avx512", "avx2", "baseline"])
+def test_missing_variant_file_names_it_and_the_command(variant: str, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError) as err:
+        mf.argsort_order(variant, mf.PAPER_N_TRAIN, tmp_path)
+    message = str(err.value)
+    assert str(tmp_path / f"{variant}.csv") in message and repr(variant) in message
+    assert "run `gfmtune argsort-orders`" in message
+    assert ("on a CPU with AVX-512" in message) == (variant == "avx512")
+
+
+def test_argsort_orders_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown argsort variant 'x86'"):
+        mf.argsort_order("x86", 4)
+    with pytest.raises(ValueError, match=r"orders 1455 training patches, this store has 9"):
+        mf.argsort_order("baseline", 9)
+    (tmp_path / "avx2.csv").write_text("position\n0\n2\n2\n")
+    with pytest.raises(ValueError, match=r"avx2.csv: not a permutation of 0..2"):
+        mf.argsort_order("avx2", 3, tmp_path)
+
+
+def test_config_argsort_defaults_to_identity_and_is_an_enum() -> None:
+    config = yaml.safe_load((REPO / "workflow_config.yaml").read_text())
+    validate_config(config)
+    assert config["manifests"]["argsort"] == "identity"
+    config["manifests"]["argsort"] = "x86-simd-sort"
+    with pytest.raises(ConfigError, match=r"manifests\.argsort"):
+        validate_config(config)

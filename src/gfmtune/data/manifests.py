@@ -2,9 +2,13 @@
 
 Label splits (``label_split/{percent}.csv``: ``patch_id``, ``fold``) choose training patches:
 
-- ``paper``: the ShapingFT sampler's effective rule (its divergence is infinite for every patch):
-  the first ``int(N * f)`` training patches in fold order, then, for each class no kept patch
-  covers above 1/3 of its (non-void) pixels, the first remaining patch that does.
+- ``paper``: the ShapingFT sampler's effective rule. Its divergence is a float64 +inf for every
+  patch, so it keeps ``np.argsort(divergences)[:int(N * f)]``: the first ``int(N * f)`` training
+  positions of an argsort order that depends on the numpy build and CPU (``argsort`` variants:
+  ``identity`` = fold order, numpy >= 2.3; the others are shipped under
+  ``resources/argsort_orders/`` by ``gfmtune argsort-orders``). Then, for each class no kept
+  patch covers above 1/3 of its (non-void) pixels, the first remaining patch in fold order that
+  does (their ``min`` over equal infinite divergences returns the lowest position).
 - ``stratified``: one seeded ordering by iterative stratification (rarest, least-covered class
   first) that keeps class coverage as even as possible; splits are its prefixes, so
   1 % ⊂ 10 % ⊂ 50 % ⊂ 100 %.
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +49,20 @@ TIMESTEP_STRATEGIES = ("paper", "uniform", "random")
 PAPER_BASE_FRAMES = 35
 PAPER_COVER_THRESHOLD = 1 / 3
 N_REAL_CLASSES = pastis.VOID_CLASS  # classes 0..18
+
+#: argsort variant -> the numpy builds and CPUs whose argsort of equal keys gives that order
+ARGSORT_VARIANTS: dict[str, str] = {
+    "identity": "fold order: numpy >= 2.3 on CPUs with AVX2 or AVX-512",
+    "avx512": "x86-simd-sort's AVX-512 argsort: numpy 1.25-2.2 on CPUs with AVX-512",
+    "avx2": "x86-simd-sort's AVX2 argsort: numpy 2.0-2.2 on CPUs with AVX2 but no AVX-512",
+    "baseline": "numpy's generic introsort: numpy 1.25-1.26 without AVX-512, "
+    "or numpy 1.25-2.4 without AVX2",
+}
+ARGSORT_DIR = Path(str(resources.files("gfmtune.resources").joinpath("argsort_orders")))
+ARGSORT_COMMAND = "gfmtune argsort-orders"
+AVX512_CPU = "a CPU with AVX-512 (avx512f, avx512dq, avx512bw and avx512vl in /proc/cpuinfo)"
+#: the training-set size (folds 1-3) the shipped argsort orders are for
+PAPER_N_TRAIN = 1455
 
 
 # ---- timesteps ------------------------------------------------------------------------------
@@ -133,17 +152,56 @@ def class_pixels(labels: np.ndarray) -> np.ndarray:
     return counts[:, :N_REAL_CLASSES]
 
 
-def paper_split(pixels: np.ndarray, percent: float) -> np.ndarray:
-    """Positions (into the fold-ordered training patches) the paper's sampler keeps."""
-    n = len(pixels)
+def paper_size(n: int, percent: float) -> int:
+    """The authors' subset size: ``int(n * f)``, no minimum."""
+    return int(n * percent / 100)
+
+
+def argsort_path(variant: str, directory: Path = ARGSORT_DIR) -> Path:
+    """The order file of ``variant``; raises if the variant is unknown or its file was never
+    generated (``identity`` is ``arange`` and needs none: its file is evidence only)."""
+    if variant not in ARGSORT_VARIANTS:
+        raise ValueError(
+            f"unknown argsort variant {variant!r}; choose from {list(ARGSORT_VARIANTS)}"
+        )
+    path = Path(directory) / f"{variant}.csv"
+    if variant != "identity" and not path.is_file():
+        cpu = f" on {AVX512_CPU}" if variant == "avx512" else ""
+        raise FileNotFoundError(
+            f"{path}: argsort variant {variant!r} ({ARGSORT_VARIANTS[variant]}) has not been "
+            f"generated; run `{ARGSORT_COMMAND}`{cpu} and commit the files it writes"
+        )
+    return path
+
+
+def argsort_order(variant: str, n: int, directory: Path = ARGSORT_DIR) -> np.ndarray:
+    """The order in which the authors' ``np.argsort`` lists ``n`` equal divergences."""
+    path = argsort_path(variant, directory)
+    if variant == "identity":
+        return np.arange(n)
+    order = pd.read_csv(path)["position"].to_numpy()
+    if len(order) != n:
+        raise ValueError(
+            f"{path}: argsort variant {variant!r} orders {len(order)} training patches, this "
+            f"store has {n}; use argsort 'identity' for stores other than PASTIS"
+        )
+    if not np.array_equal(np.sort(order), np.arange(n)):
+        raise ValueError(f"{path}: not a permutation of 0..{n - 1}; regenerate it")
+    return order
+
+
+def paper_split(pixels: np.ndarray, percent: float, order: np.ndarray) -> np.ndarray:
+    """Positions (into the fold-ordered training patches) the paper's sampler keeps, given the
+    argsort ``order`` of its (all equal) divergences."""
     share = pixels / np.maximum(pixels.sum(1, keepdims=True), 1)
     covers = share > PAPER_COVER_THRESHOLD
-    kept = list(range(int(n * percent / 100)))
+    kept = [int(i) for i in order[: paper_size(len(pixels), percent)]]
     for c in range(N_REAL_CLASSES):
         if covers[kept, c].any():
             continue
-        candidates = [i for i in np.flatnonzero(covers[:, c]) if i not in set(kept)]
-        if candidates:
+        taken = set(kept)
+        candidates = [i for i in np.flatnonzero(covers[:, c]) if i not in taken]
+        if candidates:  # fold order, not argsort order (see the module docstring)
             kept.append(int(candidates[0]))
     return np.array(kept, dtype=int)
 
@@ -178,15 +236,22 @@ def split_size(n: int, percent: float) -> int:
 
 
 def label_splits(
-    fold: np.ndarray, labels: np.ndarray, percents: list[float], strategy: str, seed: int = 0
+    fold: np.ndarray,
+    labels: np.ndarray,
+    percents: list[float],
+    strategy: str,
+    seed: int = 0,
+    argsort: str = "identity",
 ) -> dict[float, np.ndarray]:
-    """Store indices of the training patches kept at each percent."""
+    """Store indices of the training patches kept at each percent (``argsort``: the ``paper``
+    strategy's variant, see :data:`ARGSORT_VARIANTS`)."""
     train = np.concatenate([np.flatnonzero(fold == f) for f in pastis.TRAIN_FOLDS])
     if len(train) == 0:
         raise ValueError(f"no patches in the training folds {pastis.TRAIN_FOLDS}")
     pixels = class_pixels(labels[train])
     if strategy == "paper":
-        return {p: train[paper_split(pixels, p)] for p in percents}
+        order = argsort_order(argsort, len(train))
+        return {p: train[paper_split(pixels, p, order)] for p in percents}
     if strategy == "stratified":
         order = stratified_order(pixels, seed)
     elif strategy == "random":
@@ -235,12 +300,17 @@ def open_store(path: Path) -> xr.Dataset:
 
 
 def write_label_splits(
-    store_path: Path, out: Path, percents: list[float], strategy: str, seed: int = 0
+    store_path: Path,
+    out: Path,
+    percents: list[float],
+    strategy: str,
+    seed: int = 0,
+    argsort: str = "identity",
 ) -> dict[float, np.ndarray]:
     """Write ``{percent}.csv`` and ``summary.csv`` under ``out``."""
     store = open_store(store_path)
     fold, labels = store.fold.values, store.label.values
-    splits = label_splits(fold, labels, percents, strategy, seed)
+    splits = label_splits(fold, labels, percents, strategy, seed, argsort)
     for percent, idx in splits.items():
         frame = pd.DataFrame({"patch_id": store.patch_id.values[idx], "fold": fold[idx]})
         _write_csv(frame, Path(out) / f"{_percent_name(percent)}.csv")
@@ -271,11 +341,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--percents", type=float, nargs="+", default=[1, 10, 50, 100])
     parser.add_argument("--timesteps", type=int, nargs="+", default=[1, 6, 15, 25, 35])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--argsort",
+        choices=list(ARGSORT_VARIANTS),
+        default="identity",
+        help="labels with strategy paper: whose argsort order of equal keys to use",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     if args.kind == "labels":
-        write_label_splits(args.store, args.out, args.percents, args.strategy, args.seed)
+        write_label_splits(
+            args.store, args.out, args.percents, args.strategy, args.seed, args.argsort
+        )
     else:
         write_timesteps(args.store, args.out, args.timesteps, args.strategy, args.seed)
     return 0
