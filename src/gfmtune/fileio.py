@@ -11,6 +11,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -68,3 +69,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     data = text.encode()
     with atomic_path(path, needed=len(data)) as tmp:
         tmp.write_bytes(data)
+
+
+def set_aside(path: Path, why: str = "corrupt") -> Path:
+    """Rename ``path`` to ``<name>.<why>-<UTC time>``: kept for inspection, never trusted, never
+    deleted (it may be a hand-copied file)."""
+    path = Path(path)
+    aside = path.with_name(f"{path.name}.{why}-{datetime.now(UTC):%Y%m%dT%H%M%S.%f}")
+    os.replace(path, aside)
+    return aside

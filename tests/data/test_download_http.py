@@ -148,11 +148,13 @@ def test_present_but_wrong_file_is_set_aside_and_fetched_again(
 ) -> None:
     """A wrong file we did not download (the user's) is renamed, never deleted."""
     (tmp_path / "f.bin").write_bytes(bytes(len(DATA)))  # right size, wrong content
-    (tmp_path / "f.bin.rejected").write_bytes(b"an earlier reject")
+    earlier = tmp_path / "f.bin.rejected-20260101T000000.000000"
+    earlier.write_bytes(b"an earlier reject")
     assert download_file(remote(server, tmp_path), **FAST).read_bytes() == DATA
     assert server.count("GET") == 1
-    assert (tmp_path / "f.bin.rejected").read_bytes() == b"an earlier reject"
-    assert (tmp_path / "f.bin.rejected-2").read_bytes() == bytes(len(DATA))
+    assert earlier.read_bytes() == b"an earlier reject"
+    [aside] = set(tmp_path.glob("f.bin.rejected-*")) - {earlier}
+    assert aside.read_bytes() == bytes(len(DATA))
 
 
 def test_disk_full_mid_download_names_path_and_space(

@@ -2,9 +2,9 @@
 
 The checkpoint lives in ``--dir`` (config ``weights.dir``: a folder of pre-downloaded files, or
 where downloads go). A file already there is verified and kept; a wrong one is renamed
-``<file>.rejected`` (never deleted: it may be a hand-copied file) and the checkpoint is downloaded
-from its published URL and verified against its published size and sha256. The stamp JSON (the
-Snakemake output) is written only after verification.
+``<file>.rejected-<UTC time>`` (never deleted: it may be a hand-copied file) and the checkpoint
+is downloaded from its published URL and verified against its published size and sha256. The
+stamp JSON (the Snakemake output) is written only after verification.
 """
 
 from __future__ import annotations

@@ -49,8 +49,8 @@ from gfmtune.data.dataset import PastisZarrDataset
 from gfmtune.fileio import atomic_path
 from gfmtune.models.registry import ModelSpec, build_model, get_spec
 from gfmtune.pastis import BANDS, CLASS_NAMES, N_CLASSES, NODATA, TEST_FOLD, VOID_CLASS
+from gfmtune.tensorio import CorruptFileError, load_tensors
 from gfmtune.train.devices import amp_dtype, claimed_device
-from gfmtune.train.feature_cache import CorruptFileError, load_tensors
 from gfmtune.train.job import BEST, invalidate_cell, seed_everything
 from gfmtune.train.loop import autocast, forward_fn
 from gfmtune.train.settings import TrainSettings
@@ -147,7 +147,7 @@ def load_cell_model(
 ) -> torch.nn.Module:
     """The cell's trained model (CPU, eval mode); an unreadable ``best.pt`` invalidates the cell
     (:func:`~gfmtune.train.job.invalidate_cell`) so that the workflow retrains it."""
-    spec = get_spec(choice.model_name)
+    spec = get_spec(choice.model_name, eval_resize=settings.dino_eval_resize)
     pretrained = choice.frozen and spec.checkpoint is not None
     if pretrained and weights_dir is None:
         raise ValueError(
@@ -319,7 +319,7 @@ def write_maps(
     with claimed_device(device) as dev:
         for choice in choices:
             settings = cell_settings(choice.folder)
-            spec = get_spec(choice.model_name)
+            spec = get_spec(choice.model_name, eval_resize=settings.dino_eval_resize)
             timesteps = run / "manifests" / "timesteps" / f"{choice.timesteps}.csv"
             dataset = PastisZarrDataset.evaluation(
                 store, timesteps, TEST_FOLD, norm=settings.norm, nodata=settings.nodata

@@ -20,11 +20,7 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
-import pickle
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import torch
 import zarr
@@ -33,47 +29,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from gfmtune.data.dataset import PastisZarrDataset
-from gfmtune.fileio import atomic_path, atomic_write_text
+from gfmtune.fileio import atomic_path, atomic_write_text, set_aside
 from gfmtune.models.registry import ModelSpec
+from gfmtune.tensorio import CorruptFileError, load_tensors
 from gfmtune.train.loop import autocast
 
 log = logging.getLogger(__name__)
 ALL_FOLDS = (1, 2, 3, 4, 5)
 COMPLETE = "complete.json"
-
-
-class CorruptFileError(RuntimeError):
-    """A file that does not load (truncated, garbage, or pickling more than tensors)."""
-
-    def __str__(self) -> str:
-        # re-raised from a DataLoader worker, the message ends with the worker's traceback,
-        # whose last line is the original error: keep that one line
-        last = super().__str__().strip().splitlines()[-1]
-        return last.split(f"{type(self).__name__}: ", 1)[-1]
-
-
-def set_aside(path: Path, why: str = "corrupt") -> Path:
-    """Rename ``path`` to ``<name>.<why>-<UTC time>`` (kept for inspection, never trusted)."""
-    path = Path(path)
-    aside = path.with_name(f"{path.name}.{why}-{datetime.now(UTC):%Y%m%dT%H%M%S.%f}")
-    os.replace(path, aside)
-    return aside
-
-
-def load_tensors(path: Path, map_location: str | torch.device | None = None) -> Any:
-    """``torch.load`` with ``weights_only=True``: tensors and plain containers, never code.
-
-    Any failure (missing, truncated, garbage, or a pickle of other objects, which is refused
-    without running) raises :class:`CorruptFileError` naming ``path``.
-    """
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types for bad files
-        if isinstance(err, pickle.UnpicklingError):
-            detail = "weights_only refused it: garbage, or pickled objects other than tensors"
-        else:
-            detail = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-        raise CorruptFileError(f"{path}: unreadable torch file ({detail})") from err
 
 
 def store_content_digest(store: Path) -> str | None:

@@ -36,19 +36,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gfmtune.data.dataset import PastisZarrDataset
-from gfmtune.fileio import atomic_path, atomic_write_text
+from gfmtune.fileio import atomic_path, atomic_write_text, set_aside
 from gfmtune.models.registry import ModelSpec, build_model, get_spec
 from gfmtune.pastis import CLASS_NAMES, TEST_FOLD, VAL_FOLD
+from gfmtune.tensorio import CorruptFileError, load_tensors
 from gfmtune.train import provenance
 from gfmtune.train.devices import amp_dtype, claimed_device, select_device
 from gfmtune.train.feature_cache import (
     ALL_FOLDS,
     CachedFeatures,
-    CorruptFileError,
     FeatureCache,
     cache_key,
-    load_tensors,
-    set_aside,
     store_content_digest,
 )
 from gfmtune.train.loop import build_optimizer, build_scheduler, evaluate, train_epoch
@@ -149,7 +147,7 @@ class CellJob:
         progress: bool = True,
     ) -> None:
         self.cell, self.inputs, self.s, self.out = cell, inputs, settings, Path(out)
-        self.spec: ModelSpec = get_spec(cell.model)
+        self.spec: ModelSpec = get_spec(cell.model, eval_resize=settings.dino_eval_resize)
         if self.spec.has_encoder and cell.ft_rate is None:
             raise ValueError(f"model {cell.model!r} needs an FT-Rate")
         if not self.spec.has_encoder and cell.ft_rate is not None:

@@ -3,8 +3,8 @@
 A file is written to ``<dest>.part``, resumed with a ``Range`` request after an interruption, and
 renamed to ``<dest>`` only once its size and digest (``"md5:..."`` or ``"sha256:..."``) match;
 a ``.part`` that does not match is deleted (it is ours). An existing ``<dest>`` is verified, never
-trusted for its presence alone, and one that does not match is renamed ``<dest>.rejected`` (it
-may be the user's: it is never deleted) before the download.
+trusted for its presence alone, and one that does not match is renamed
+``<dest>.rejected-<UTC time>`` (it may be the user's: it is never deleted) before the download.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import TypeVar
 import requests
 from tqdm import tqdm
 
-from gfmtune.fileio import disk_full_reported, free_bytes
+from gfmtune.fileio import disk_full_reported, free_bytes, set_aside
 
 log = logging.getLogger(__name__)
 
@@ -120,23 +120,13 @@ def verify_file(path: Path, size: int | None, digest: str | None, name: str | No
         raise ChecksumError(f"{name or path.name}: {problem}; file deleted")
 
 
-def set_aside(path: Path) -> Path:
-    """Rename ``path`` to ``<name>.rejected`` (``.rejected-2``, ... if taken), never deleting."""
-    aside, n = path.with_name(path.name + ".rejected"), 1
-    while aside.exists():
-        n += 1
-        aside = path.with_name(f"{path.name}.rejected-{n}")
-    os.replace(path, aside)
-    return aside
-
-
 def set_aside_unless_verified(file: RemoteFile) -> str | None:
     """Verify the existing ``file.dest``: None when it matches; else it is renamed aside (see
     :func:`set_aside`) and the returned message names it, what differs and where it went."""
     problem = mismatch(file.dest, file.size, file.digest)
     if problem is None:
         return None
-    note = f"{file.dest}: {problem}; moved aside to {set_aside(file.dest)}"
+    note = f"{file.dest}: {problem}; moved aside to {set_aside(file.dest, 'rejected')}"
     log.warning("%s", note)
     return note
 
