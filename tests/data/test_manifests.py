@@ -15,7 +15,7 @@ from gfmtune import pastis
 from gfmtune.cli import main
 from gfmtune.data import manifests as mf
 from gfmtune.train.settings import ConfigError, validate_config
-from tests.workflow_helpers import REPO
+from tests.workflow_helpers import REPO, run_snakemake
 
 
 def _floor_linspace(stop: int, num: int) -> list[int]:
@@ -277,3 +277,13 @@ def test_config_argsort_defaults_to_identity_and_is_an_enum() -> None:
     config["manifests"]["argsort"] = "x86-simd-sort"
     with pytest.raises(ConfigError, match=r"manifests\.argsort"):
         validate_config(config)
+
+
+def test_workflow_refuses_an_ungenerated_variant_before_any_job(tmp_path: Path) -> None:
+    if (mf.ARGSORT_DIR / "avx512.csv").is_file():
+        pytest.skip("avx512.csv has been generated")
+    done = run_snakemake(tmp_path, "-n", config={"manifests": {"argsort": "avx512"}})
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "avx512.csv: argsort variant 'avx512'" in output
+    assert "run `gfmtune argsort-orders` on a CPU with AVX-512" in output
