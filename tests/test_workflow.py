@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import xarray as xr
+import yaml
 from jsonschema import Draft202012Validator
 
 from gfmtune.train.settings import TrainSettings, config_schema, settings_schema
@@ -27,6 +28,17 @@ def test_paper_preset_plans_data_stages_offline(tmp_path: Path) -> None:
     assert counts["train"] == 140  # (2 GFMs x 3 FT-Rates + U-TAE) x 4 fractions x 5 lengths
     assert counts["results"] == 1 and counts["params"] == 1
     assert not (tmp_path / "results").exists(), "a dry run must not write results"
+
+
+def test_authors_overlay_plans_the_same_140_cells_with_every_switch(tmp_path: Path) -> None:
+    overlay = REPO / "config" / "authors.yaml"
+    result = run_snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", str(overlay))
+    assert result.returncode == 0, result.stderr
+    assert job_counts(result.stdout)["train"] == 140
+    assert "--argsort avx2" in result.stdout
+    settings = yaml.safe_load(overlay.read_text())["train"]["settings"]
+    assert settings == {"precision": "fp32", "dino_eval_resize": "via_input"}
+    assert "model~utae_paper/" in result.stdout and "model~utae/" not in result.stdout
 
 
 def test_lint_is_clean(tmp_path: Path) -> None:
