@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "manifests": ("gfmtune.data.manifests", "write label-split and timestep manifests"),
     "argsort-orders": ("gfmtune.data.argsort_orders", "generate the paper split's argsort orders"),
     "bench-data": ("gfmtune.data.bench", "benchmark the Zarr reader against raw .npy reads"),
+    "bench-train": ("gfmtune.bench.train", "training speed: gfmtune's path against the authors'"),
     "params": ("gfmtune.models.params", "parameter table of the paper-size models"),
     "weights": ("gfmtune.models.weights", "fetch and verify a pretrained checkpoint"),
     "train": ("gfmtune.train.job", "train and evaluate one grid cell"),

@@ -1,0 +1,1 @@
+"""Benchmarks of the training path (``gfmtune bench-train``)."""
