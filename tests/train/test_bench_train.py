@@ -167,3 +167,32 @@ def test_bad_arguments_end_with_one_clear_error(
     assert main(["bench-train", "--out", str(tmp_path), "--device", "cpu", *args]) == 1
     assert message in caplog.text
     assert not (tmp_path / JSON).exists()
+
+
+def test_components_switch_one_choice_of_the_reference(tmp_path: Path) -> None:
+    """On CPU (fp32 both ways, evaluation batch 1 both ways) only CROMA's early stop and the
+    frozen DINO's feature cache change anything; each is measured against the reference."""
+    args = [*ARGS[ARGS.index("--steps") :], "--models", "croma_tiny", "dino_tiny",
+            "--timesteps", "1", "--components"]  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        assert main(["bench-train", "--out", str(tmp_path), *args]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads((tmp_path / JSON).read_text())
+    rows = {(r["model"], r["regime"], r["path"]): r for r in result["rows"]}
+    assert {k for k in rows if k[2].startswith("reference+")} == {
+        ("croma_tiny", "frozen", "reference+stop_early"),
+        ("croma_tiny", "finetune", "reference+stop_early"),
+        ("dino_tiny", "frozen", "reference+feature_cache"),
+    }
+    assert len(result["components"]) == 3
+    for c in result["components"]:
+        row, ref = (
+            rows[c["model"], c["regime"], c["path"]],
+            rows[c["model"], c["regime"], "reference"],
+        )
+        assert c["step_s"] == pytest.approx(row["step_s"] / ref["step_s"])
+        assert c["val_patch_s"] == pytest.approx(row["val_patch_s"] / ref["val_patch_s"])
+    assert {c["path"] for c in result["grid"]["cells"]} == {"default", "reference"}
+    assert "| croma_tiny | finetune | 1 | stop_early |" in (tmp_path / MD).read_text()

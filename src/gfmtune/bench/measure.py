@@ -74,6 +74,25 @@ REFERENCE = BenchPath(
     all_blocks=True,
 )
 PATHS = (DEFAULT, REFERENCE)
+#: ``--components``: the reference with one of its choices switched to the default's.
+COMPONENTS = (
+    BenchPath(
+        "reference+precision",
+        replace(REFERENCE.settings, precision=DEFAULT.settings.precision),
+        all_blocks=True,
+    ),
+    BenchPath("reference+stop_early", REFERENCE.settings, all_blocks=False),
+    BenchPath(
+        "reference+feature_cache",
+        replace(REFERENCE.settings, feature_cache=DEFAULT.settings.feature_cache),
+        all_blocks=True,
+    ),
+    BenchPath(
+        "reference+eval_batch",
+        replace(REFERENCE.settings, eval_batch_size=DEFAULT.settings.eval_batch_size),
+        all_blocks=True,
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -151,6 +170,17 @@ def bench_model(spec: ModelSpec, regime: str, path: BenchPath, t: int) -> tuple[
 def uses_cache(spec: ModelSpec, regime: str, settings: TrainSettings) -> bool:
     """Whether ``gfmtune train`` trains this regime from cached encoder features."""
     return regime == "frozen" and settings.feature_cache and spec.policy.deterministic_train_input
+
+
+def changes(path: BenchPath, spec: ModelSpec, regime: str, device: torch.device) -> bool:
+    """Whether ``path`` runs this model and regime otherwise than the reference path."""
+    a, b = path.settings, REFERENCE.settings
+    return (
+        (path.all_blocks != REFERENCE.all_blocks and spec.family.startswith("CROMA"))
+        or amp_dtype(device, a.precision) != amp_dtype(device, b.precision)
+        or uses_cache(spec, regime, a) != uses_cache(spec, regime, b)
+        or a.eval_batch_size != b.eval_batch_size
+    )
 
 
 def sync(device: torch.device) -> None:
@@ -238,12 +268,17 @@ def measure(
 
     flops = counted(step)
     timed(step, warmup - 1, device)
-    step_s = statistics.median(timed(step, steps, device))
+    step_all = timed(step, steps, device)
+    step_s = statistics.median(step_all)
     val_flops = counted(validate)
     timed(validate, warmup - 1, device)
-    val_s = statistics.median(timed(validate, steps, device))
+    val_all = timed(validate, steps, device)
+    val_s = statistics.median(val_all)
     row |= {
         "step_s": step_s,
+        "step_spread": (max(step_all) - min(step_all)) / step_s,
+        "step_all": step_all,
+        "val_all": val_all,
         "frames_per_s": shape.batch * shape.t / step_s,
         "train_flops": flops,
         "train_tflops": flops / step_s / 1e12,

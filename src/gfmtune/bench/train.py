@@ -8,8 +8,9 @@ the median training step of ``--steps`` timed steps after ``--warmup``, validati
 patch, frames/s, peak GPU memory and achieved TFLOP/s from counted FLOPs (see
 :mod:`gfmtune.bench.measure`), and the start-up of the DataLoader workers. Writes
 ``bench_train.md`` and ``bench_train.json`` to ``--out``: the rows, the ratios default /
-reference and the grid's hours (:mod:`gfmtune.bench.grid`). On a CPU it runs the tiny models
-at 32 px by default and says so: its numbers are not a GPU estimate.
+reference and the grid's hours (:mod:`gfmtune.bench.grid`). ``--components`` also measures the
+reference with each of its choices switched, one at a time, to the default's. On a CPU it runs
+the tiny models at 32 px by default and says so: its numbers are not a GPU estimate.
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ from typing import Any
 import torch
 
 from gfmtune.bench import grid as gridcost
-from gfmtune.bench.measure import PATHS, Shape, loader_start, measure_or_oom, regimes
+from gfmtune.bench.measure import (
+    COMPONENTS,
+    PATHS,
+    Shape,
+    changes,
+    loader_start,
+    measure_or_oom,
+    regimes,
+)
 from gfmtune.fileio import atomic_write_text
 from gfmtune.models.registry import REGISTRY, get_spec
 from gfmtune.train.devices import select_device
@@ -57,6 +66,22 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def components(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each ``--components`` row's step and validation time over the reference's."""
+    reference = {(r["model"], r["regime"], r["t"]): r for r in rows if r["path"] == "reference"}
+    out = []
+    for row in rows:
+        if row["path"] in ("default", "reference"):
+            continue
+        ref = reference[(row["model"], row["regime"], row["t"])]
+        entry = {k: row[k] for k in ("model", "regime", "t", "path")}
+        for key in ("step_s", "val_patch_s"):
+            a, b = row.get(key), ref.get(key)
+            entry[key] = a / b if a is not None and b else None
+        out.append(entry)
+    return out
+
+
 def _num(value: float | None, fmt: str = ".4g") -> str:
     return "n/a" if value is None else format(value, fmt)
 
@@ -80,8 +105,10 @@ def _header(result: dict[str, Any]) -> list[str]:
             "",
         ]
     lines += [
-        f"Batch {cfg['batch']}, 10 bands, synthetic tensors already on the device; median of "
-        f"{cfg['steps']} timed calls after {cfg['warmup']} warm-up. Paths: **default** = "
+        f"Batch {cfg['batch']}, 10 bands, synthetic tensors already on the device (data loading "
+        "not timed; cached features held in memory, the cache's file reads not timed); median "
+        f"of {cfg['steps']} timed calls after {cfg['warmup']} warm-up (spread: (max - min) / "
+        "median of the timed steps). Paths: **default** = "
         "`gfmtune train` with its default settings (precision auto: bf16 autocast on CUDA, fp32 "
         "on CPU; CROMA stopped after its last used block; frozen encoders with a fixed input "
         "train from cached features; its evaluation batch and workers); **reference** = the "
@@ -100,23 +127,23 @@ def markdown(result: dict[str, Any]) -> str:
     """The report: header, measured rows, ratios, loader start-up and grid hours."""
     lines = [*_header(result), "", "## Measured", ""]
     lines += [
-        "| model | regime | t | path | step s | frames/s | peak GiB | train TFLOP/s | "
+        "| model | regime | t | path | step s | spread | frames/s | peak GiB | train TFLOP/s | "
         "val s/patch | val TFLOP/s | cache s/patch | notes |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in result["rows"]:
         if r["status"] != "measured":
             lines.append(f"| {r['model']} | {r['regime']} | {r['t']} | {r['path']} | "
-                         f"{r['status']} |  |  |  |  |  |  |  |")  # fmt: skip
+                         f"{r['status']} |  |  |  |  |  |  |  |  |")  # fmt: skip
             continue
         notes = ", ".join(
             n for n in (r["precision"], f"eval batch {r['eval_batch']}", r["note"],
                         r["memory_plan"]) if n
         )  # fmt: skip
         cells = [
-            _num(r["step_s"]), _num(r["frames_per_s"], ".0f"), _num(r["peak_memory_gib"], ".2f"),
-            _num(r["train_tflops"], ".3g"), _num(r["val_patch_s"]), _num(r["val_tflops"], ".3g"),
-            _num(r.get("cache_patch_s")),
+            _num(r["step_s"]), f"{r['step_spread']:.0%}", _num(r["frames_per_s"], ".0f"),
+            _num(r["peak_memory_gib"], ".2f"), _num(r["train_tflops"], ".3g"),
+            _num(r["val_patch_s"]), _num(r["val_tflops"], ".3g"), _num(r.get("cache_patch_s")),
         ]  # fmt: skip
         lines.append(f"| {r['model']} | {r['regime']} | {r['t']} | {r['path']} | "
                      f"{' | '.join(cells)} | {notes} |")  # fmt: skip
@@ -132,6 +159,18 @@ def markdown(result: dict[str, Any]) -> str:
     for q in result["ratios"]:
         cells = [_num(q[k], ".3g") for k in RATIO_KEYS]
         lines.append(f"| {q['model']} | {q['regime']} | {q['t']} | {' | '.join(cells)} |")
+    if result["components"]:
+        lines += [
+            "",
+            "## Components: the reference with one choice switched to the default's, / reference",
+            "",
+            "| model | regime | t | switched | step s | val s/patch |",
+            "|---|---|---:|---|---:|---:|",
+        ]
+        for c in result["components"]:
+            switched = c["path"].removeprefix("reference+")
+            ratios_ = f"{_num(c['step_s'], '.3g')} | {_num(c['val_patch_s'], '.3g')}"
+            lines.append(f"| {c['model']} | {c['regime']} | {c['t']} | {switched} | {ratios_} |")
     lines += ["", "## DataLoader start-up", ""]
     for path, loader in result["loaders"].items():
         starts = gridcost.loader_starts(path, loader["persistent"])
@@ -210,6 +249,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch", type=int, default=8, help="training batch")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all)")
+    parser.add_argument(
+        "--components",
+        action="store_true",
+        help="also measure the reference with each of its choices switched to the default's",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -240,7 +284,10 @@ def run(args: argparse.Namespace) -> int:
         spec = get_spec(name)
         for regime in regimes(spec):
             for t in args.timesteps:
-                for path in PATHS:
+                extra = [
+                    c for c in COMPONENTS if args.components and changes(c, spec, regime, device)
+                ]
+                for path in [*PATHS, *extra]:
                     shape = Shape(args.batch, t, size)
                     row = measure_or_oom(spec, regime, shape, path, device, args.steps, args.warmup)
                     log.info(
@@ -261,7 +308,8 @@ def run(args: argparse.Namespace) -> int:
         "rows": rows,
         "ratios": ratios(rows),
         "loaders": loaders,
-        "grid": gridcost.grid(rows, loaders),
+        "components": components(rows),
+        "grid": gridcost.grid([r for r in rows if r["path"] in loaders], loaders),
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     text = markdown(result)
