@@ -5,6 +5,9 @@ Which patches: the store's patches in ``folds``; with a label-split manifest
 (training). Which frames: the timestep manifest (``timesteps/{t}.csv``: ``patch_id``, ``frames``,
 ``days``, one row per store patch). Only the chosen frames are read.
 
+With an :class:`AuthorsDraw` (``train.settings.frame_draw: authors``) a series longer than 50
+frames gets new frames at every load, as in the authors' code; shorter series keep the manifest's.
+
 Normalisation is per band ``(x - mean) / std`` with the store's ``norm_paper`` or
 ``norm_train_folds`` statistics. As in the paper, nodata (-10000) is normalised like any value
 (``nodata="keep"``); ``nodata="zero"`` sets those pixels to 0 after normalisation.
@@ -12,7 +15,9 @@ Normalisation is per band ``(x - mean) / std`` with the store's ``norm_paper`` o
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +27,13 @@ import torch
 from torch.utils.data import Dataset
 
 from gfmtune import pastis
+from gfmtune.data.manifests import check_timesteps, paper_frames
 from gfmtune.data.reader import FrameReader
 
 NORMS = ("paper", "train_folds")
 NODATA_MODES = ("keep", "zero")
+FRAME_DRAWS = ("none", "authors")
+DRAWN_FRAMES = 50  # the authors' draw keeps this many frames of a longer series
 
 
 class ManifestError(ValueError):
@@ -63,6 +71,41 @@ def store_normaliser(attrs: dict[str, Any], norm: str, nodata: str = "keep") -> 
     stats = attrs[f"norm_{norm}"]
     zero = int(attrs.get("nodata", pastis.NODATA)) if nodata == "zero" else None
     return Normaliser(stats["mean"], stats["std"], zero)
+
+
+@dataclass
+class AuthorsDraw:
+    """The authors' per-load frame draw (ShapingFT ``Pastis.__getitem__``), seeded.
+
+    A series of N > 50 frames first keeps ``randperm(N)[:50]``, in that shuffled order; the
+    ``paper`` rule then picks t of those 50 positions (t = 1: the last drawn, a random date), and
+    the days follow their frames. The authors drew from the DataLoader worker's global RNG;
+    here each draw has its own generator seeded by (``seed``, ``split``, ``pass_index``, patch
+    id), so draws do not depend on workers and a rerun or resumed run repeats them. Set
+    ``pass_index`` before every pass (the epoch), so that each epoch draws anew.
+    """
+
+    seed: int
+    split: str
+    pass_index: int = 0
+
+    def generator(self, patch_id: int) -> torch.Generator:
+        """The generator of this pass's draw for one patch."""
+        entropy = [self.seed, zlib.crc32(self.split.encode()), self.pass_index, patch_id]
+        state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
+        return torch.Generator().manual_seed(int(state))
+
+    def frames(self, n_frames: int, t: int, patch_id: int) -> np.ndarray:
+        """Frame indices (the authors' order) of a series of ``n_frames > 50`` frames."""
+        drawn = torch.randperm(n_frames, generator=self.generator(patch_id))[:DRAWN_FRAMES]
+        return drawn.numpy()[paper_frames(DRAWN_FRAMES, t)]
+
+
+def frame_draw(kind: str, seed: int, split: str) -> AuthorsDraw | None:
+    """The draw of ``train.settings.frame_draw`` (``none``: the manifest's frames, no draw)."""
+    if kind not in FRAME_DRAWS:
+        raise ValueError(f"unknown frame_draw {kind!r}; choose from {FRAME_DRAWS}")
+    return AuthorsDraw(seed, split) if kind == "authors" else None
 
 
 # ---- manifests ------------------------------------------------------------------------------
@@ -170,7 +213,8 @@ class PastisZarrDataset(Dataset):
     Training: ``PastisZarrDataset(store, timesteps, (1, 2, 3), label_split=...)`` or
     :meth:`training`; validation/test: ``PastisZarrDataset(store, timesteps, 4)`` or
     :meth:`evaluation`. ``norm``: ``"paper"`` or ``"train_folds"`` statistics; ``nodata``:
-    ``"keep"`` or ``"zero"``; ``backend`` and ``threads``: see :class:`FrameReader`.
+    ``"keep"`` or ``"zero"``; ``backend`` and ``threads``: see :class:`FrameReader`; ``draw``:
+    an :class:`AuthorsDraw` for series longer than 50 frames (None: the manifest's frames).
     """
 
     def __init__(
@@ -184,6 +228,7 @@ class PastisZarrDataset(Dataset):
         nodata: str = "keep",
         backend: str | None = None,
         threads: int | None = None,
+        draw: AuthorsDraw | None = None,
     ) -> None:
         self.reader = FrameReader(store, backend, threads)
         self.folds = _as_folds(folds)
@@ -196,6 +241,12 @@ class PastisZarrDataset(Dataset):
             raise ManifestError(f"{store}: no patches{where} in folds {self.folds}")
         self.positions = positions
         self.frames, self.days = read_timesteps(self.reader, timesteps, positions)
+        self.draw = draw
+        long = (i for i in positions if self.reader.n_frames(i) > DRAWN_FRAMES)
+        if draw is not None and (first := next(long, None)) is not None:  # paper rule: t <= 35
+            check_timesteps(
+                "paper", self.timesteps, DRAWN_FRAMES, int(self.reader.patch_ids[first])
+            )
 
     @classmethod
     def training(
@@ -222,12 +273,28 @@ class PastisZarrDataset(Dataset):
     def __len__(self) -> int:
         return len(self.positions)
 
+    def start_pass(self, index: int) -> None:
+        """Make the following loads draw the frames of pass ``index`` (the epoch); no-op
+        without a draw."""
+        if self.draw is not None:
+            self.draw.pass_index = index
+
+    def frames_of(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Frame indices and their days for item ``k`` at this load (drawn, or the manifest's)."""
+        i = int(self.positions[k])
+        n = self.reader.n_frames(i)
+        if self.draw is None or n <= DRAWN_FRAMES:
+            return self.frames[k], self.days[k]
+        frames = self.draw.frames(n, self.timesteps, int(self.reader.patch_ids[i]))
+        return frames, self.reader.days(i)[frames]
+
     def __getitem__(self, k: int) -> dict[str, Any]:
         i = int(self.positions[k])
-        image = self.reader.read_frames(i, self.frames[k], self.normalise)
+        frames, days = self.frames_of(k)
+        image = self.reader.read_frames(i, frames, self.normalise)
         return {
             "image": torch.from_numpy(image),
-            "days": torch.from_numpy(self.days[k].copy()),
+            "days": torch.from_numpy(days.copy()),
             "label": torch.from_numpy(self.reader.label(i).astype(np.int64)),
             "patch_id": int(self.reader.patch_ids[i]),
         }

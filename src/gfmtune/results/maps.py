@@ -19,7 +19,8 @@ replaced by ``_`` (``croma``, ``dino``, ``u-tae``, ``croma_128_px``).
 Rebuilding a cell: ``best.pt`` holds the trained tensors; a frozen encoder is not in it and is
 rebuilt as training built it: from the pretrained checkpoint (``--weights-dir``) or, for the tiny
 models without one, from the cell's seed. Normalisation, nodata handling, temporal head and
-precision come from the cell's ``provenance.json`` settings (defaults: the paper's).
+precision come from the cell's ``provenance.json`` settings (defaults: the paper's); with
+``frame_draw: authors`` the maps see the frames the cell's test pass drew.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from rasterio.transform import from_bounds
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from gfmtune.data.dataset import PastisZarrDataset
+from gfmtune.data.dataset import PastisZarrDataset, frame_draw
 from gfmtune.fileio import atomic_path
 from gfmtune.models.registry import ModelSpec, build_model, get_spec
 from gfmtune.pastis import BANDS, CLASS_NAMES, N_CLASSES, NODATA, TEST_FOLD, VOID_CLASS
@@ -322,7 +323,12 @@ def write_maps(
             spec = get_spec(choice.model_name, eval_resize=settings.dino_eval_resize)
             timesteps = run / "manifests" / "timesteps" / f"{choice.timesteps}.csv"
             dataset = PastisZarrDataset.evaluation(
-                store, timesteps, TEST_FOLD, norm=settings.norm, nodata=settings.nodata
+                store,
+                timesteps,
+                TEST_FOLD,
+                norm=settings.norm,
+                nodata=settings.nodata,
+                draw=frame_draw(settings.frame_draw, choice.seed, "test"),  # the test pass's
             )
             if not figure_rows:  # the labels and the figure's RGB, once
                 figure_rows = _figure_base(dataset, n_figure)

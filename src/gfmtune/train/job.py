@@ -21,6 +21,7 @@ since its last saved epoch; ``attempts`` counts the runs that saved an epoch or 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -35,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from gfmtune.data.dataset import PastisZarrDataset
+from gfmtune.data.dataset import PastisZarrDataset, frame_draw
 from gfmtune.fileio import atomic_path, atomic_write_text, set_aside
 from gfmtune.models.registry import ModelSpec, build_model, get_spec
 from gfmtune.pastis import CLASS_NAMES, TEST_FOLD, VAL_FOLD
@@ -171,23 +172,31 @@ class CellJob:
         }
 
     def _datasets(self) -> list[PastisZarrDataset]:
-        """Training (the label split of folds 1-3), validation (fold 4) and test (fold 5)."""
+        """Training (the label split of folds 1-3), validation (fold 4) and test (fold 5), each
+        with its own stream of the frame draw (``frame_draw``)."""
         kw = {"norm": self.s.norm, "nodata": self.s.nodata}
-        store, ts = self.inputs.store, self.inputs.timesteps
+        store, ts, split = self.inputs.store, self.inputs.timesteps, self.inputs.label_split
+        draw = functools.partial(frame_draw, self.s.frame_draw, self.cell.seed)
         return [
-            PastisZarrDataset.training(store, self.inputs.label_split, ts, **kw),
-            PastisZarrDataset.evaluation(store, ts, VAL_FOLD, **kw),
-            PastisZarrDataset.evaluation(store, ts, TEST_FOLD, **kw),
+            PastisZarrDataset.training(store, split, ts, draw=draw("train"), **kw),
+            PastisZarrDataset.evaluation(store, ts, VAL_FOLD, draw=draw("val"), **kw),
+            PastisZarrDataset.evaluation(store, ts, TEST_FOLD, draw=draw("test"), **kw),
         ]
 
     def _cached(self, model: torch.nn.Module, datasets: list) -> list:
-        """The datasets with cached encoder features, when the cache applies."""
+        """The datasets with cached encoder features, when the cache applies (a frozen encoder
+        with a fixed input: no random crops, no frame draw)."""
         if not (
             self.frozen
             and self.s.feature_cache
             and self.inputs.feature_cache
             and self.spec.policy.deterministic_train_input
         ):
+            return datasets
+        if self.s.frame_draw != "none":
+            log.info(
+                "no feature cache: frame_draw %s draws frames at every load", self.s.frame_draw
+            )
             return datasets
         digest = store_content_digest(self.inputs.store)
         if digest is None:
@@ -248,6 +257,7 @@ class CellJob:
         if self.spec.has_encoder:
             model.set_memory_plan(self.s.encoder_frames_per_call, self.s.activation_checkpointing)
         train_dl, val_dl, test_dl, order = self._loaders(self._cached(model, datasets))
+        train_ds, val_ds, _ = datasets
         optimizer = build_optimizer(model, self.spec, self.cell.ft_rate, self.s)
         total_iters = self.s.epochs * len(train_dl)
         scheduler = build_scheduler(optimizer, total_iters, self.s)
@@ -268,6 +278,8 @@ class CellJob:
         )
         for epoch in range(state["epoch"], self.s.epochs):
             tick = time.time()
+            for ds in (train_ds, val_ds):
+                ds.start_pass(epoch)  # this epoch's frame draws
             loss = train_epoch(
                 model,
                 self.spec,

@@ -166,6 +166,7 @@ class TrainSettings:
     auto_memory: bool = True  # on GPU OOM, switch once to chunks + checkpointing
     feature_cache: bool = True  # frozen encoder with a fixed input: compute features once
     dino_eval_resize: str = "direct"  # DINO eval logits 56 -> 128 | via_input: 56 -> 224 -> 128
+    frame_draw: str = "none"  # none: the manifest's frames | authors: their seeded 50-frame draw
 
     @classmethod
     def from_mapping(cls, values: dict | None) -> TrainSettings:
