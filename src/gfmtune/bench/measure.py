@@ -243,8 +243,6 @@ def measure(
         "precision": str(amp or torch.float32).removeprefix("torch."),
         "feature_cache": cached, "note": note,
     }  # fmt: skip
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     if cached:
         model.eval()
         encode = functools.partial(_encode, model, spec, train_batch, device, amp)
@@ -256,6 +254,8 @@ def measure(
     optimizer = build_optimizer(model, spec, REGIMES[regime], s)
     scheduler = build_scheduler(optimizer, warmup + steps, s)
     crops = torch.Generator().manual_seed(0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
     def step() -> float:
         return train_epoch(
@@ -270,6 +270,7 @@ def measure(
     timed(step, warmup - 1, device)
     step_all = timed(step, steps, device)
     step_s = statistics.median(step_all)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     val_flops = counted(validate)
     timed(validate, warmup - 1, device)
     val_all = timed(validate, steps, device)
@@ -285,9 +286,7 @@ def measure(
         "val_patch_s": val_s / s.eval_batch_size,
         "val_flops_per_patch": val_flops / s.eval_batch_size,
         "val_tflops": val_flops / val_s / 1e12,
-        "peak_memory_gib": (
-            torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-        ),
+        "peak_memory_gib": peak,
         "memory_plan": "chunked + checkpointing" if getattr(model, "checkpointing", False) else "",
     }
     return row
@@ -303,16 +302,18 @@ def measure_or_oom(
     spec: ModelSpec, regime: str, shape: Shape, path: BenchPath, device: torch.device,
     steps: int, warmup: int,
 ) -> dict[str, Any]:  # fmt: skip
-    """:func:`measure`, or a row saying it ran out of GPU memory (memory freed after the
-    ``except`` block, where the failed step's tensors are no longer referenced)."""
+    """:func:`measure`, or a row saying it ran out of GPU memory; either way the GPU memory is
+    released afterwards (after the ``except`` block, where the failed step's tensors are no
+    longer referenced), so that the next measurement starts empty."""
+    row = None
     try:
-        return measure(spec, regime, shape, path, device, steps, warmup)
+        row = measure(spec, regime, shape, path, device, steps, warmup)
     except (torch.OutOfMemoryError, RuntimeError) as err:
         if not _out_of_memory(err):
             raise
     gc.collect()
     torch.cuda.empty_cache()
-    return {
+    return row or {
         "model": spec.name, "regime": regime, "ft_rate": REGIMES[regime], "t": shape.t,
         "path": path.name, "status": "out of memory",
     }  # fmt: skip
