@@ -37,7 +37,11 @@ def test_authors_overlay_plans_the_same_140_cells_with_every_switch(tmp_path: Pa
     assert job_counts(result.stdout)["train"] == 140
     assert "--argsort avx2" in result.stdout
     settings = yaml.safe_load(overlay.read_text())["train"]["settings"]
-    assert settings == {"precision": "fp32", "dino_eval_resize": "via_input"}
+    assert settings == {
+        "precision": "fp32",
+        "dino_eval_resize": "via_input",
+        "frame_draw": "authors",
+    }
     assert "model~utae_paper/" in result.stdout and "model~utae/" not in result.stdout
 
 

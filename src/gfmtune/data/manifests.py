@@ -19,8 +19,8 @@ Timestep subsets (``timesteps/{t}.csv``: ``patch_id``, ``frames``, ``days``) cho
 - ``paper``: t = 1 is the last frame; t > 1 takes ``int(linspace(0, N-1, 35))`` and nests
   25 ⊂ 35, 15 ⊂ 25, 6 ⊂ 15 by the same rule. A series shorter than 35 frames (none in PASTIS:
   38 to 61) uses all its frames as the base grid and skips the nesting steps larger than it,
-  where the paper's grid would repeat frames. The paper's random 50-frame pre-draw for series
-  longer than 50 is deliberately not reproduced (it made evaluation random).
+  where the paper's grid would repeat frames. The authors' random 50-frame pre-draw for series
+  longer than 50 happens at load time, not in a manifest: training setting ``frame_draw``.
 - ``uniform``: the centres of t equal bins over the whole series.
 - ``random``: the first t of a seeded permutation per patch, sorted (nested across t).
 
