@@ -159,6 +159,7 @@ def test_out_of_memory_is_a_row_and_leaves_the_path_out_of_the_totals(
         (["--models", "nope"], "unknown models"),
         (["--models", "croma_tiny", "--size", "16"], "croma_tiny crops 24 px"),
         (["--models", "utae_tiny", "--warmup", "0"], "--warmup"),
+        (["--models", "utae_tiny", "--batch", "1"], "--batch must be >= 2"),
     ],
 )
 def test_bad_arguments_end_with_one_clear_error(

@@ -270,9 +270,11 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{name} crops {policy.size} px: --size {size} is too small")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.steps < 1 or args.warmup < 1 or args.batch < 1 or min(args.timesteps) < 1:
-        raise ValueError("--steps, --warmup (FLOPs are counted on a warm-up call), --batch and "
+    if args.steps < 1 or args.warmup < 1 or min(args.timesteps) < 1:
+        raise ValueError("--steps, --warmup (FLOPs are counted on a warm-up call) and "
                          "--timesteps must be >= 1")  # fmt: skip
+    if args.batch < 2:
+        raise ValueError("--batch must be >= 2 (BatchNorm in training needs two samples)")
     config = {
         "models": models, "timesteps": args.timesteps, "steps": args.steps,
         "warmup": args.warmup, "size": size, "batch": args.batch,
