@@ -50,36 +50,33 @@ RATIO_KEYS = ("step_s", "val_patch_s", "frames_per_s", "peak_memory_gib", "train
 MD, JSON = "bench_train.md", "bench_train.json"
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _over_reference(
+    rows: list[dict[str, Any]], paths: set[str], keys: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """For each row of ``paths``: its cell, path and ``keys`` divided by the reference row's."""
+    reference = {(r["model"], r["regime"], r["t"]): r for r in rows if r["path"] == "reference"}
+    out = []
+    for row in rows:
+        if row["path"] in paths:
+            ref = reference[(row["model"], row["regime"], row["t"])]
+            entry = {k: row[k] for k in ("model", "regime", "t", "path")}
+            out.append(entry | {k: _ratio(row.get(k), ref.get(k)) for k in keys})
+    return out
+
+
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """default / reference of each quantity, per (model, regime, t); None where one is missing."""
-    by_key = {(r["model"], r["regime"], r["t"], r["path"]): r for r in rows}
-    out = []
-    for (model, regime, t, path), default in by_key.items():
-        if path != "default":
-            continue
-        reference = by_key[(model, regime, t, "reference")]
-        entry: dict[str, Any] = {"model": model, "regime": regime, "t": t}
-        for key in RATIO_KEYS:
-            a, b = default.get(key), reference.get(key)
-            entry[key] = a / b if a is not None and b else None
-        out.append(entry)
-    return out
+    return _over_reference(rows, {"default"}, RATIO_KEYS)
 
 
 def components(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each ``--components`` row's step and validation time over the reference's."""
-    reference = {(r["model"], r["regime"], r["t"]): r for r in rows if r["path"] == "reference"}
-    out = []
-    for row in rows:
-        if row["path"] in ("default", "reference"):
-            continue
-        ref = reference[(row["model"], row["regime"], row["t"])]
-        entry = {k: row[k] for k in ("model", "regime", "t", "path")}
-        for key in ("step_s", "val_patch_s"):
-            a, b = row.get(key), ref.get(key)
-            entry[key] = a / b if a is not None and b else None
-        out.append(entry)
-    return out
+    paths = {r["path"] for r in rows} - {"default", "reference"}
+    return _over_reference(rows, paths, ("step_s", "val_patch_s"))
 
 
 def _num(value: float | None, fmt: str = ".4g") -> str:
@@ -92,7 +89,7 @@ def _header(result: dict[str, Any]) -> list[str]:
         "# gfmtune bench-train",
         "",
         f"{result['date']} · {machine['device']} · torch {machine['torch']} · "
-        f"{machine['cpus']} CPUs",
+        f"{machine['cpus']} CPUs, {machine['threads']} torch threads",
         "",
     ]
     if machine["device_type"] != "cuda":
@@ -208,14 +205,13 @@ def _grid_lines(result: dict[str, Any]) -> list[str]:
     ]
     for (model, regime), hours in _hours_by_model(g).items():
         d, r = hours.get("default"), hours.get("reference")
-        ratio = d / r if d is not None and r else None
-        lines.append(f"| {model} | {regime} | {_num(d)} | {_num(r)} | {_num(ratio, '.3g')} |")
+        lines.append(
+            f"| {model} | {regime} | {_num(d)} | {_num(r)} | {_num(_ratio(d, r), '.3g')} |"
+        )
     for key, what in (("hours", "whole grid"), ("hours_measured_t", "measured t only")):
         d, r = g[key].get("default"), g[key].get("reference")
-        ratio = d / r if d is not None and r else None
-        lines.append(
-            f"| **{what}** |  | **{_num(d)}** | **{_num(r)}** | **{_num(ratio, '.3g')}** |"
-        )
+        ratio = _num(_ratio(d, r), ".3g")
+        lines.append(f"| **{what}** |  | **{_num(d)}** | **{_num(r)}** | **{ratio}** |")
     if g["incomplete"]:
         lines += ["", f"Out of memory, so not in the totals: {', '.join(g['incomplete'])}."]
     return lines
@@ -268,13 +264,13 @@ def run(args: argparse.Namespace) -> int:
         policy = get_spec(name).policy
         if policy.kind == "crop_windows" and size < policy.size:
             raise ValueError(f"{name} crops {policy.size} px: --size {size} is too small")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.steps < 1 or args.warmup < 1 or min(args.timesteps) < 1:
         raise ValueError("--steps, --warmup (FLOPs are counted on a warm-up call) and "
                          "--timesteps must be >= 1")  # fmt: skip
     if args.batch < 2:
         raise ValueError("--batch must be >= 2 (BatchNorm in training needs two samples)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = {
         "models": models, "timesteps": args.timesteps, "steps": args.steps,
         "warmup": args.warmup, "size": size, "batch": args.batch,
