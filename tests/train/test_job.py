@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import replace
 from pathlib import Path
 
@@ -116,7 +117,11 @@ def test_out_of_memory_switches_to_checkpointing_then_explains(train_data, tmp_p
     def flaky(self, x):
         calls["n"] += 1
         if calls["n"] == 1 and torch.is_grad_enabled():
+            failed_step = encode(self, x)  # activations of the step that runs out of memory
+            calls["activations"] = weakref.ref(failed_step[-1])
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        if calls["n"] == 2:  # the retry: the failed step's activations must be free by now
+            calls["alive_at_retry"] = calls["activations"]() is not None
         return encode(self, x)
 
     monkeypatch.setattr(upernet.TemporalUPerNet, "encode", flaky)
@@ -124,6 +129,7 @@ def test_out_of_memory_switches_to_checkpointing_then_explains(train_data, tmp_p
                   tmp_path / "a", progress=False)  # fmt: skip
     job.run()
     assert job.model.checkpointing and job.model.frames_per_call == 4 * 6 // 4
+    assert calls["alive_at_retry"] is False
 
     def always(self, x):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")

@@ -151,12 +151,16 @@ def train_epoch(
         if not isinstance(x, list):
             x, y = spec.policy.train_view(x, y, crops)
         batch = (model, spec, optimizer, x, days, y, device, amp)
+        frames = y.shape[0] * days.shape[1]
         try:
             loss = _backward(*batch)
         except torch.OutOfMemoryError as err:
-            frames = y.shape[0] * days.shape[1]
             if not (auto_memory and spec.has_encoder and not model.checkpointing):
                 raise out_of_memory(frames) from err
+            loss = None
+        if loss is None:
+            # retried outside the except block: there, the traceback still holds the failed
+            # step's activations, which empty_cache() then cannot free
             optimizer.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
             model.set_memory_plan(max(1, frames // 4), True)
