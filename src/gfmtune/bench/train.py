@@ -138,7 +138,7 @@ def markdown(result: dict[str, Any]) -> str:
                         r["memory_plan"]) if n
         )  # fmt: skip
         cells = [
-            _num(r["step_s"]), f"{r['step_spread']:.0%}", _num(r["frames_per_s"], ".0f"),
+            _num(r["step_s"]), f"{r['step_spread']:.0%}", _num(r["frames_per_s"], ".4g"),
             _num(r["peak_memory_gib"], ".2f"), _num(r["train_tflops"], ".3g"),
             _num(r["val_patch_s"]), _num(r["val_tflops"], ".3g"), _num(r.get("cache_patch_s")),
         ]  # fmt: skip
