@@ -89,7 +89,7 @@ def _header(result: dict[str, Any]) -> list[str]:
         "# gfmtune bench-train",
         "",
         f"{result['date']} · {machine['device']} · torch {machine['torch']} · "
-        f"{machine['cpus']} CPUs, {machine['threads']} torch threads",
+        f"{machine['cpus']} CPUs, torch threads: {machine['threads']}",
         "",
     ]
     if machine["device_type"] != "cuda":
