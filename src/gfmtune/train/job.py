@@ -325,7 +325,7 @@ class CellJob:
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": torch.get_rng_state(),
-                "cuda_rng": _cuda_rng(),
+                "cuda_rng": _cuda_rng(self.device),
                 "order": order.get_state(),
                 "crops": crops.get_state(),
                 "loop": state,
@@ -338,7 +338,8 @@ class CellJob:
         if not path.exists():
             return
         try:
-            saved = load_tensors(path, self.device)
+            # on CPU: loaded onto the GPU, AdamW's step counters would cost host syncs every step
+            saved = load_tensors(path, "cpu")
         except CorruptFileError as err:
             log.warning("%s; moved to %s, starting the cell over", err, set_aside(path).name)
             return
@@ -349,8 +350,8 @@ class CellJob:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"].cpu())
-        if saved["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in saved["cuda_rng"]])
+        if saved["cuda_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
         order.set_state(saved["order"].cpu())
         crops.set_state(saved["crops"].cpu())
         state.update(saved["loop"])
@@ -399,8 +400,9 @@ class CellJob:
         return metrics
 
 
-def _cuda_rng() -> list[torch.Tensor] | None:
-    return torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+def _cuda_rng(device: torch.device) -> torch.Tensor | None:
+    """The RNG state of the job's own GPU (None on CPU)."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
