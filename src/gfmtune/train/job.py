@@ -289,7 +289,7 @@ class CellJob:
                 self.device,
                 self.amp,
                 crops,
-                on_step=lambda _: bar.update(),
+                on_step=bar.update,
                 auto_memory=self.s.auto_memory,
             )
             row = {"epoch": epoch + 1, "train_loss": loss}

@@ -136,17 +136,18 @@ def train_epoch(
     device: torch.device,
     amp: torch.dtype | None,
     crops: torch.Generator,
-    on_step: Callable[[float], None] = lambda loss: None,
+    on_step: Callable[[], None] = lambda: None,
     auto_memory: bool = True,
 ) -> float:
-    """One pass over the training loader; returns the mean loss.
+    """One pass over the training loader; returns the mean loss. The running loss stays on the
+    device (one host sync per epoch, not per step); ``on_step`` is called after every step.
 
     On a GPU out-of-memory error, a model with an encoder switches once to chunked encoder
     calls with activation checkpointing and redoes the step (``auto_memory``); a second one
     stops with the settings to change.
     """
     model.train()
-    total, steps = 0.0, 0
+    total, steps = torch.zeros((), dtype=torch.float64, device=device), 0
     for x, days, y in _batches(loader, device):
         if not isinstance(x, list):
             x, y = spec.policy.train_view(x, y, crops)
@@ -175,9 +176,9 @@ def train_epoch(
                 raise out_of_memory(frames) from again
         optimizer.step()
         scheduler.step()
-        total, steps = total + float(loss.detach()), steps + 1
-        on_step(float(loss.detach()))
-    return total / max(steps, 1)
+        total, steps = total + loss.detach(), steps + 1
+        on_step()
+    return float(total) / max(steps, 1)
 
 
 def out_of_memory(frames: int) -> RuntimeError:
