@@ -19,6 +19,10 @@ class DiskFullError(OSError):
     """A write failed for lack of disk space; the message names the path and the space."""
 
 
+class InsufficientSpaceError(OSError):
+    """Not enough free disk space for the planned downloads or extraction."""
+
+
 def free_bytes(path: Path) -> int:
     """Free bytes on the file system holding ``path`` (or its nearest existing parent)."""
     probe = Path(path).absolute()
@@ -32,6 +36,16 @@ def space_message(path: Path, needed: int | None) -> str:
     free = free_bytes(path)
     need = f"{needed} bytes needed ({needed / 1e9:.2f} GB), " if needed is not None else ""
     return f"{need}{free} bytes free ({free / 1e9:.2f} GB)"
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    """Raise :class:`InsufficientSpaceError` (naming ``folder``) if under ``needed`` bytes free."""
+    free = free_bytes(folder)
+    if needed > free:
+        raise InsufficientSpaceError(
+            f"not enough free disk space in {folder}: {needed} bytes needed "
+            f"({needed / 1e9:.2f} GB), {free} free ({free / 1e9:.2f} GB)"
+        )
 
 
 @contextmanager

@@ -16,15 +16,14 @@ from gfmtune.data.download import http
 from gfmtune.data.download.http import (
     ChecksumError,
     DownloadError,
-    InsufficientSpaceError,
     RemoteFile,
     RemoteNotFoundError,
     download_all,
     download_file,
-    parse_digest,
     remaining_bytes,
 )
-from gfmtune.fileio import DiskFullError
+from gfmtune.fileio import DiskFullError, InsufficientSpaceError
+from gfmtune.verify import parse_digest
 from tests.data.fake_servers import FileServer, guard_localhost
 
 DATA = np.random.default_rng(0).bytes(300_000)

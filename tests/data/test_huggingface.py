@@ -14,8 +14,9 @@ import pytest
 
 from gfmtune import pastis
 from gfmtune.cli import main
-from gfmtune.data.download.http import ChecksumError, DownloadError, InsufficientSpaceError
+from gfmtune.data.download.http import ChecksumError, DownloadError
 from gfmtune.data.download.huggingface import download_pastis_hd
+from gfmtune.fileio import InsufficientSpaceError
 from tests.data.fake_servers import (
     SMALL,
     FakeHub,

@@ -38,9 +38,8 @@ from tqdm import tqdm
 from zarr.codecs import BloscCodec
 
 from gfmtune import pastis
-from gfmtune.data.download.http import check_free_space
 from gfmtune.data.inventory import provenance, read_inventory
-from gfmtune.fileio import disk_full_reported
+from gfmtune.fileio import check_free_space, disk_full_reported
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gfmtune.data.download.http import mismatch
 from gfmtune.models.catalog import CHECKPOINTS, Checkpoint
+from gfmtune.verify import mismatch
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,7 @@ from gfmtune.fileio import atomic_path, atomic_write_text, set_aside
 from gfmtune.models.registry import ModelSpec
 from gfmtune.tensorio import CorruptFileError, load_tensors
 from gfmtune.train.loop import autocast
+from gfmtune.verify import file_digest
 
 log = logging.getLogger(__name__)
 ALL_FOLDS = (1, 2, 3, 4, 5)
@@ -42,10 +43,6 @@ COMPLETE = "complete.json"
 def store_content_digest(store: Path) -> str | None:
     """The store's ``content_digest`` attribute (a digest of its source files), if recorded."""
     return zarr.open_group(str(store), mode="r").attrs.get("content_digest")
-
-
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _module_digest(module: nn.Module) -> str:
@@ -69,7 +66,7 @@ def cache_key(
         "model": spec.name,
         "encoder": _module_digest(encoder),
         "policy": repr(spec.policy),
-        "timesteps": _file_digest(timesteps),
+        "timesteps": file_digest(timesteps, "sha256"),
         "store": content_digest,
         "norm": norm,
         "nodata": nodata,

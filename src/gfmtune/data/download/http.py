@@ -9,7 +9,6 @@ trusted for its presence alone, and one that does not match is renamed
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -24,13 +23,13 @@ from typing import TypeVar
 import requests
 from tqdm import tqdm
 
-from gfmtune.fileio import disk_full_reported, free_bytes, set_aside
+from gfmtune.fileio import check_free_space, disk_full_reported, set_aside
+from gfmtune.verify import mismatch
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DIGEST_ALGORITHMS = ("md5", "sha256")
 DEFAULT_RETRIES = 5
 DEFAULT_BACKOFF_S = 1.0
 MAX_DELAY_S = 60.0
@@ -57,10 +56,6 @@ class ChecksumError(ValueError):
     """A downloaded file's size or digest differs from the published one; it was deleted."""
 
 
-class InsufficientSpaceError(OSError):
-    """Not enough free disk space for the planned downloads or extraction."""
-
-
 @dataclass(frozen=True)
 class RemoteFile:
     """One file to fetch: URL, local destination, expected size and ``"algo:hex"`` digest."""
@@ -78,38 +73,6 @@ class RemoteFile:
 def part_path(dest: Path) -> Path:
     """The partial file a download of ``dest`` writes before its verification."""
     return dest.with_name(dest.name + ".part")
-
-
-def parse_digest(digest: str) -> tuple[str, str]:
-    """Split ``"md5:abc..."`` into ``("md5", "abc...")``; only md5 and sha256 are accepted."""
-    algo, sep, value = digest.partition(":")
-    algo, value = algo.strip().lower(), value.strip().lower()
-    if not sep or algo not in DIGEST_ALGORITHMS or not value:
-        raise ValueError(f"digest {digest!r} is not 'md5:<hex>' or 'sha256:<hex>'")
-    return algo, value
-
-
-def file_digest(path: Path, algo: str) -> str:
-    """Hex digest of a file, read in chunks."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, algo).hexdigest()
-
-
-def mismatch(path: Path, size: int | None, digest: str | None) -> str | None:
-    """What differs between ``path`` and ``size``/``digest`` (expected and actual values), or None
-    when it matches; a file with neither to check against does not match."""
-    if size is None and digest is None:
-        return "no size or digest to verify it against"
-    problems = []
-    actual_size = path.stat().st_size
-    if size is not None and actual_size != size:
-        problems.append(f"size mismatch, expected {size} bytes, got {actual_size}")
-    if digest is not None:
-        algo, expected = parse_digest(digest)
-        actual = file_digest(path, algo)
-        if actual != expected:
-            problems.append(f"{algo} mismatch, expected {expected}, got {actual}")
-    return "; ".join(problems) or None
 
 
 def verify_file(path: Path, size: int | None, digest: str | None, name: str | None = None) -> None:
@@ -313,16 +276,6 @@ def remaining_bytes(files: Iterable[RemoteFile]) -> int:
         done = file.part.stat().st_size if file.part.is_file() else 0
         total += max(file.size - done, 0)
     return total
-
-
-def check_free_space(folder: Path, needed: int) -> None:
-    """Raise :class:`InsufficientSpaceError` (naming ``folder``) if under ``needed`` bytes free."""
-    free = free_bytes(folder)
-    if needed > free:
-        raise InsufficientSpaceError(
-            f"not enough free disk space in {folder}: {needed} bytes needed "
-            f"({needed / 1e9:.2f} GB), {free} free ({free / 1e9:.2f} GB)"
-        )
 
 
 def download_all(

@@ -41,11 +41,10 @@ from gfmtune.data.download.http import (
     ChecksumError,
     DownloadError,
     TransientError,
-    check_free_space,
     with_retries,
 )
 from gfmtune.data.download.local import validate_layout
-from gfmtune.fileio import atomic_write_text
+from gfmtune.fileio import atomic_write_text, check_free_space
 
 log = logging.getLogger(__name__)
 

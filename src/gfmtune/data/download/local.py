@@ -29,8 +29,8 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from gfmtune import pastis
-from gfmtune.data.download.http import CHUNK_SIZE, check_free_space
-from gfmtune.fileio import atomic_write_text, disk_full_reported
+from gfmtune.data.download.http import CHUNK_SIZE
+from gfmtune.fileio import atomic_write_text, check_free_space, disk_full_reported
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from gfmtune.data.download.http import (
     RemoteFile,
     download_all,
     get_json,
-    parse_digest,
 )
 from gfmtune.data.download.local import extract_archive, is_archive, validate_layout
+from gfmtune.verify import parse_digest
 
 log = logging.getLogger(__name__)
 
