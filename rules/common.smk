@@ -7,7 +7,7 @@ import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import Paramspace
 
-from gfmtune.train.settings import ConfigError, validate_config
+from gfmtune.config import ConfigError, validate_config
 
 # Against src/gfmtune/resources/config.schema.yaml, filling its defaults (not in train.settings);
 # a bad key ends the run with one line naming it, its value and what is allowed.

@@ -12,7 +12,8 @@ import xarray as xr
 import yaml
 from jsonschema import Draft202012Validator
 
-from gfmtune.train.settings import TrainSettings, config_schema, settings_schema
+from gfmtune.config import config_schema, settings_schema
+from gfmtune.train.settings import TrainSettings
 from tests.data.test_store import assert_store_equals_source
 from tests.report_browser import rendered_figures
 from tests.workflow_helpers import REPO, job_counts, readme_commands, run_snakemake

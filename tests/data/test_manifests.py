@@ -13,8 +13,8 @@ import yaml
 
 from gfmtune import pastis
 from gfmtune.cli import main
+from gfmtune.config import ConfigError, validate_config
 from gfmtune.data import manifests as mf
-from gfmtune.train.settings import ConfigError, validate_config
 from tests.workflow_helpers import REPO, run_snakemake
 
 

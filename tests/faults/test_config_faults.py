@@ -22,10 +22,11 @@ import yaml
 from snakemake.utils import update_config
 
 from gfmtune.cli import main
+from gfmtune.config import ConfigError, validate_config
 from gfmtune.models import catalog
 from gfmtune.models.checkpoints import CheckpointError, locate, read_checkpoint
 from gfmtune.models.croma import CromaOpticalEncoder
-from gfmtune.train.settings import ConfigError, TrainSettings, validate_config
+from gfmtune.train.settings import TrainSettings
 from tests.data.fake_servers import FileServer
 from tests.models.test_checkpoints import (
     TouchOnUnpickle,

@@ -7,12 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gfmtune.config import ConfigError
 from gfmtune.models.croma import CROMA_BANDS
 from gfmtune.models.dino import DINO_BANDS, DinoEncoder
 from gfmtune.models.policies import InputPolicy, adapt_bands, band_index, window_offsets
 from gfmtune.models.registry import get_spec
 from gfmtune.models.upernet import TemporalUPerNet
-from gfmtune.train.settings import ConfigError, TrainSettings
+from gfmtune.train.settings import TrainSettings
 
 
 def test_band_adaptation_fills_missing_bands_with_zero() -> None:

@@ -102,9 +102,9 @@ def test_memory_plan_gives_identical_outputs_and_gradients() -> None:
 
 
 def test_corrected_variants() -> None:
+    from gfmtune.config import config_schema
     from gfmtune.models.catalog import FAMILIES, FROM_SCRATCH, MODEL_CHECKPOINTS
     from gfmtune.models.registry import REGISTRY
-    from gfmtune.train.settings import config_schema
 
     assert set(FAMILIES) == set(REGISTRY)  # the torch-free catalog agrees with the registry
     assert set(config_schema()["properties"]["models"]["items"]["enum"]) == set(REGISTRY)

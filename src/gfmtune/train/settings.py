@@ -1,143 +1,14 @@
-"""Training settings (the paper's protocol as defaults, REFERENCE §2) and the validation of the
-workflow configuration against its JSON schema, ``gfmtune/resources/config.schema.yaml``.
-
-The schema is the one source of truth for what a configuration may hold: the Snakefile validates
-the whole configuration with :func:`validate_config`, and :meth:`TrainSettings.from_mapping`
-validates ``train.settings`` against the same sub-schema, so ``gfmtune train`` and ``snakemake -n``
-reject a bad setting with the same one-line message (key, value, what is allowed).
+"""Training settings: the paper's protocol as defaults (REFERENCE §2), overridable by config;
+validated against the configuration schema's ``train.settings`` (:mod:`gfmtune.config`).
 """
 
 from __future__ import annotations
 
-import copy
-import difflib
-import functools
 import json
-from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 
-import yaml
-from jsonschema import Draft202012Validator, ValidationError, validators
-
-#: The settings' place in the workflow configuration, also the prefix of their error messages.
-SETTINGS_PATH = ("train", "settings")
-
-
-class ConfigError(ValueError):
-    """The configuration does not fit the schema; one line per problem."""
-
-
-@functools.cache
-def config_schema() -> dict:
-    """The workflow configuration's JSON schema (do not modify the returned dict)."""
-    text = resources.files("gfmtune.resources").joinpath("config.schema.yaml").read_text()
-    return yaml.safe_load(text)
-
-
-def settings_schema() -> dict:
-    """The sub-schema of ``train.settings``."""
-    schema = config_schema()
-    for key in SETTINGS_PATH:
-        schema = schema["properties"][key]
-    return schema
-
-
-def _fill_defaults(validator, properties: dict, instance, schema: dict) -> Iterator:
-    """``properties`` that first sets absent keys to their schema default (a copy), except in
-    objects marked ``fill_defaults: false``; as ``snakemake.utils.validate(set_default=True)``."""
-    if isinstance(instance, dict) and schema.get("fill_defaults", True):
-        for key, sub in properties.items():
-            if "default" in sub:
-                instance.setdefault(key, copy.deepcopy(sub["default"]))
-    yield from Draft202012Validator.VALIDATORS["properties"](
-        validator, properties, instance, schema
-    )
-
-
-_FillingValidator = validators.extend(Draft202012Validator, {"properties": _fill_defaults})
-
-
-def validate_config(config: dict) -> dict:
-    """Validate the workflow configuration in place, filling in the schema's defaults (not in
-    ``train.settings``); raise :class:`ConfigError` listing every problem."""
-    _raise_errors(_FillingValidator(config_schema()).iter_errors(config), ())
-    return config
-
-
-def validate_settings(values: dict) -> None:
-    """Validate training settings against the schema's ``train.settings``, without defaults."""
-    _raise_errors(Draft202012Validator(settings_schema()).iter_errors(values), SETTINGS_PATH)
-
-
-def _raise_errors(errors: Iterator[ValidationError], prefix: Sequence[str]) -> None:
-    lines = sorted({line for err in errors for line in _describe_error(err, prefix)})
-    if lines:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
-
-
-def _key(path: Sequence[str | int]) -> str:
-    """``train.settings.betas[1]`` from ``("train", "settings", "betas", 1)``."""
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else part
-    return out
-
-
-def _suggest(value: object, choices: Sequence[object]) -> str:
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _describe_error(err: ValidationError, prefix: Sequence[str]) -> list[str]:
-    """One line per problem: the key's path, the bad value and what the schema allows."""
-    path = [*prefix, *err.absolute_path]
-    if err.validator == "additionalProperties":
-        known = sorted(err.schema["properties"])
-        where = f" in {_key(path)}" if path else ""
-        return [
-            f"{_key([*path, extra])}: unknown key{_suggest(extra, known)}; "
-            f"allowed keys{where}: {', '.join(known)}"
-            for extra in sorted(set(err.instance) - set(known))
-        ]
-    line = f"{_key(path) or 'configuration'}: {err.message}"
-    if err.validator == "enum":
-        line += _suggest(err.instance, err.validator_value)
-    else:
-        line += f"; allowed: {_allowed(err.schema)}"
-    if "default" in err.schema:
-        line += f" (default {json.dumps(err.schema['default'])})"
-    if err.validator == "type" and _numeric_string(err.instance):
-        line += f"; YAML reads {err.instance} as a string: write it with a decimal point (1.0e-3)"
-    return [line]
-
-
-def _numeric_string(value: object) -> bool:
-    """A number YAML 1.1 took for a string, such as ``1e-3``."""
-    if not isinstance(value, str):
-        return False
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
-
-
-def _allowed(schema: dict) -> str:
-    """What a sub-schema accepts, in words: ``integer >= 1``, ``2 items, each number < 1``."""
-    if "enum" in schema:
-        return "one of " + ", ".join(json.dumps(v) for v in schema["enum"])
-    types = schema.get("type", "any value")
-    text = " or ".join(types) if isinstance(types, list) else types
-    bounds = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
-    limits = [f"{op} {schema[k]}" for k, op in bounds.items() if k in schema]
-    text += " " + " and ".join(limits) if limits else ""
-    text += f" matching {schema['pattern']}" if "pattern" in schema else ""
-    if "minItems" in schema and schema.get("maxItems") == schema["minItems"]:
-        text += f" of {schema['minItems']} items"
-    text += f", each {_allowed(schema['items'])}" if "items" in schema else ""
-    return text
+from gfmtune.config import validate_settings
 
 
 @dataclass(frozen=True)
