@@ -29,6 +29,28 @@ def fmt_percent(percent):
 
 PERCENTS = [fmt_percent(p) for p in MANIFESTS["label_percents"]]
 TIMESTEPS = [int(t) for t in MANIFESTS["timesteps"]]
+#: Label-split variants (manifests.split_variants), trained again at VARIANT_PERCENTS.
+VARIANTS = MANIFESTS["split_variants"]
+VARIANT_PERCENTS = [
+    fmt_percent(p)
+    for p in MANIFESTS["variant_percents"] or [p for p in PERCENTS if float(p) <= 10]
+] if VARIANTS else []
+for _p in VARIANT_PERCENTS:
+    if _p not in PERCENTS:
+        raise WorkflowError(
+            f"manifests.variant_percents: {_p} is not one of label_percents {PERCENTS}"
+        )
+
+
+def split_option(split, key):
+    """label_strategy, argsort or seed of a label split: main or a variant's override."""
+    return VARIANTS.get(split, {}).get(key, MANIFESTS[key])
+
+
+def split_dir(split):
+    """Folder of a label split's manifests: label_split/ (main) or label_split~<variant>/."""
+    name = "label_split" if split == "main" else f"label_split~{split}"
+    return RUN / "manifests" / name
 
 
 wildcard_constraints:
@@ -40,6 +62,7 @@ wildcard_constraints:
     label_percent=r"\d+(\.\d+)?",
     timesteps=r"\d+",
     seed=r"\d+",
+    split=r"[a-z0-9_]+",
 
 
 def download_dir():
@@ -136,7 +159,16 @@ def train_runtime(wildcards, attempt):
 
 
 def cell_metrics():
-    return [RUN / "cells" / instance / "metrics.json" for instance in CELLS.instance_patterns]
+    """Every cell's metrics.json: the grid on the main split, then each variant's cells (the
+    grid's cells at VARIANT_PERCENTS) under cells/split~<variant>/."""
+    main = [RUN / "cells" / instance / "metrics.json" for instance in CELLS.instance_patterns]
+    variants = [
+        RUN / "cells" / f"split~{split}" / instance / "metrics.json"
+        for split in VARIANTS
+        for instance in CELLS.instance_patterns
+        if instance.split("label_percent~", 1)[1].split("/", 1)[0] in VARIANT_PERCENTS
+    ]
+    return main + variants
 
 
 def all_targets():
@@ -150,5 +182,6 @@ def all_targets():
         RUN / "data" / "s2.zarr",
         *[RUN / "manifests" / "label_split" / f"{p}.csv" for p in PERCENTS],
         RUN / "manifests" / "label_split" / "summary.csv",
+        *[split_dir(split) / "summary.csv" for split in VARIANTS],
         *[RUN / "manifests" / "timesteps" / f"{t}.csv" for t in TIMESTEPS],
     ]

@@ -2,11 +2,12 @@
 from gfmtune.data.manifests import argsort_path
 
 # An argsort variant whose order file was never generated stops the run before any job starts.
-if MANIFESTS["label_strategy"] == "paper":
-    try:
-        argsort_path(MANIFESTS["argsort"])
-    except FileNotFoundError as err:
-        raise WorkflowError(str(err)) from None
+for _split in ["main", *VARIANTS]:
+    if split_option(_split, "label_strategy") == "paper":
+        try:
+            argsort_path(split_option(_split, "argsort"))
+        except FileNotFoundError as err:
+            raise WorkflowError(f"split {_split}: {err}") from None
 
 
 rule label_splits:
@@ -29,6 +30,21 @@ rule label_splits:
         "gfmtune manifests labels --store {input} --out {params.out} --percents {params.percents}"
         " --strategy {params.strategy} --seed {params.seed} --argsort {params.argsort}"
         " > {log} 2>&1"
+
+
+# A label-split variant (manifests.split_variants): its own manifests at VARIANT_PERCENTS.
+use rule label_splits as label_split_variant with:
+    output:
+        splits=[split_dir("{split}") / f"{p}.csv" for p in VARIANT_PERCENTS],
+        summary=split_dir("{split}") / "summary.csv",
+    params:
+        percents=" ".join(VARIANT_PERCENTS),
+        strategy=lambda wildcards: split_option(wildcards.split, "label_strategy"),
+        seed=lambda wildcards: split_option(wildcards.split, "seed"),
+        argsort=lambda wildcards: split_option(wildcards.split, "argsort"),
+        out=lambda wildcards, output: Path(output.summary).parent,
+    log:
+        RUN / "logs" / "label_splits~{split}.log",
 
 
 rule timestep_manifest:

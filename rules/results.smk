@@ -13,6 +13,11 @@ rule results:
             category="Tables",
         ),
         cost=RUN / "tables" / "cost.csv",
+        spread=report(
+            RUN / "tables" / "split_spread.csv",
+            caption="report/split_spread.rst",
+            category="Tables",
+        ),
         curves=report(
             RUN / "figures" / "miou_vs_frames.png",
             caption="report/miou_vs_frames.rst",

@@ -12,6 +12,7 @@ rule train:
     output:
         RUN / "cells" / CELLS.wildcard_pattern / "metrics.json",
     params:
+        split=lambda wildcards: wildcards.get("split", "main"),
         settings=json.dumps(config["train"]["settings"]),
         weights=weights_args,
         device=config["train"]["device"],
@@ -34,7 +35,22 @@ rule train:
         ' CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-unset}}"; fi;'
         " gfmtune train --store {input.store} --label-split {input.split}"
         " --timesteps {input.timesteps} --model {wildcards.model} --ft-rate {wildcards.ft_rate}"
-        " --seed {wildcards.seed} --settings-json '{params.settings}' {params.weights}"
+        " --seed {wildcards.seed} --split-name {params.split} --settings-json '{params.settings}' {params.weights}"
         " --device {params.device} --feature-cache {params.cache} --out {params.out}"
         " --threads {threads}"
         " --no-progress; }} > {log} 2>&1"
+
+
+# The grid's cells again on a label-split variant (manifests.split_variants, at VARIANT_PERCENTS).
+use rule train as train_variant with:
+    input:
+        store=RUN / "data" / "s2.zarr",
+        split=split_dir("{split}") / "{label_percent}.csv",
+        timesteps=RUN / "manifests" / "timesteps" / "{timesteps}.csv",
+        weights=weights_stamp,
+    output:
+        RUN / "cells" / "split~{split}" / CELLS.wildcard_pattern / "metrics.json",
+    log:
+        RUN / "logs" / "train" / "split~{split}" / f"{CELLS.wildcard_pattern}.log",
+    benchmark:
+        RUN / "benchmarks" / "train" / "split~{split}" / f"{CELLS.wildcard_pattern}.tsv"

@@ -46,6 +46,39 @@ def test_authors_overlay_plans_the_same_140_cells_with_every_switch(tmp_path: Pa
     assert "model~utae_paper/" in result.stdout and "model~utae/" not in result.stdout
 
 
+VARIANTS = {"split_variants": {"rnd": {"label_strategy": "random", "seed": 3},
+                               "x2": {"argsort": "avx2"}}}  # fmt: skip
+
+
+def test_split_variants_retrain_the_scarce_cells(tmp_path: Path) -> None:
+    """Each variant trains the grid's 1 % and 10 % cells again on its own manifests."""
+    result = run_snakemake(tmp_path, "-n", "-p", "--cores", "1", config={"manifests": VARIANTS})
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert counts["train"] == 140 and counts["train_variant"] == 2 * 70
+    assert counts["label_splits"] == 1 and counts["label_split_variant"] == 2
+    assert "--strategy random --seed 3 --argsort identity" in result.stdout
+    assert "--strategy paper --seed 0 --argsort avx2" in result.stdout
+    for percent in (1, 10):
+        assert f"cells/split~rnd/model~croma/ft_rate~0.1/label_percent~{percent}/" in result.stdout
+        assert f"manifests/label_split~x2/{percent}.csv --timesteps" in result.stdout
+    assert "split~rnd/model~croma/ft_rate~0.1/label_percent~50/" not in result.stdout
+    assert "--split-name x2" in result.stdout and "--split-name main" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "manifests, message",
+    [
+        ({"split_variants": {"main": {"argsort": "avx2"}}}, "'main' should not be valid"),
+        ({"split_variants": {"R": {}}}, "does not match"),
+        ({**VARIANTS, "variant_percents": [5]}, "5 is not one of label_percents"),
+    ],
+)
+def test_bad_split_variants_are_rejected(tmp_path: Path, manifests: dict, message: str) -> None:
+    result = run_snakemake(tmp_path, "-n", config={"manifests": manifests})
+    assert result.returncode != 0 and message in result.stdout + result.stderr
+
+
 def test_lint_is_clean(tmp_path: Path) -> None:
     result = run_snakemake(tmp_path, "--lint")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -122,3 +155,35 @@ def test_demo_end_to_end_with_report(tmp_path: Path) -> None:
 
     again = run_snakemake(tmp_path, *demo)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_split_variant_and_seeds_end_to_end(tmp_path: Path) -> None:
+    """U-TAE-tiny at 10 % and 100 %, two seeds, one random split variant: the variant's cells
+    record their split, stay out of the paper tables, and the spread table compares them."""
+    mini = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    mini |= {"run": "mini", "models": ["utae_tiny"]}
+    mini["manifests"] = {
+        "label_percents": [10, 100],
+        "timesteps": [1],
+        "split_variants": {"rnd": {"label_strategy": "random", "seed": 3}},
+    }
+    mini["train"] |= {"seeds": [0, 1]}
+    mini["train"]["settings"] |= {"epochs": 2}  # fmt: skip
+    result = run_snakemake(tmp_path, "--cores", "2", "--until", "results", config=mini,
+                           timeout=800)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "results" / "mini"
+    variant = run / "cells" / "split~rnd" / "model~utae_tiny" / "ft_rate~none"
+    assert {p.name for p in variant.iterdir()} == {"label_percent~10"}
+    metrics = variant / "label_percent~10" / "timesteps~1" / "seed~1" / "metrics.json"
+    assert '"split": "rnd"' in metrics.read_text()
+    table = pd.read_csv(run / "tables" / "miou.csv")
+    assert sorted(table.split) == ["main"] * 4 + ["rnd"] * 2
+    layout = (run / "tables" / "miou_100_10.md").read_text()
+    main10 = table[(table.split == "main") & (table.label_percent == 10)].miou_paper
+    assert f"{main10.mean():.2f} ± {main10.std():.2f}" in layout
+    moved = pd.read_csv(run / "tables" / "split_spread.csv").set_index("label_percent")
+    assert moved.loc[10.0, "runs"] == 4 and moved.loc[10.0, "splits"] == "main, rnd"
+    assert moved.loc[100.0, "runs"] == 2 and pd.isna(moved.loc[100.0, "split_range"])

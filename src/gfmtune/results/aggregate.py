@@ -1,7 +1,8 @@
 """Collect every finished cell (``metrics.json``) into one table, ``tables/miou.csv``.
 
 One row per cell and seed: model (CROMA / DINO / U-TAE), registry name, ft_rate (empty for
-U-TAE), label_percent, timesteps, seed, miou and miou_paper and oa (percent), per-class IoU
+U-TAE), label_percent, timesteps, seed, split (``main``: the run's label split, else the name of
+a ``manifests.split_variants`` entry), miou and miou_paper and oa (percent), per-class IoU
 (percent), best_epoch, wall_seconds, gpu_hours.
 """
 
@@ -35,6 +36,7 @@ def cell_row(path: Path) -> dict:
         "label_percent": float(cell["label_percent"]),
         "timesteps": int(cell["timesteps"]),
         "seed": int(cell["seed"]),
+        "split": cell.get("split", "main"),
         "miou": _pct(test["miou"]),
         "miou_paper": _pct(test["miou_paper"]),
         "oa": _pct(test["oa"]),
@@ -55,7 +57,9 @@ def collect(paths: Iterable[Path]) -> pd.DataFrame:
     if not rows:
         raise ValueError("no finished cell to aggregate")
     table = pd.DataFrame(rows)
-    order = ["model", "ft_rate", "label_percent", "timesteps", "seed"]
-    return table.sort_values(
-        order, na_position="last", ascending=[True, True, False, True, True], ignore_index=True
+    table["main"] = table.split == "main"
+    order = ["model", "ft_rate", "label_percent", "timesteps", "main", "split", "seed"]
+    table = table.sort_values(
+        order, na_position="last", ascending=[True, True, False, True, False, True, True]
     )
+    return table.drop(columns="main").reset_index(drop=True)

@@ -308,6 +308,8 @@ def write_maps(
     """Maps and figure of the run folder ``run``; returns what was written."""
     run = Path(run)
     table = pd.read_csv(run / "tables" / "miou.csv")
+    if "split" in table:  # maps from the run's own label split (variants live elsewhere)
+        table = table[table.split == "main"]
     choices = best_cells(table, run / "cells")
     if not choices:
         raise ValueError(f"{run / 'cells'}: no cell of {run / 'tables' / 'miou.csv'} kept {BEST}")

@@ -6,12 +6,14 @@ Writes under ``--out`` (``results/<run>``)::
     tables/miou_<fractions>.{md,tex,csv} the paper's layout, best of each column marked
     tables/comparison.{csv,md}           ours, the paper's and the difference per cell
     tables/cost.csv                      GPU-hours and wall time per model and in total
+    tables/split_spread.{csv,md}         how much cells move between label splits and seeds
     figures/miou_vs_frames.{png,pdf}     per fraction, published curves dashed
     figures/heatmaps.{png,pdf}           mIoU over (FT-Rate, frames) per model and fraction
     claims.{json,md}                     the paper's conclusions checked on these results
 
 Every value in the paper-layout tables, the comparison and the claims is the paper's
-convention (``miou_paper``: mean over 20 classes with void as 0, percent).
+convention (``miou_paper``: mean over 20 classes with void as 0, percent), from the run's own
+label split (``main``); the cost table counts every cell, label-split variants included.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from gfmtune.fileio import atomic_path, atomic_write_text
-from gfmtune.results import claims, figures, tables
+from gfmtune.results import claims, figures, spread, tables
 from gfmtune.results.aggregate import collect
 from gfmtune.results.published import CITATION, published
 
@@ -65,7 +67,7 @@ def write_results(cells: list[Path], out: Path) -> dict:
     out = Path(out)
     table = collect(cells)
     _csv(table, out / "tables" / "miou.csv")
-    ours = tables.summarize(table, VALUE)
+    ours = tables.summarize(table[table.split == spread.MAIN], VALUE)
     paper = tables.summarize(published().rename(columns={"miou": VALUE}), VALUE)
     written = {"tables": [out / "tables" / "miou.csv"]}
     for group in tables.fraction_groups(list(ours.label_percent.unique())):
@@ -85,8 +87,18 @@ def write_results(cells: list[Path], out: Path) -> dict:
         f"Published values: {CITATION}.\n\n" + _markdown(comparison),
     )
     _csv(cost_table(table), out / "tables" / "cost.csv")
+    moves = spread.split_spread(table, VALUE)
+    _csv(moves, out / "tables" / "split_spread.csv")
+    atomic_write_text(out / "tables" / "split_spread.md", spread.to_markdown(moves, _markdown))
     written["tables"] += [
-        out / "tables" / n for n in ("comparison.csv", "comparison.md", "cost.csv")
+        out / "tables" / n
+        for n in (
+            "comparison.csv",
+            "comparison.md",
+            "cost.csv",
+            "split_spread.csv",
+            "split_spread.md",
+        )
     ]
     fractions = sorted(ours.label_percent.unique(), reverse=True)
     panels = [fractions[0], fractions[-1]] if len(fractions) > 1 else fractions

@@ -67,6 +67,7 @@ class Cell:
     label_percent: str
     timesteps: int
     seed: int = 0
+    split: str = "main"  # the run's label split, or a manifests.split_variants name
 
 
 @dataclass(frozen=True)
@@ -412,6 +413,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--ft-rate", default="none", help="encoder lr / decoder lr, or none")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--split-name", default="main", help="the label split's name: main, or a split variant's"
+    )
     parser.add_argument("--settings", type=Path, help="JSON file of training settings")
     parser.add_argument("--settings-json", help="training settings as a JSON string")
     parser.add_argument("--weights-dir", type=Path, help="folder of pretrained checkpoints")
@@ -426,7 +430,12 @@ def run(args: argparse.Namespace) -> int:
     ft = None if args.ft_rate in ("none", "", None) else float(args.ft_rate)
     manifest = pd.read_csv(args.timesteps, nrows=1)
     cell = Cell(
-        args.model, ft, args.label_split.stem, len(str(manifest.frames.iloc[0]).split()), args.seed
+        args.model,
+        ft,
+        args.label_split.stem,
+        len(str(manifest.frames.iloc[0]).split()),
+        args.seed,
+        args.split_name,
     )
     if args.threads:
         torch.set_num_threads(args.threads)
