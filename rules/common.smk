@@ -31,15 +31,23 @@ PERCENTS = [fmt_percent(p) for p in MANIFESTS["label_percents"]]
 TIMESTEPS = [int(t) for t in MANIFESTS["timesteps"]]
 #: Label-split variants (manifests.split_variants), trained again at VARIANT_PERCENTS.
 VARIANTS = MANIFESTS["split_variants"]
-VARIANT_PERCENTS = [
-    fmt_percent(p)
-    for p in MANIFESTS["variant_percents"] or [p for p in PERCENTS if float(p) <= 10]
-] if VARIANTS else []
-for _p in VARIANT_PERCENTS:
-    if _p not in PERCENTS:
-        raise WorkflowError(
-            f"manifests.variant_percents: {_p} is not one of label_percents {PERCENTS}"
-        )
+
+
+def scarce_percents(key, chosen):
+    """``chosen`` label fractions (as in file names), or those of at most 10 % when None; each
+    must be one of label_percents (``key`` names the setting in the error)."""
+    if chosen is None:
+        return [p for p in PERCENTS if float(p) <= 10]
+    percents = [fmt_percent(p) for p in chosen]
+    for p in percents:
+        if p not in PERCENTS:
+            raise WorkflowError(f"{key}: {p} is not one of label_percents {PERCENTS}")
+    return percents
+
+
+VARIANT_PERCENTS = (
+    scarce_percents("manifests.variant_percents", MANIFESTS["variant_percents"]) if VARIANTS else []
+)
 
 
 def split_option(split, key):
@@ -108,13 +116,14 @@ def training_grid():
     from gfmtune.models.catalog import FROM_SCRATCH
 
     train = config["train"]
+    extra = scarce_percents("train.extra_seed_percents", train["extra_seed_percents"])
     rows = [
         (model, "none" if model in FROM_SCRATCH else f"{float(ft):g}", p, str(t), str(seed))
         for model in config["models"]
         for ft in (["none"] if model in FROM_SCRATCH else train["ft_rates"])
         for p in PERCENTS
         for t in TIMESTEPS
-        for seed in train["seeds"]
+        for seed in train["seeds"] + (train["extra_seeds"] if p in extra else [])
     ]
     columns = ["model", "ft_rate", "label_percent", "timesteps", "seed"]
     return pd.DataFrame(sorted(set(rows)), columns=columns)

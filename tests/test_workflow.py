@@ -66,6 +66,22 @@ def test_split_variants_retrain_the_scarce_cells(tmp_path: Path) -> None:
     assert "--split-name x2" in result.stdout and "--split-name main" in result.stdout
 
 
+def test_extra_seeds_train_only_the_scarce_cells(tmp_path: Path) -> None:
+    train = {"extra_seeds": [1, 2]}
+    result = run_snakemake(tmp_path, "-n", "-p", "--cores", "1", config={"train": train})
+    assert result.returncode == 0, result.stderr
+    assert job_counts(result.stdout)["train"] == 140 + 2 * 70  # 1 % and 10 %: 3 seeds
+    assert "model~dino/ft_rate~0/label_percent~1/timesteps~6/seed~2/" in result.stdout
+    assert "label_percent~50/timesteps~6/seed~1/" not in result.stdout
+    train["extra_seed_percents"] = [100]
+    result = run_snakemake(tmp_path, "-n", "--cores", "1", config={"train": train})
+    assert job_counts(result.stdout)["train"] == 140 + 2 * 35
+    train["extra_seed_percents"] = [20]
+    result = run_snakemake(tmp_path, "-n", config={"train": train})
+    assert result.returncode != 0
+    assert "train.extra_seed_percents: 20 is not one of label_percents" in result.stdout
+
+
 @pytest.mark.parametrize(
     "manifests, message",
     [
