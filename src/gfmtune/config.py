@@ -60,9 +60,49 @@ _FillingValidator = validators.extend(Draft202012Validator, {"properties": _fill
 
 def validate_config(config: dict) -> dict:
     """Validate the workflow configuration in place, filling in the schema's defaults (not in
-    ``train.settings``); raise :class:`ConfigError` listing every problem."""
+    ``train.settings``) after :func:`coerce_strings`; raise :class:`ConfigError` listing every
+    problem."""
+    config.update(coerce_strings(config, config_schema()))
     _raise_errors(_FillingValidator(config_schema()).iter_errors(config), ())
     return config
+
+
+#: JSON-schema type -> test of a parsed value (bool is not a number here).
+_TYPES = {
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "array": lambda v: isinstance(v, list),
+    "object": lambda v: isinstance(v, dict),
+}
+
+
+def coerce_strings(value: object, schema: dict) -> object:
+    """``value`` with strings read as YAML where the schema expects no string: nested
+    ``snakemake --config key='{timesteps: [1, 6]}'`` values arrive as strings ('1', '6'), and
+    YAML 1.1 reads ``1e-3`` as one. A string that does not parse to an allowed type is kept,
+    for validation to report."""
+    if isinstance(value, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {
+            k: coerce_strings(v, props.get(k, extra if isinstance(extra, dict) else {}))
+            for k, v in value.items()
+        }
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [coerce_strings(v, schema["items"]) for v in value]
+    types = schema.get("type")
+    types = [types] if isinstance(types, str) else types or []
+    if not isinstance(value, str) or not types or "string" in types:
+        return value
+    for parse in (yaml.safe_load, float):
+        try:
+            parsed = parse(value)
+        except (yaml.YAMLError, ValueError):
+            continue
+        if any(_TYPES[t](parsed) for t in types if t in _TYPES):
+            return coerce_strings(parsed, schema)
+    return value
 
 
 def validate_settings(values: dict) -> None:
@@ -107,20 +147,7 @@ def _describe_error(err: ValidationError, prefix: Sequence[str]) -> list[str]:
         line += f"; allowed: {_allowed(err.schema)}"
     if "default" in err.schema:
         line += f" (default {json.dumps(err.schema['default'])})"
-    if err.validator == "type" and _numeric_string(err.instance):
-        line += f"; YAML reads {err.instance} as a string: write it with a decimal point (1.0e-3)"
     return [line]
-
-
-def _numeric_string(value: object) -> bool:
-    """A number YAML 1.1 took for a string, such as ``1e-3``."""
-    if not isinstance(value, str):
-        return False
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
 
 
 def _allowed(schema: dict) -> str:

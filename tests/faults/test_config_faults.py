@@ -34,7 +34,7 @@ from tests.models.test_checkpoints import (
     croma_file,
     dino_teacher_file,
 )
-from tests.workflow_helpers import REPO, run_snakemake
+from tests.workflow_helpers import REPO, job_counts, run_snakemake
 
 PRESET = yaml.safe_load((REPO / "workflow_config.yaml").read_text())
 MAX_LINES = 40
@@ -61,8 +61,8 @@ CONFIG_FAULTS = [
     pytest.param(settings(precision="fp16"), "train.settings.precision",
                  "['auto', 'bf16', 'fp32']", id="precision"),
     pytest.param(settings(lr=-0.001), "train.settings.lr", "number > 0", id="lr-negative"),
-    pytest.param(settings(lr="1e-3"), "train.settings.lr", "write it with a decimal point",
-                 id="lr-yaml-string"),
+    pytest.param(settings(epochs="1.5"), "train.settings.epochs", "'1.5' is not of type",
+                 id="epochs-not-integer"),
     pytest.param(settings(betas=[0.9]), "train.settings.betas", "of 2 items", id="betas-short"),
     pytest.param(settings(milestones=[0.6, 1.5]), "train.settings.milestones[1]", "< 1",
                  id="milestone-above-1"),
@@ -70,7 +70,7 @@ CONFIG_FAULTS = [
                  id="workers-negative"),
     pytest.param(settings(encoder_frames_per_call=0), "train.settings.encoder_frames_per_call",
                  "integer or null >= 1", id="frames-per-call-0"),
-    pytest.param(settings(drop_last="yes"), "train.settings.drop_last", "allowed: boolean",
+    pytest.param(settings(drop_last="maybe"), "train.settings.drop_last", "allowed: boolean",
                  id="drop-last-string"),
     pytest.param({"models": ["croma", "cromma"]}, "models[1]", "did you mean 'croma'",
                  id="model-name"),
@@ -138,7 +138,7 @@ def test_gfmtune_train_cli_stops_before_any_work(tmp_path: Path, caplog) -> None
 #: Several faults in one dry run: each is named, and the output stays short.
 SEVERAL = {
     "train": {"settings": {"select_metric": "mIoU", "val_every": 0, "keep_checkpoint": "last",
-                           "lr": "1e-3"}},
+                           "lr": "0.001x"}},
     "manifests": {"label_percents": [150]},
 }  # fmt: skip
 SEVERAL_NAMED = [
@@ -170,6 +170,22 @@ def test_snakemake_dry_run_stops_with_a_short_message(
     assert len(output.splitlines()) < MAX_LINES, output
     assert "properties" not in output, "the schema must not be dumped"
     assert not (tmp_path / "results").exists()
+
+
+def test_nested_command_line_values_are_read_as_yaml(tmp_path: Path) -> None:
+    """``--config key='{...}'`` hands nested values over as strings; they are read as the
+    schema's types (and YAML 1.1's string ``1e-3`` as a number) before validation."""
+    result = run_snakemake(tmp_path, "-n", "-p", "--cores", "1", "--config",
+                           "manifests={timesteps: [1, 6], label_percents: [10]}",
+                           "train={settings: {lr: 1e-3, drop_last: false}}")  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert job_counts(result.stdout)["timestep_manifest"] == 2
+    assert '"lr": 0.001, "drop_last": false' in result.stdout
+    config = config_with({"train": {"seeds": ["0", "x"]}, "manifests": {"seed": "true"}})
+    with pytest.raises(ConfigError) as err:
+        validate_config(config)
+    assert "train.seeds[1]: 'x' is not of type 'integer'" in str(err.value)
+    assert "manifests.seed: 'true' is not of type 'integer'" in str(err.value)
 
 
 def test_settings_stay_as_written_and_the_rest_gets_defaults() -> None:
