@@ -23,6 +23,13 @@ include: "rules/results.smk"
 include: "rules/maps.smk"
 
 
+# Downloads run where Snakemake runs (the submitting host under SLURM), since compute nodes
+# often have no internet; the rest goes to the cluster.
+localrules:
+    download,
+    weights,
+
+
 rule all:
     input:
         all_targets(),

@@ -3,7 +3,13 @@
 # files and resumes; the inventory is written only once every file is verified.
 # Local data are watched through a fingerprint of their files (sizes and mtimes): a change in
 # place changes the `source` param, so Snakemake reruns the download and everything downstream.
-from gfmtune.data.download.local import source_fingerprint
+from gfmtune.data.download.local import source_fingerprint, source_problem
+
+# Local data that cannot be PASTIS stop `snakemake -n`, before any job (unless downloaded
+# already: then the changed fingerprint reruns the download, which reports the problem).
+if DATA["source"] == "local" and DATA["root"] and not (RUN / "raw" / "inventory.json").exists():
+    if (problem := source_problem(DATA["root"])) is not None:
+        raise WorkflowError(f"data.root: {problem}")
 
 
 rule download:

@@ -47,7 +47,6 @@ OVERLAY = {
 #: (set-threads, set-resources, default-resources) and, for training, from the overlay's
 #: train.mem_mb and train_runtime in rules/common.smk: 240 x 1 x (0.2 + 0.8 t / 35) minutes.
 GRANTED = {
-    "download": (1, 4000, "12:00:00"),
     "zarr_store": (2, 16000, "04:00:00"),
     "label_splits": (1, 4000, "01:00:00"),
     "timestep_manifest": (1, 4000, "01:00:00"),
@@ -92,6 +91,7 @@ JobAcctGatherType=jobacct_gather/none
 GresTypes=gpu
 NodeName={host} CPUs=32 RealMemory=128000 Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+PartitionName=cpu Nodes={host} MaxTime=INFINITE State=UP
 """
 
 
@@ -154,7 +154,7 @@ def slurm_cluster() -> Iterator[dict[str, str]]:
         def node_idle() -> bool:
             state = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=daemon_env,
                                    capture_output=True, text=True)  # fmt: skip
-            return state.stdout.strip() == "idle"
+            return set(state.stdout.split()) == {"idle"}  # one line per partition
 
         wait_for(node_idle, "the SLURM node did not become idle", 60, logs)
         yield env
@@ -182,7 +182,8 @@ def test_slurm_profile_runs_training_on_gpus(
 ) -> None:
     for name, value in slurm_cluster.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("SLURM_PARTITION", "debug")  # the profile's partition variable
+    monkeypatch.setenv("SLURM_PARTITION", "debug")  # the profile's partition variables
+    monkeypatch.setenv("SLURM_CPU_PARTITION", "cpu")
     for name in ("SLURM_ACCOUNT", "GFMTUNE_GPU_MODEL"):
         monkeypatch.delenv(name, raising=False)
     on_slurm, local = tmp_path / "slurm", tmp_path / "local"
@@ -202,11 +203,13 @@ def test_slurm_profile_runs_training_on_gpus(
     submitted = re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", output)
     rule_of_slurm = {slurm_id: rule_of[jobid] for jobid, slurm_id in submitted}
     assert sorted(rule_of_slurm.values()) == sorted(
-        ["download", "zarr_store", "label_splits"] + ["timestep_manifest"] * 2 + ["train"] * 4
+        ["zarr_store", "label_splits"] + ["timestep_manifest"] * 2 + ["train"] * 4
     ), output[-4000:]
+    assert "localrule download:" in output  # on the submitting host, for its internet
     granted = {slurm_id: scontrol_job(slurm_id, slurm_cluster) for slurm_id in rule_of_slurm}
     for slurm_id, job in granted.items():
-        assert job["JobState"] == "COMPLETED" and job["Partition"] == "debug", job
+        partition = "debug" if rule_of_slurm[slurm_id] == "train" else "cpu"
+        assert job["JobState"] == "COMPLETED" and job["Partition"] == partition, job
         assert job["Requeue"] == "1", job  # the profile's slurm-requeue (cluster default off)
         assert job["Account"] == "(null)", job
         if rule_of_slurm[slurm_id] != "train":  # data jobs: CPU only

@@ -338,9 +338,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="paper",
         help="labels: paper|stratified|random; timesteps: paper|uniform|random",
     )
-    parser.add_argument("--percents", type=float, nargs="+", default=[1, 10, 50, 100])
-    parser.add_argument("--timesteps", type=int, nargs="+", default=[1, 6, 15, 25, 35])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--percents",
+        type=float,
+        nargs="+",
+        default=[1, 10, 50, 100],
+        help="labels: label fractions (percent of the training folds)",
+    )
+    parser.add_argument(
+        "--timesteps",
+        type=int,
+        nargs="+",
+        default=[1, 6, 15, 25, 35],
+        help="timesteps: frames per series",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random strategies")
     parser.add_argument(
         "--argsort",
         choices=list(ARGSORT_VARIANTS),

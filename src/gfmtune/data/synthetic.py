@@ -219,7 +219,9 @@ def write_synthetic_pastis(root: Path, spec: SyntheticSpec = SyntheticSpec()) ->
 
 def add_spec_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """Options of a :class:`SyntheticSpec` (shared with ``gfmtune download``)."""
-    parser.add_argument("--patches", type=int, default=SyntheticSpec.n_patches)
+    parser.add_argument(
+        "--patches", type=int, default=SyntheticSpec.n_patches, help="number of patches"
+    )
     parser.add_argument("--size", type=int, default=SyntheticSpec.size, help="patch side (px)")
     parser.add_argument(
         "--frames",
@@ -228,7 +230,7 @@ def add_spec_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup
         default=list(SyntheticSpec.frames_per_tile),
         help="frames per series, one value per tile",
     )
-    parser.add_argument("--seed", type=int, default=SyntheticSpec.seed)
+    parser.add_argument("--seed", type=int, default=SyntheticSpec.seed, help="generator seed")
 
 
 def spec_from_args(args: argparse.Namespace) -> SyntheticSpec:

@@ -48,10 +48,12 @@ def fetch_checkpoint(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, choices=sorted(CHECKPOINTS))
+    parser.add_argument(
+        "--checkpoint", required=True, choices=sorted(CHECKPOINTS), help="which checkpoint"
+    )
     parser.add_argument("--dir", type=Path, required=True, help="folder holding checkpoints")
     parser.add_argument("--stamp", type=Path, required=True, help="JSON written once verified")
-    parser.add_argument("--retries", type=int, default=5)
+    parser.add_argument("--retries", type=int, default=5, help="download retries")
 
 
 def run(args: argparse.Namespace) -> int:

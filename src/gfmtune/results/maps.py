@@ -384,7 +384,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="patches per forward pass")
     parser.add_argument("--figure-patches", type=int, default=4, help="test patches in the figure")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from gfmtune.data.dataset import PastisZarrDataset, frame_draw
 from gfmtune.fileio import atomic_path, atomic_write_text, set_aside
-from gfmtune.models.registry import ModelSpec, build_model, get_spec
+from gfmtune.models.registry import REGISTRY, ModelSpec, build_model, get_spec
 from gfmtune.pastis import CLASS_NAMES, TEST_FOLD, VAL_FOLD
 from gfmtune.tensorio import CorruptFileError, load_tensors
 from gfmtune.train import provenance
@@ -407,23 +407,29 @@ def _cuda_rng(device: torch.device) -> torch.Tensor | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", type=Path, required=True)
-    parser.add_argument("--label-split", type=Path, required=True)
+    parser.add_argument("--store", type=Path, required=True, help="s2.zarr store")
+    parser.add_argument("--label-split", type=Path, required=True, help="label-split manifest CSV")
     parser.add_argument("--timesteps", type=Path, required=True, help="timestep manifest CSV")
-    parser.add_argument("--model", required=True)
+    parser.add_argument(
+        "--model", required=True, choices=sorted(REGISTRY), help="model (registry name)"
+    )
     parser.add_argument("--ft-rate", default="none", help="encoder lr / decoder lr, or none")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the cell")
     parser.add_argument(
         "--split-name", default="main", help="the label split's name: main, or a split variant's"
     )
     parser.add_argument("--settings", type=Path, help="JSON file of training settings")
-    parser.add_argument("--settings-json", help="training settings as a JSON string")
+    defaults = ", ".join(f"{k}={v}" for k, v in TrainSettings().to_dict().items())
+    parser.add_argument(
+        "--settings-json",
+        help=f"training settings as a JSON string; keys and their defaults: {defaults}",
+    )
     parser.add_argument("--weights-dir", type=Path, help="folder of pretrained checkpoints")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--feature-cache", type=Path, help="folder for frozen-encoder features")
     parser.add_argument("--out", type=Path, required=True, help="cell folder")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:

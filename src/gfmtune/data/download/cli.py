@@ -16,7 +16,7 @@ Fetched = tuple[Path, list[dict], dict]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", choices=SOURCES, required=True)
+    parser.add_argument("--source", choices=SOURCES, required=True, help="where the data come from")
     parser.add_argument("--dest", type=Path, help="download/extract folder")
     parser.add_argument(
         "--inventory", type=Path, help="inventory JSON, written after full verification"
@@ -24,13 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     local = parser.add_argument_group("local")
     local.add_argument("--root", type=Path, help="PASTIS folder or archive (.zip/.tar[.gz]/.tgz)")
     hub = parser.add_argument_group("huggingface")
-    hub.add_argument("--repo-id", default="IGNF/PASTIS-HD")
+    hub.add_argument("--repo-id", default="IGNF/PASTIS-HD", help="dataset repository on the hub")
     hub.add_argument("--revision", help="commit (or branch) to download; default: the lock's")
     hub.add_argument("--lock-file", type=Path, help="JSON pinning the commit and file digests")
     hub.add_argument("--hf-endpoint", help="hub URL (default: $HF_ENDPOINT or huggingface.co)")
     zen = parser.add_argument_group("zenodo")
-    zen.add_argument("--record", default="10908628")
-    zen.add_argument("--zenodo-api", default="https://zenodo.org/api")
+    zen.add_argument("--record", default="10908628", help="Zenodo record id (PASTIS-HD)")
+    zen.add_argument("--zenodo-api", default="https://zenodo.org/api", help="Zenodo API URL")
     zen.add_argument("--files", nargs="+", metavar="GLOB", help="only files matching these")
     net = parser.add_argument_group("network (huggingface, zenodo)")
     net.add_argument("--workers", type=int, default=8, help="parallel downloads")

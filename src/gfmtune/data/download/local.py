@@ -213,6 +213,21 @@ def _stat_listing(paths: list[Path]) -> list[tuple[str, int, int]]:
     return listing
 
 
+def source_problem(source: Path | str) -> str | None:
+    """Why ``source`` (``data.root``) cannot be PASTIS, or None: a missing path, or a folder
+    that does not resolve to one PASTIS folder (an archive is checked when unpacked)."""
+    source = Path(source)
+    if source.is_file():
+        return None
+    if not source.is_dir():
+        return f"{source} does not exist"
+    try:
+        pastis.find_dataset_root(source)
+    except pastis.PastisFormatError as err:
+        return str(err)
+    return None
+
+
 def source_fingerprint(source: Path | str) -> str:
     """A cheap digest of local data: path, size and mtime of the archive, or of the metadata,
     normalisation, S2 and TARGET files (one stat each), so a change in place shows.
@@ -222,20 +237,17 @@ def source_fingerprint(source: Path | str) -> str:
     """
     source = Path(source)
     listing: list | str
-    if source.is_file():
+    problem = source_problem(source)
+    if problem is not None:
+        listing = problem
+    elif source.is_file():
         listing = _stat_listing([source])
-    elif not source.is_dir():
-        listing = f"{source} does not exist"
     else:
-        try:
-            root = pastis.find_dataset_root(source)
-        except pastis.PastisFormatError as err:
-            listing = str(err)
-        else:
-            files = [root / name for name in (pastis.METADATA_FILE, pastis.NORM_FILE)]
-            files = [f for f in files if f.is_file()]
-            for folder in ("DATA_S2", "ANNOTATIONS"):
-                if (root / folder).is_dir():
-                    files += sorted((root / folder).iterdir())
-            listing = _stat_listing(files)
+        root = pastis.find_dataset_root(source)
+        files = [root / name for name in (pastis.METADATA_FILE, pastis.NORM_FILE)]
+        files = [f for f in files if f.is_file()]
+        for folder in ("DATA_S2", "ANNOTATIONS"):
+            if (root / folder).is_dir():
+                files += sorted((root / folder).iterdir())
+        listing = _stat_listing(files)
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
