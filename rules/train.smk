@@ -17,7 +17,12 @@ rule train:
         device=config["train"]["device"],
         cache=RUN / "feature_cache",
         out=lambda wildcards, output: Path(output[0]).parent,
-    threads: max(1, config["train"]["settings"].get("workers", 2))
+    # workers auto: 8 CPUs, all but one of them for DataLoader workers
+    threads: (
+        8
+        if config["train"]["settings"].get("workers", "auto") == "auto"
+        else max(1, config["train"]["settings"]["workers"])
+    )
     resources:
         gpu=config["train"]["gpus"],
         mem_mb=config["train"]["mem_mb"],
