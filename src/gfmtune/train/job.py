@@ -57,8 +57,8 @@ from gfmtune.train.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 STATE, BEST, METRICS = "state.pt", "best.pt", "metrics.json"
-#: ``workers: auto`` takes at most this many: 8 int16 batches of 35 frames in flight per worker
-#: already fill a GPU step's worth of data many times over.
+#: ``workers: auto`` starts at most this many (the SLURM profile grants a training job 8 CPUs);
+#: each worker holds PREFETCH batches in /dev/shm, 92 MB each at t = 35, 128 px, batch 8.
 MAX_AUTO_WORKERS = 8
 #: Batches each worker prepares ahead (DataLoader ``prefetch_factor``).
 PREFETCH = 2
