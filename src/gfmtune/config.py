@@ -154,6 +154,10 @@ def _allowed(schema: dict) -> str:
     """What a sub-schema accepts, in words: ``integer >= 1``, ``2 items, each number < 1``."""
     if "enum" in schema:
         return "one of " + ", ".join(json.dumps(v) for v in schema["enum"])
+    if "anyOf" in schema:
+        return " or ".join(_allowed(option) for option in schema["anyOf"])
+    if "const" in schema:
+        return json.dumps(schema["const"])
     types = schema.get("type", "any value")
     text = " or ".join(types) if isinstance(types, list) else types
     bounds = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}

@@ -12,9 +12,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from gfmtune import pastis
-from gfmtune.data.dataset import ManifestError, PastisZarrDataset
+from gfmtune.data.dataset import ManifestError, PastisZarrDataset, model_frames
 from gfmtune.data.manifests import paper_frames, write_timesteps
 from gfmtune.data.reader import FrameReader
+from gfmtune.train.loop import _batches
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,11 @@ def _hand_norm(x: np.ndarray, stats: dict) -> np.ndarray:
     return (x.astype(np.float64) - mean) / std
 
 
+def _seen(ds: PastisZarrDataset, item: dict) -> torch.Tensor:
+    """An item's frames as the model sees them."""
+    return model_frames(item["image"], ds.normalise, torch.device("cpu"))
+
+
 def test_training_items(tiny_store: Path, tiny_root: Path, manifests: Path) -> None:
     split = pd.read_csv(manifests / "label_split" / "50.csv")
     ds = PastisZarrDataset.training(
@@ -55,15 +61,16 @@ def test_training_items(tiny_store: Path, tiny_root: Path, manifests: Path) -> N
     assert len(ds) == len(split) and ds.timesteps == 5
     for k in range(len(ds)):
         item = ds[k]
-        assert item["image"].dtype == torch.float32 and item["image"].shape == (5, 10, 16, 16)
+        assert item["image"].dtype == torch.int16 and item["image"].shape == (5, 10, 16, 16)
         assert item["days"].dtype == torch.int64 and item["days"].shape == (5,)
         assert item["label"].dtype == torch.int64 and item["label"].shape == (16, 16)
         pid = item["patch_id"]
         assert isinstance(pid, int) and pid == ds.patch_ids[k]
         series = np.load(pastis.s2_path(tiny_root, pid))
         frames = paper_frames(len(series), 5)
+        assert np.array_equal(item["image"].numpy(), series[frames])
         expected = _hand_norm(series[frames], ds.reader.attrs["norm_paper"])
-        np.testing.assert_allclose(item["image"].numpy(), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(_seen(ds, item).numpy(), expected, rtol=1e-5, atol=1e-5)
         target = np.load(pastis.target_path(tiny_root, pid))[0]
         assert np.array_equal(item["label"].numpy(), target.astype(np.int64))
         dates = ds.reader.dates(ds.reader.index_of(pid))[frames]
@@ -78,7 +85,7 @@ def test_evaluation_serves_the_whole_fold(tiny_store: Path, manifests: Path, fol
     for k in range(len(ds)):
         i = reader.index_of(ds.patch_ids[k])
         last = reader.read_frames(i, np.array([reader.n_frames(i) - 1]))
-        assert torch.equal(ds[k]["image"], torch.from_numpy(ds.normalise(last)))
+        assert torch.equal(ds[k]["image"], torch.from_numpy(last))
 
 
 def test_folds_restrict_the_split(tiny_store: Path, manifests: Path) -> None:
@@ -99,7 +106,7 @@ def test_train_fold_statistics(tiny_store: Path, tiny_root: Path, manifests: Pat
     item = ds[0]
     series = np.load(pastis.s2_path(tiny_root, item["patch_id"]))
     expected = _hand_norm(series[paper_frames(len(series), 3)], stats)
-    np.testing.assert_allclose(item["image"].numpy(), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_seen(ds, item).numpy(), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="unknown norm"):
         PastisZarrDataset(tiny_store, manifests / "timesteps" / "3.csv", 2, norm="published")
     with pytest.raises(ValueError, match="unknown nodata mode"):
@@ -123,7 +130,7 @@ def test_nodata_keep_or_zero(tiny_store: Path, tiny_root: Path, tmp_path: Path) 
     k = keep.patch_ids.tolist().index(reader.patch_ids[i])
     raw = reader.read_frames(i, np.array([f, 0]))
     mask = raw == pastis.NODATA
-    kept, zeroed = keep[k]["image"].numpy(), zero[k]["image"].numpy()
+    kept, zeroed = _seen(keep, keep[k]).numpy(), _seen(zero, zero[k]).numpy()
     expected = _hand_norm(raw, reader.attrs["norm_paper"])
     np.testing.assert_allclose(kept, expected, rtol=1e-5, atol=1e-5)  # paper: like any value
     assert (zeroed[mask] == 0).all() and np.array_equal(zeroed[~mask], kept[~mask])
@@ -204,3 +211,32 @@ def test_bad_label_split(tiny_store: Path, manifests: Path, tmp_path: Path) -> N
     twice = _csv(tmp_path / "twice.csv", f"patch_id,fold\n{pid},{fold}\n{pid},{fold}\n")
     with pytest.raises(ManifestError, match=rf"twice.csv: patch_id \[{pid}\] listed twice"):
         PastisZarrDataset.training(tiny_store, twice, timesteps)
+
+
+@pytest.mark.parametrize("norm", ["paper", "train_folds"])
+@pytest.mark.parametrize("nodata", ["keep", "zero"])
+def test_the_model_sees_the_normalisation_of_the_reader(
+    tiny_store: Path, manifests: Path, norm: str, nodata: str
+) -> None:
+    """int16 batches normalised in the main process (``loop._batches``) equal the float32 that
+    the workers used to send (the reader's normalising transform), bit for bit."""
+    ds = PastisZarrDataset(tiny_store, manifests / "timesteps" / "5.csv", (1, 2, 3, 4, 5),
+                           norm=norm, nodata=nodata)  # fmt: skip
+    seen = [x for x, _, _ in _batches(DataLoader(ds, batch_size=4), torch.device("cpu"))]
+    before = [
+        torch.from_numpy(ds.reader.read_frames(int(i), frames, ds.normalise))
+        for i, frames in zip(ds.positions, ds.frames, strict=True)
+    ]
+    assert all(x.dtype == torch.float32 for x in seen)
+    assert torch.equal(torch.cat(seen), torch.stack(before))
+    if nodata == "zero":
+        raw = torch.cat([b["image"] for b in DataLoader(ds, batch_size=4)])
+        assert (raw == pastis.NODATA).any() and (torch.cat(seen)[raw == pastis.NODATA] == 0).all()
+
+
+def test_frames_without_their_normaliser_are_refused() -> None:
+    frames = torch.zeros(1, 2, 10, 4, 4, dtype=torch.int16)
+    with pytest.raises(ValueError, match="int16 frames need their dataset's normaliser"):
+        model_frames(frames, None, torch.device("cpu"))
+    ready = torch.randn(1, 2, 10, 4, 4)
+    assert model_frames(ready, None, torch.device("cpu")) is ready  # already normalised

@@ -90,7 +90,7 @@ def test_maps_are_the_models_argmax(mapped: dict, cell: Cell) -> None:
     with torch.no_grad():
         model.eval()
         forward = forward_fn(model, spec, item["days"][None])
-        logits = spec.policy.predict(forward, item["image"][None])
+        logits = spec.policy.predict(forward, ds.normalise.tensor(item["image"][None]))
     expected = logits.argmax(1)[0].numpy()
     path = mapped["run"] / "maps" / family_slug(spec.family) / f"{item['patch_id']}.tif"
     with rasterio.open(path) as src:

@@ -21,22 +21,28 @@ from __future__ import annotations
 
 import functools
 import gc
+import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils import flop_counter
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
+from gfmtune.data.bench import FRAMES_PER_TILE, prepare
+from gfmtune.data.dataset import PastisZarrDataset
+from gfmtune.data.synthetic import SyntheticSpec
 from gfmtune.models.croma import SIZES, CromaOpticalEncoder, Transformer
 from gfmtune.models.registry import ModelSpec, build_model
 from gfmtune.pastis import BANDS, N_CLASSES
 from gfmtune.train.devices import amp_dtype
-from gfmtune.train.job import _loader
+from gfmtune.train.feature_cache import ALL_FOLDS
+from gfmtune.train.job import _loader, loader_workers
 from gfmtune.train.loop import autocast, build_optimizer, build_scheduler, evaluate, train_epoch
 from gfmtune.train.settings import TrainSettings
 
@@ -63,6 +69,7 @@ class BenchPath:
     name: str
     settings: TrainSettings
     all_blocks: bool
+    persistent_workers: bool = True  # DataLoader workers kept alive across epochs
 
 
 DEFAULT = BenchPath("default", TrainSettings(), all_blocks=False)
@@ -72,6 +79,7 @@ REFERENCE = BenchPath(
         TrainSettings(), precision="fp32", eval_batch_size=1, feature_cache=False, auto_memory=False
     ),
     all_blocks=True,
+    persistent_workers=False,
 )
 PATHS = (DEFAULT, REFERENCE)
 #: ``--components``: the reference with one of its choices switched to the default's.
@@ -332,17 +340,92 @@ class _Items(Dataset):
         return torch.zeros(1)
 
 
-def loader_start(settings: TrainSettings, reps: int) -> dict[str, Any]:
+def loader_start(path: BenchPath, reps: int) -> dict[str, Any]:
     """Seconds to start, drain and stop one of ``gfmtune train``'s DataLoaders (its workers),
     median of ``reps`` fresh loaders; and whether its workers persist across epochs."""
-    seconds, persistent = [], False
+    s, seconds = path.settings, []
     for _ in range(reps):
-        loader = _loader(_Items(settings.batch_size), settings.batch_size, settings, False)
-        persistent = loader.persistent_workers
+        loader = _loader(
+            _Items(s.batch_size), s.batch_size, s, False, persistent=path.persistent_workers
+        )
+        seconds.append(_epoch_seconds(loader, 1)[0])
+        del loader
+    return {"workers": loader_workers(s.workers), "seconds": statistics.median(seconds),
+            "persistent": path.persistent_workers and loader_workers(s.workers) > 0}  # fmt: skip
+
+
+# ---- the data path: what the loader delivers, and worker reuse -------------------------------
+
+
+def _epoch_seconds(loader: DataLoader, epochs: int) -> list[float]:
+    """Seconds of each of ``epochs`` passes over ``loader`` (start-up included)."""
+    seconds = []
+    for _ in range(epochs):
         start = time.perf_counter()
         for _ in loader:
             pass
         seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+class _WorkerNormalised(Dataset):
+    """A dataset's items normalised in the worker, as before: float32 frames sent."""
+
+    def __init__(self, base: PastisZarrDataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        item = self.base[k]
+        return item | {"image": torch.from_numpy(self.base.normalise(item["image"].numpy()))}
+
+
+def loader_store(work: Path, size: int, timesteps: list[int], batch: int) -> Path:
+    """A synthetic store of ``2 x batch`` patches (at least 5, one per fold) of ``size`` px and
+    its paper timestep manifests under ``work`` (reused when it matches)."""
+    spec = SyntheticSpec(max(5, 2 * batch), size, FRAMES_PER_TILE, seed=0)
+    return prepare(work, spec, tuple(timesteps), threads=min(8, os.cpu_count() or 1))
+
+
+def _store_dataset(store: Path, t: int) -> PastisZarrDataset:
+    return PastisZarrDataset(store, store.parent / "timesteps" / f"{t}.csv", ALL_FOLDS)
+
+
+def worker_rate(store: Path, t: int, batch: int, epochs: int) -> dict[str, Any]:
+    """Samples/s one DataLoader worker delivers at ``t``: int16 (gfmtune) and float32 frames
+    normalised in the worker (before), over the epochs after the first (no start-up)."""
+    ds = _store_dataset(store, t)
+    one = replace(TrainSettings(), workers=1)
+    rates = {}
+    for name, data in (("int16", ds), ("float32", _WorkerNormalised(ds))):
+        seconds = _epoch_seconds(_loader(data, batch, one, False), epochs)
+        rates[name] = len(ds) * (epochs - 1) / sum(seconds[1:])
+    return {"t": t, "samples_per_s": rates["int16"], "float32_samples_per_s": rates["float32"]}
+
+
+def worker_reuse(store: Path, t: int, batch: int, epochs: int, workers: int) -> dict[str, Any]:
+    """Seconds per epoch at 2 steps per epoch (``batch``, last incomplete batch dropped) with
+    ``workers`` kept alive across epochs and started anew every epoch."""
+    ds = _store_dataset(store, t)
+    settings = replace(TrainSettings(), workers=workers)
+    out: dict[str, Any] = {"t": t, "workers": workers, "steps_per_epoch": len(ds) // batch}
+    for name, persistent in (("kept", True), ("restarted", False)):
+        loader = _loader(ds, batch, settings, False, drop_last=True, persistent=persistent)
+        out[name] = _epoch_seconds(loader, epochs)
         del loader
-    return {"workers": settings.workers, "seconds": statistics.median(seconds),
-            "persistent": persistent}  # fmt: skip
+    return out
+
+
+def data_path(
+    work: Path, size: int, timesteps: list[int], batch: int, epochs: int = 4
+) -> dict[str, Any]:
+    """Loader delivery per worker at each t and worker reuse at the largest t (>= 2 epochs)."""
+    store = loader_store(work, size, timesteps, batch)
+    workers = max(1, loader_workers(DEFAULT.settings.workers))
+    return {
+        "size": size, "batch": batch, "epochs": epochs,
+        "rates": [worker_rate(store, t, batch, epochs) for t in timesteps],
+        "reuse": worker_reuse(store, max(timesteps), batch, epochs, workers),
+    }  # fmt: skip

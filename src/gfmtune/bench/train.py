@@ -18,8 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
+import statistics
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from gfmtune.bench.measure import (
     PATHS,
     Shape,
     changes,
+    data_path,
     loader_start,
     measure_or_oom,
     regimes,
@@ -175,8 +178,54 @@ def markdown(result: dict[str, Any]) -> str:
             f"- {path}: {loader['workers']} workers, {loader['seconds']:.3f} s to start, drain and "
             f"stop one loader; {starts} starts per run ({gridcost.EPOCHS} epochs)"
         )
-    lines += [*_grid_lines(result), ""]
+    lines += [*_data_lines(result), *_grid_lines(result), ""]
     return "\n".join(lines)
+
+
+def _data_lines(result: dict[str, Any]) -> list[str]:
+    """What the default path's steps consume against what one loader worker delivers, and the
+    epochs of a loader whose workers are kept or restarted."""
+    d = result["data_path"]
+    rate = {r["t"]: r for r in d["rates"]}
+    lines = [
+        "",
+        "## Data path: samples/s consumed (default path) and delivered per loader worker",
+        "",
+        f"One DataLoader worker reading a synthetic Zarr store ({d['size']} px, batch "
+        f"{d['batch']}), epochs after its first (no start-up): int16 frames as `gfmtune train` "
+        "sends them, float32 normalised in the worker as before. Workers needed = consumed / "
+        "delivered per worker, rounded up.",
+        "",
+        "| model | regime | t | training consumes | validation consumes | one worker delivers "
+        "(int16) | float32 | workers needed (training, validation) |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in result["rows"]:
+        if r["path"] != "default" or r["status"] != "measured":
+            continue
+        train, val = result["config"]["batch"] / r["step_s"], 1 / r["val_patch_s"]
+        worker = rate[r["t"]]
+        need = ", ".join(str(math.ceil(c / worker["samples_per_s"])) for c in (train, val))
+        lines.append(
+            f"| {r['model']} | {r['regime']} | {r['t']} | {train:.4g} | {val:.4g} | "
+            f"{worker['samples_per_s']:.4g} | {worker['float32_samples_per_s']:.4g} | {need} |"
+        )
+    reuse = d["reuse"]
+    kept, restarted = reuse["kept"], reuse["restarted"]
+    later = [statistics.mean(e[1:]) for e in (kept, restarted)]
+    lines += [
+        "",
+        f"Worker reuse at {reuse['steps_per_epoch']} steps per epoch (t = {reuse['t']}, "
+        f"{reuse['workers']} workers, {len(kept)} epochs): kept alive {_secs(kept)}, "
+        f"started every epoch {_secs(restarted)}; epochs after the first: "
+        f"{_num(_ratio(later[0], later[1]), '.3g')} x the time with workers restarted "
+        f"({later[1] - later[0]:.3f} s less per epoch).",
+    ]
+    return lines
+
+
+def _secs(seconds: list[float]) -> str:
+    return " / ".join(f"{s:.3f}" for s in seconds) + " s"
 
 
 def _grid_lines(result: dict[str, Any]) -> list[str]:
@@ -294,7 +343,8 @@ def run(args: argparse.Namespace) -> int:
                         _num(row.get("val_patch_s")),
                     )  # fmt: skip
                     rows.append(row)
-    loaders = {p.name: loader_start(p.settings, min(args.steps, 3)) for p in PATHS}
+    loaders = {p.name: loader_start(p, min(args.steps, 3)) for p in PATHS}
+    data = data_path(args.out / "loader_store", size, args.timesteps, args.batch)
     result = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {
@@ -306,6 +356,7 @@ def run(args: argparse.Namespace) -> int:
         "rows": rows,
         "ratios": ratios(rows),
         "loaders": loaders,
+        "data_path": data,
         "components": components(rows),
         "grid": gridcost.grid([r for r in rows if r["path"] in loaders], loaders),
     }  # fmt: skip

@@ -4,8 +4,8 @@ On a synthetic PASTIS at real size (generated once in ``--work``, then reused) i
 passes over every patch, in the same order and with the same frames (the paper's rule) for:
 
 - ``zarr``: :class:`~gfmtune.data.dataset.PastisZarrDataset` items (read the chosen frames,
-  normalise, label), as training sees them;
-- ``raw``: ``np.load`` of the whole ``S2_*.npy`` series, index the frames, same normalisation.
+  int16, and the label), as DataLoader workers serve them (training normalises on the device);
+- ``raw``: ``np.load`` of the whole ``S2_*.npy`` series, index the frames (int16 too).
 
 Each t is measured with the page cache warm (after one untimed pass) and dropped before every
 pass (``sync; echo 3 > /proc/sys/vm/drop_caches``, needs root; otherwise reported as not
@@ -42,6 +42,7 @@ from gfmtune.fileio import atomic_write_text
 log = logging.getLogger(__name__)
 
 TIMESTEPS = (1, 6, 35)
+FRAMES_PER_TILE = (43, 52, 61)  # synthetic series lengths (PASTIS: 38 to 61 frames)
 CACHES = ("warm", "cold")
 #: (cache, t) -> minimum Zarr / raw samples/s ratio asked for by the issue.
 TARGETS: dict[tuple[str, int], float] = {("cold", 6): 3.0, ("cold", 35): 1.5, ("warm", 6): 2.0}
@@ -127,7 +128,7 @@ def raw_pass(raw: Path, dataset: PastisZarrDataset) -> Callable[[], None]:
 
     def run() -> None:
         for path, frames in zip(paths, dataset.frames, strict=True):
-            dataset.normalise(np.load(path)[frames])
+            np.load(path)[frames]
 
     return run
 
@@ -237,7 +238,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patches", type=int, default=300, help="synthetic patches")
     parser.add_argument("--size", type=int, default=128, help="patch side (px)")
     parser.add_argument(
-        "--frames", type=int, nargs="+", default=[43, 52, 61], help="frames per tile"
+        "--frames", type=int, nargs="+", default=list(FRAMES_PER_TILE), help="frames per tile"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timesteps", type=int, nargs="+", default=list(TIMESTEPS))

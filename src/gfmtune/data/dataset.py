@@ -8,16 +8,17 @@ Which patches: the store's patches in ``folds``; with a label-split manifest
 With an :class:`AuthorsDraw` (``train.settings.frame_draw: authors``) a series longer than 50
 frames gets new frames at every load, as in the authors' code; shorter series keep the manifest's.
 
-Normalisation is per band ``(x - mean) / std`` with the store's ``norm_paper`` or
-``norm_train_folds`` statistics. As in the paper, nodata (-10000) is normalised like any value
-(``nodata="keep"``); ``nodata="zero"`` sets those pixels to 0 after normalisation.
+Items carry the store's int16 reflectance: DataLoader workers send half the bytes of float32,
+and :func:`model_frames` normalises each batch on the device in the main process. Normalisation
+is per band ``(x - mean) / std`` with the store's ``norm_paper`` or ``norm_train_folds``
+statistics. As in the paper, nodata (-10000) is normalised like any value (``nodata="keep"``);
+``nodata="zero"`` sets those pixels to 0 after normalisation.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,8 @@ class ManifestError(ValueError):
 
 
 class Normaliser:
-    """Per-band ``(x - mean) / std`` of int16 (..., band, H, W) into float32."""
+    """Per-band ``(x - mean) / std`` of int16 (..., band, H, W) into float32: numpy arrays
+    (called) or tensors on any device (:meth:`tensor`), with the same float32 operations."""
 
     def __init__(
         self, mean: Sequence[float], std: Sequence[float], zero_value: int | None = None
@@ -52,6 +54,26 @@ class Normaliser:
         self.scale = (1.0 / std64).astype(np.float32)[:, None, None]
         self.shift = (np.asarray(mean, dtype=np.float64) / std64).astype(np.float32)[:, None, None]
         self.zero_value = zero_value
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | {"_stats": {}}  # device copies stay in their process
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scale and shift on ``device``, copied there once (a copy per batch would sync)."""
+        if device not in self._stats:
+            self._stats[device] = tuple(
+                torch.from_numpy(a).to(device) for a in (self.scale, self.shift)
+            )
+        return self._stats[device]
+
+    def tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 of the int16 tensor ``x`` on its device, equal to ``self(x.numpy())``."""
+        scale, shift = self._on(x.device)
+        out = x.to(torch.float32).mul_(scale).sub_(shift)
+        if self.zero_value is not None:
+            out.masked_fill_(x == self.zero_value, 0.0)
+        return out
 
     def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         out = np.empty(x.shape, dtype=np.float32) if out is None else out
@@ -60,6 +82,20 @@ class Normaliser:
         if self.zero_value is not None:
             out[x == self.zero_value] = 0.0
         return out
+
+
+def model_frames(
+    images: torch.Tensor, normalise: Normaliser | None, device: torch.device
+) -> torch.Tensor:
+    """A batch's frames as the model sees them, on ``device``: the dataset's int16 reflectance
+    copied there and normalised there by ``normalise``; float frames (already normalised, such
+    as the bench's synthetic tensors) are only copied."""
+    x = images.to(device, non_blocking=True)
+    if x.is_floating_point():
+        return x
+    if normalise is None:
+        raise ValueError(f"{x.dtype} frames need their dataset's normaliser")
+    return normalise.tensor(x)
 
 
 def store_normaliser(attrs: dict[str, Any], norm: str, nodata: str = "keep") -> Normaliser:
@@ -73,7 +109,6 @@ def store_normaliser(attrs: dict[str, Any], norm: str, nodata: str = "keep") -> 
     return Normaliser(stats["mean"], stats["std"], zero)
 
 
-@dataclass
 class AuthorsDraw:
     """The authors' per-load frame draw (ShapingFT ``Pastis.__getitem__``), seeded.
 
@@ -83,11 +118,23 @@ class AuthorsDraw:
     here each draw has its own generator seeded by (``seed``, ``split``, ``pass_index``, patch
     id), so draws do not depend on workers and a rerun or resumed run repeats them. Set
     ``pass_index`` before every pass (the epoch), so that each epoch draws anew.
+
+    ``pass_index`` lives in shared memory, so DataLoader workers kept alive across epochs see
+    each new value: set in the main process before iterating a loader, it holds for every item
+    of that pass, since workers fetch a pass's items only once its iteration has begun.
     """
 
-    seed: int
-    split: str
-    pass_index: int = 0
+    def __init__(self, seed: int, split: str, pass_index: int = 0) -> None:
+        self.seed, self.split = seed, split
+        self._pass = torch.tensor(pass_index, dtype=torch.int64).share_memory_()
+
+    @property
+    def pass_index(self) -> int:
+        return int(self._pass)
+
+    @pass_index.setter
+    def pass_index(self, index: int) -> None:
+        self._pass.fill_(index)
 
     def generator(self, patch_id: int) -> torch.Generator:
         """The generator of this pass's draw for one patch."""
@@ -207,7 +254,7 @@ def _as_folds(folds: int | Sequence[int]) -> tuple[int, ...]:
 
 
 class PastisZarrDataset(Dataset):
-    """Items ``{"image": float32 (t, band, H, W), "days": int64 (t,), "label": int64 (H, W),
+    """Items ``{"image": int16 (t, band, H, W), "days": int64 (t,), "label": int64 (H, W),
     "patch_id": int}`` for the store's patches in ``folds`` (only the ``label_split``'s if given).
 
     Training: ``PastisZarrDataset(store, timesteps, (1, 2, 3), label_split=...)`` or
@@ -215,6 +262,7 @@ class PastisZarrDataset(Dataset):
     :meth:`evaluation`. ``norm``: ``"paper"`` or ``"train_folds"`` statistics; ``nodata``:
     ``"keep"`` or ``"zero"``; ``backend`` and ``threads``: see :class:`FrameReader`; ``draw``:
     an :class:`AuthorsDraw` for series longer than 50 frames (None: the manifest's frames).
+    ``normalise`` turns the images into the model's input (:func:`model_frames`).
     """
 
     def __init__(
@@ -291,9 +339,8 @@ class PastisZarrDataset(Dataset):
     def __getitem__(self, k: int) -> dict[str, Any]:
         i = int(self.positions[k])
         frames, days = self.frames_of(k)
-        image = self.reader.read_frames(i, frames, self.normalise)
         return {
-            "image": torch.from_numpy(image),
+            "image": torch.from_numpy(self.reader.read_frames(i, frames)),
             "days": torch.from_numpy(days.copy()),
             "label": torch.from_numpy(self.reader.label(i).astype(np.int64)),
             "patch_id": int(self.reader.patch_ids[i]),

@@ -46,7 +46,7 @@ from rasterio.transform import from_bounds
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from gfmtune.data.dataset import PastisZarrDataset, frame_draw
+from gfmtune.data.dataset import PastisZarrDataset, frame_draw, model_frames
 from gfmtune.fileio import atomic_path
 from gfmtune.models.registry import ModelSpec, build_model, get_spec
 from gfmtune.pastis import BANDS, CLASS_NAMES, N_CLASSES, NODATA, TEST_FOLD, VOID_CLASS
@@ -190,7 +190,7 @@ def predict(
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
-        x = batch["image"].to(device)
+        x = model_frames(batch["image"], dataset.normalise, device)
         days = batch["days"].to(device)
         with autocast(device, amp):
             logits = spec.policy.predict(forward_fn(model, spec, days), x)

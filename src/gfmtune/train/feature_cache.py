@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from gfmtune.data.dataset import PastisZarrDataset
+from gfmtune.data.dataset import PastisZarrDataset, model_frames
 from gfmtune.fileio import atomic_path, atomic_write_text, set_aside
 from gfmtune.models.registry import ModelSpec
 from gfmtune.tensorio import CorruptFileError, load_tensors
@@ -149,7 +149,8 @@ class FeatureCache:
                 todo = [i for i, p in enumerate(ids) if not self._usable(p, recorded.get(str(p)))]
                 if todo:
                     with torch.no_grad(), autocast(device, amp):
-                        x = spec.policy.encoder_input(batch["image"][todo].to(device))
+                        frames = model_frames(batch["image"][todo], dataset.normalise, device)
+                        x = spec.policy.encoder_input(frames)
                         levels = model.encode(x)
                     for j, i in enumerate(todo):
                         with atomic_path(self.path(ids[i])) as tmp:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from gfmtune.data.dataset import model_frames
 from gfmtune.models.policies import Forward
 from gfmtune.models.registry import ModelSpec
 from gfmtune.pastis import VOID_CLASS
@@ -80,11 +81,14 @@ Inputs = torch.Tensor | list[torch.Tensor]  # frames (B, T, C, H, W) or cached e
 
 
 def _batches(loader: DataLoader, device: torch.device) -> Iterator[tuple[Inputs, ...]]:
+    """(inputs, days, labels) on ``device``; int16 frames normalised there by the loader's
+    dataset's normaliser (:func:`~gfmtune.data.dataset.model_frames`)."""
+    normalise = getattr(getattr(loader, "dataset", None), "normalise", None)
     for batch in loader:
         if "features" in batch:
             x = [level.to(device, non_blocking=True) for level in batch["features"]]
         else:
-            x = batch["image"].to(device, non_blocking=True)
+            x = model_frames(batch["image"], normalise, device)
         yield (
             x,
             batch["days"].to(device, non_blocking=True),

@@ -30,7 +30,7 @@ class TrainSettings:
     norm: str = "paper"  # paper | train_folds
     nodata: str = "keep"  # keep | zero
     temporal: str = "ltae"  # ltae | linear
-    workers: int = 2
+    workers: int | str = "auto"  # DataLoader workers | auto: the job's CPUs - 1, at most 8
     keep_checkpoint: str = "best"  # best: keep the best weights (trained tensors only) | none
     encoder_frames_per_call: int | None = None  # encoder micro-batch (None: all B x T frames)
     activation_checkpointing: bool = False  # recompute encoder activations in backward
