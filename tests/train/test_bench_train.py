@@ -54,6 +54,9 @@ def test_every_row_is_measured_and_reported(bench: tuple[dict[str, Any], str]) -
     assert rows["dino_tiny", "frozen", 1, "default"]["feature_cache"]
     assert not rows["dino_tiny", "frozen", 1, "reference"]["feature_cache"]
     assert not rows["croma_tiny", "frozen", 1, "default"]["feature_cache"]  # random crops
+    assert not rows["croma_tiny", "frozen", 1, "default"]["eval_cache"]  # off by default
+    assert not rows["croma_tiny", "frozen", 1, "reference"]["eval_cache"]
+    assert not rows["croma_tiny", "finetune", 1, "default"]["eval_cache"]
     assert rows["croma_tiny", "finetune", 1, "reference"]["note"].startswith(
         "8 CROMA blocks computed, 4 used"
     )
@@ -171,8 +174,9 @@ def test_bad_arguments_end_with_one_clear_error(
 
 
 def test_components_switch_one_choice_of_the_reference(tmp_path: Path) -> None:
-    """On CPU (fp32 both ways, evaluation batch 1 both ways) only CROMA's early stop and the
-    frozen DINO's feature cache change anything; each is measured against the reference."""
+    """On CPU (fp32 both ways) CROMA's early stop, the frozen DINO's feature cache, the frozen
+    CROMA's evaluation cache and the evaluation batch change something; each is measured
+    against the reference."""
     args = [*ARGS[ARGS.index("--steps") :], "--models", "croma_tiny", "dino_tiny",
             "--timesteps", "1", "--components"]  # fmt: skip
     threads = torch.get_num_threads()
@@ -182,12 +186,16 @@ def test_components_switch_one_choice_of_the_reference(tmp_path: Path) -> None:
         torch.set_num_threads(threads)
     result = json.loads((tmp_path / JSON).read_text())
     rows = {(r["model"], r["regime"], r["path"]): r for r in result["rows"]}
+    cells = [("croma_tiny", "frozen"), ("croma_tiny", "finetune"), ("dino_tiny", "frozen"),
+             ("dino_tiny", "finetune")]  # fmt: skip
     assert {k for k in rows if k[2].startswith("reference+")} == {
         ("croma_tiny", "frozen", "reference+stop_early"),
         ("croma_tiny", "finetune", "reference+stop_early"),
         ("dino_tiny", "frozen", "reference+feature_cache"),
+        ("croma_tiny", "frozen", "reference+eval_cache"),
+        *((m, r, "reference+eval_batch") for m, r in cells),
     }
-    assert len(result["components"]) == 3
+    assert len(result["components"]) == 8
     for c in result["components"]:
         row, ref = (
             rows[c["model"], c["regime"], c["path"]],

@@ -7,10 +7,11 @@ only in what a :class:`BenchPath` sets:
 
 - ``default``: what ``gfmtune train`` does today with the default settings (its precision
   policy, CROMA stopped after its last used block, the feature cache for a frozen encoder with a
-  fixed input, its evaluation batch size and DataLoader workers);
+  fixed input, the evaluation cache of a frozen CROMA's windows, its evaluation batch size and
+  DataLoader workers);
 - ``reference``: what the authors' code does (fp32, every CROMA block computed and the unused
-  ones discarded, a frozen encoder recomputed at every step, validation at batch 1, workers
-  started for every epoch, no out-of-memory fallback).
+  ones discarded, a frozen encoder recomputed at every step and every validation, validation at
+  batch 1, workers started for every epoch, no out-of-memory fallback).
 
 FLOPs are counted, not derived: :class:`torch.utils.flop_counter.FlopCounterMode` over the first
 warm-up call (matrix products, convolutions and attention, forward and backward as they ran,
@@ -41,9 +42,9 @@ from gfmtune.models.croma import SIZES, CromaOpticalEncoder, Transformer
 from gfmtune.models.registry import ModelSpec, build_model
 from gfmtune.pastis import BANDS, N_CLASSES
 from gfmtune.train.devices import amp_dtype
-from gfmtune.train.feature_cache import ALL_FOLDS
+from gfmtune.train.feature_cache import ALL_FOLDS, cached_levels
 from gfmtune.train.job import _loader, loader_workers
-from gfmtune.train.loop import autocast, build_optimizer, build_scheduler, evaluate, train_epoch
+from gfmtune.train.loop import build_optimizer, build_scheduler, evaluate, train_epoch
 from gfmtune.train.settings import TrainSettings
 
 #: Regime -> the FT-Rate measured (0.1 and 1.0 cost the same; U-TAE has none).
@@ -76,7 +77,12 @@ DEFAULT = BenchPath("default", TrainSettings(), all_blocks=False)
 REFERENCE = BenchPath(
     "reference",
     replace(
-        TrainSettings(), precision="fp32", eval_batch_size=1, feature_cache=False, auto_memory=False
+        TrainSettings(),
+        precision="fp32",
+        eval_batch_size=1,
+        eval_cache=False,
+        feature_cache=False,
+        auto_memory=False,
     ),
     all_blocks=True,
     persistent_workers=False,
@@ -98,6 +104,11 @@ COMPONENTS = (
     BenchPath(
         "reference+eval_batch",
         replace(REFERENCE.settings, eval_batch_size=DEFAULT.settings.eval_batch_size),
+        all_blocks=True,
+    ),
+    BenchPath(
+        "reference+eval_cache",
+        replace(REFERENCE.settings, eval_cache=True),  # off by default (see the schema)
         all_blocks=True,
     ),
 )
@@ -180,6 +191,11 @@ def uses_cache(spec: ModelSpec, regime: str, settings: TrainSettings) -> bool:
     return regime == "frozen" and settings.feature_cache and spec.policy.deterministic_train_input
 
 
+def uses_eval_cache(spec: ModelSpec, regime: str, settings: TrainSettings) -> bool:
+    """Whether ``gfmtune train`` evaluates this regime from cached window features (CROMA)."""
+    return regime == "frozen" and settings.eval_cache and spec.policy.windowed
+
+
 def changes(path: BenchPath, spec: ModelSpec, regime: str, device: torch.device) -> bool:
     """Whether ``path`` runs this model and regime otherwise than the reference path."""
     a, b = path.settings, REFERENCE.settings
@@ -187,6 +203,7 @@ def changes(path: BenchPath, spec: ModelSpec, regime: str, device: torch.device)
         (path.all_blocks != REFERENCE.all_blocks and spec.family.startswith("CROMA"))
         or amp_dtype(device, a.precision) != amp_dtype(device, b.precision)
         or uses_cache(spec, regime, a) != uses_cache(spec, regime, b)
+        or uses_eval_cache(spec, regime, a) != uses_eval_cache(spec, regime, b)
         or a.eval_batch_size != b.eval_batch_size
     )
 
@@ -215,21 +232,12 @@ def counted(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def _encode(
-    model: nn.Module, spec: ModelSpec, batch: dict[str, torch.Tensor], device: torch.device,
-    amp: torch.dtype | None,
-) -> list[torch.Tensor]:  # fmt: skip
-    """A frozen encoder's features of a batch, as the feature cache computes them."""
-    with torch.no_grad(), autocast(device, amp):
-        return model.encode(spec.policy.encoder_input(batch["image"]))
-
-
 def _cached_batch(
     model: nn.Module, spec: ModelSpec, batch: dict[str, torch.Tensor], device: torch.device,
     amp: torch.dtype | None,
 ) -> dict[str, Any]:  # fmt: skip
     """The batch as a cached-feature loader yields it."""
-    levels = _encode(model, spec, batch, device, amp)
+    levels = cached_levels(model, spec, batch["image"], device, amp)
     return {"features": levels, "days": batch["days"], "label": batch["label"]}
 
 
@@ -244,21 +252,21 @@ def measure(
     model.to(device)
     train_batch = synthetic_batch(shape.batch, shape, device)
     eval_batch = synthetic_batch(s.eval_batch_size, shape, device)
-    cached = uses_cache(spec, regime, s)
+    cached, eval_cached = uses_cache(spec, regime, s), uses_eval_cache(spec, regime, s)
     row: dict[str, Any] = {
         "model": spec.name, "regime": regime, "ft_rate": REGIMES[regime], "t": shape.t,
         "path": path.name, "status": "measured", "eval_batch": s.eval_batch_size,
         "precision": str(amp or torch.float32).removeprefix("torch."),
-        "feature_cache": cached, "note": note,
+        "feature_cache": cached, "eval_cache": eval_cached, "note": note,
     }  # fmt: skip
-    if cached:
+    if cached or eval_cached:  # the cache build: the encoder on a training batch's inputs
         model.eval()
-        encode = functools.partial(_encode, model, spec, train_batch, device, amp)
+        encode = functools.partial(cached_levels, model, spec, train_batch["image"], device, amp)
         row["cache_flops_per_patch"] = counted(encode) / shape.batch
         row["cache_patch_s"] = statistics.median(timed(encode, steps, device)) / shape.batch
-        train_batch, eval_batch = (
-            _cached_batch(model, spec, b, device, amp) for b in (train_batch, eval_batch)
-        )
+        eval_batch = _cached_batch(model, spec, eval_batch, device, amp)
+    if cached:
+        train_batch = _cached_batch(model, spec, train_batch, device, amp)
     optimizer = build_optimizer(model, spec, REGIMES[regime], s)
     scheduler = build_scheduler(optimizer, warmup + steps, s)
     crops = torch.Generator().manual_seed(0)

@@ -282,7 +282,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--models", nargs="+", help=f"default: {' '.join(GPU_MODELS)} on CUDA, "
         f"{' '.join(CPU_MODELS)} on CPU",
     )  # fmt: skip
-    parser.add_argument("--timesteps", type=int, nargs="+", default=list(TIMESTEPS))
+    parser.add_argument(
+        "--timesteps", type=int, nargs="+", default=list(TIMESTEPS), help="frames per series"
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed calls per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (>= 1)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

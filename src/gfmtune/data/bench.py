@@ -240,11 +240,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--frames", type=int, nargs="+", default=list(FRAMES_PER_TILE), help="frames per tile"
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timesteps", type=int, nargs="+", default=list(TIMESTEPS))
-    parser.add_argument("--cache", nargs="+", choices=CACHES, default=list(CACHES))
+    parser.add_argument("--seed", type=int, default=0, help="synthetic data seed")
+    parser.add_argument(
+        "--timesteps", type=int, nargs="+", default=list(TIMESTEPS), help="frames per series"
+    )
+    parser.add_argument(
+        "--cache",
+        nargs="+",
+        choices=CACHES,
+        default=list(CACHES),
+        help="warm: after an untimed pass; cold: page cache dropped before each pass",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per cell")
-    parser.add_argument("--backend", choices=BACKENDS, default=DEFAULT_BACKEND)
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default=DEFAULT_BACKEND, help="Zarr reading backend"
+    )
     parser.add_argument(
         "--read-threads", type=int, default=DEFAULT_THREADS, help="decoding threads (shard)"
     )

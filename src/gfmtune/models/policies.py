@@ -14,7 +14,8 @@ size (``"via_input"``: 56 -> 224 -> 128). Training logits are the same either wa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +25,7 @@ from gfmtune.pastis import BANDS
 
 Forward = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]  # (x, output size) -> logits
 LogitsAt = Callable[[tuple[int, int]], torch.Tensor]  # output size -> logits of a fixed input
+Decode = Callable[[Sequence[torch.Tensor], tuple[int, int]], torch.Tensor]  # (levels, size)
 
 #: Ways a ``resize`` policy brings evaluation logits to the output size (see the module doc).
 EVAL_RESIZES = ("direct", "via_input")
@@ -99,30 +101,54 @@ class InputPolicy:
             x = resize_frames(x, self.size)
         return forward(x, out_size)
 
+    @property
+    def windowed(self) -> bool:
+        """True when evaluation runs on sliding windows (``crop_windows``)."""
+        return self.kind == "crop_windows"
+
     def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
         """What the encoder sees of x (B, T, 10, H, W) when that does not depend on chance
         (``native``, ``resize``): the same in training and evaluation, hence cacheable."""
         if not self.deterministic_train_input:
             raise ValueError(f"the {self.kind} policy draws random crops: no fixed encoder input")
+        return self.eval_input(x)
+
+    def eval_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder sees of x (B, T, 10, H, W) at evaluation, fixed for every policy:
+        the frames, the resized frames, or ``crop_windows``' windows stacked on the batch axis
+        (B * windows, T, C, size, size; each sample's windows together, see
+        :func:`stack_windows`)."""
         x = adapt_bands(x, band_index(self.bands))
+        if self.windowed:
+            return stack_windows(x, self.size)
         return resize_frames(x, self.size) if self.kind == "resize" else x
 
     def eval_logits(self, logits_at: LogitsAt, size: tuple[int, int]) -> torch.Tensor:
-        """Evaluation logits at ``size`` from ``logits_at``, the model's logits of its (fixed)
-        input upsampled to a requested size; with ``via_input`` a ``resize`` policy requests its
-        input size and resizes those logits to ``size``."""
+        """Evaluation logits at ``size`` from ``logits_at``, the model's logits of its
+        :meth:`eval_input` upsampled to a requested size: ``crop_windows`` requests its window
+        size and averages the windows' logits; with ``via_input`` a ``resize`` policy requests
+        its input size and resizes those logits to ``size``."""
+        if self.windowed:
+            return stitch_windows(logits_at((self.size, self.size)), size, self.size)
         if self.kind == "resize" and self.eval_resize == "via_input":
             logits = logits_at((self.size, self.size))
             return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits_at(size)
 
+    def eval_decoded(
+        self, decode: Decode, levels: list[torch.Tensor], size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Evaluation logits at ``size`` from cached encoder levels of :meth:`eval_input`,
+        batched per sample (``crop_windows``: (B, windows, T, ...), flattened here)."""
+        if self.windowed:
+            levels = [level.flatten(0, 1) for level in levels]
+        return self.eval_logits(functools.partial(decode, levels), size)
+
     def predict(self, forward: Forward, x: torch.Tensor) -> torch.Tensor:
-        """Evaluation logits at the input's full resolution: x (B, T, 10, H, W)."""
-        h, w = x.shape[-2:]
-        if self.deterministic_train_input:
-            frames = self.encoder_input(x)
-            return self.eval_logits(lambda size: forward(frames, size), (h, w))
-        return sliding_windows(forward, adapt_bands(x, band_index(self.bands)), self.size)
+        """Evaluation logits at the input's full resolution: x (B, T, 10, H, W); one forward
+        call (``crop_windows``: all windows of the batch in it)."""
+        frames = self.eval_input(x)
+        return self.eval_logits(lambda size: forward(frames, size), tuple(x.shape[-2:]))
 
 
 def resize_frames(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -141,15 +167,31 @@ def window_offsets(length: int, window: int) -> list[int]:
     return sorted({0, length - window})
 
 
-def sliding_windows(forward: Forward, x: torch.Tensor, window: int) -> torch.Tensor:
-    """Logits averaged over overlapping windows of side ``window`` covering the frame."""
-    h, w = x.shape[-2:]
-    total, count = None, x.new_zeros(1, 1, h, w)
-    for top in window_offsets(h, window):
-        for left in window_offsets(w, window):
-            logits = forward(x[..., top : top + window, left : left + window], (window, window))
-            if total is None:
-                total = logits.new_zeros(*logits.shape[:2], h, w)
-            total[..., top : top + window, left : left + window] += logits
-            count[..., top : top + window, left : left + window] += 1
+def window_corners(size: tuple[int, int], window: int) -> list[tuple[int, int]]:
+    """(top, left) of the windows covering a frame of ``size``, rows first."""
+    return [
+        (t, left)
+        for t in window_offsets(size[0], window)
+        for left in window_offsets(size[1], window)
+    ]
+
+
+def stack_windows(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(B, T, C, H, W) -> (B * windows, T, C, window, window): the windows of
+    :func:`window_corners`, each sample's windows together."""
+    corners = window_corners(tuple(x.shape[-2:]), window)
+    views = [x[..., t : t + window, c : c + window] for t, c in corners]
+    return torch.stack(views, dim=1).flatten(0, 1)
+
+
+def stitch_windows(logits: torch.Tensor, size: tuple[int, int], window: int) -> torch.Tensor:
+    """Window logits (B * windows, K, window, window), ordered as :func:`stack_windows` makes
+    them, averaged where windows overlap: (B, K, *size), summed in fp32 (bf16 sums round)."""
+    corners = window_corners(size, window)
+    per_sample = logits.unflatten(0, (-1, len(corners)))
+    total = logits.new_zeros(per_sample.shape[0], logits.shape[1], *size, dtype=torch.float32)
+    count = total.new_zeros(1, 1, *size)
+    for i, (t, c) in enumerate(corners):
+        total[..., t : t + window, c : c + window] += per_sample[:, i].float()
+        count[..., t : t + window, c : c + window] += 1
     return total / count

@@ -1,17 +1,21 @@
 """Frozen-encoder feature cache: encoder features computed once, reused across label fractions
 and epochs.
 
-Applies when the encoder is frozen (FT-Rate 0) and its input does not depend on chance (DINO's
-resize, CROMA at native size; never CROMA's random crops). The cache holds, for every patch of
-the store, the encoder's output levels for the frames of one timestep manifest, in the dtype
-the uncached path computes (fp32 on CPU, bf16 under CUDA autocast), so training from it gives
-the uncached result. Its key covers everything the features depend on: encoder weights, input
-policy, frames, normalisation, the store's content digest (not its path: another dataset
-converted to the same path gets its own cache) and precision. Jobs that share a key build it
-once, under a file lock. ``complete.json`` records every file's size: a cache is used only while
-every file has its recorded size; a build keeps the files that do (or, without a record, that
-load) and recomputes the others. A file that fails to load during training is set aside with
-an error naming it, so the next run rebuilds it.
+Applies when the encoder is frozen (FT-Rate 0). With a fixed input (DINO's resize, CROMA at
+native size) the cache holds, for every patch of the store, the encoder's output levels for the
+frames of one timestep manifest, and training, validation and test read them. CROMA's random
+training crops cannot be cached, but its evaluation windows are fixed: an evaluation cache holds,
+for every validation and test patch, the levels of its sliding windows (one more axis, the
+windows, before the frames), so validation and test decode them while training encodes its crops.
+Features are stored in the dtype the uncached path computes (fp32 on CPU, bf16 under CUDA
+autocast), so training from them gives the uncached result. Its key covers everything the
+features depend on: encoder weights, input policy, window geometry, frames, normalisation, the
+store's content digest (not its path: another dataset converted to the same path gets its own
+cache) and precision. Jobs that share a key build it once, under a file lock. ``complete.json``
+records every file's size: a cache is used only while every file has its recorded size; a build
+keeps the files that do (or, without a record, that load) and recomputes the others. A file
+that fails to load during training is set aside with an error naming it, so the next run
+rebuilds it.
 """
 
 from __future__ import annotations
@@ -61,7 +65,10 @@ def cache_key(
     norm: str,
     nodata: str,
     amp: torch.dtype | None,
+    windows: list[tuple[int, int]] | None = None,
 ) -> str:
+    """The cache's name; ``windows``: the corners of an evaluation cache's windows (their side
+    is the policy's size)."""
     facts = {
         "model": spec.name,
         "encoder": _module_digest(encoder),
@@ -72,6 +79,8 @@ def cache_key(
         "nodata": nodata,
         "dtype": str(amp or torch.float32),
     }
+    if windows is not None:  # absent from a whole-patch cache's key, which stays as it was
+        facts["windows"] = [list(corner) for corner in windows]
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -148,10 +157,8 @@ class FeatureCache:
                 ids = [int(p) for p in batch["patch_id"]]
                 todo = [i for i, p in enumerate(ids) if not self._usable(p, recorded.get(str(p)))]
                 if todo:
-                    with torch.no_grad(), autocast(device, amp):
-                        frames = model_frames(batch["image"][todo], dataset.normalise, device)
-                        x = spec.policy.encoder_input(frames)
-                        levels = model.encode(x)
+                    frames = model_frames(batch["image"][todo], dataset.normalise, device)
+                    levels = cached_levels(model, spec, frames, device, amp)
                     for j, i in enumerate(todo):
                         with atomic_path(self.path(ids[i])) as tmp:
                             torch.save([level[j].cpu().clone() for level in levels], tmp)
@@ -162,6 +169,23 @@ class FeatureCache:
             atomic_write_text(self.dir / COMPLETE, json.dumps(record))
             total = sum(sizes.values())
             log.info("feature cache %s: %d patches, %.1f MB", self.dir, len(dataset), total / 1e6)
+
+
+def cached_levels(
+    model: nn.Module,
+    spec: ModelSpec,
+    images: torch.Tensor,
+    device: torch.device,
+    amp: torch.dtype | None,
+) -> list[torch.Tensor]:
+    """A frozen encoder's levels of ``images`` (B, T, 10, H, W) through the policy's evaluation
+    input, batched per sample as the cache stores them: (B, T, C, h, w), with sliding windows
+    (B, windows, T, C, h, w)."""
+    with torch.no_grad(), autocast(device, amp):
+        levels = model.encode(spec.policy.eval_input(images.to(device)))
+    if spec.policy.windowed:
+        levels = [level.unflatten(0, (len(images), -1)) for level in levels]
+    return levels
 
 
 def _size(path: Path) -> int:

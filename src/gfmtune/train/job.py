@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from gfmtune.data.dataset import PastisZarrDataset, frame_draw
 from gfmtune.fileio import atomic_path, atomic_write_text, set_aside
+from gfmtune.models.policies import window_corners
 from gfmtune.models.registry import REGISTRY, ModelSpec, build_model, get_spec
 from gfmtune.pastis import CLASS_NAMES, TEST_FOLD, VAL_FOLD
 from gfmtune.tensorio import CorruptFileError, load_tensors
@@ -213,14 +214,12 @@ class CellJob:
         ]
 
     def _cached(self, model: torch.nn.Module, datasets: list) -> list:
-        """The datasets with cached encoder features, when the cache applies (a frozen encoder
-        with a fixed input: no random crops, no frame draw)."""
-        if not (
-            self.frozen
-            and self.s.feature_cache
-            and self.inputs.feature_cache
-            and self.spec.policy.deterministic_train_input
-        ):
+        """The datasets with cached encoder features where a cache applies to a frozen encoder:
+        all three with a fixed input (``feature_cache``); validation and test when only the
+        training crops are random (CROMA's windows, ``eval_cache``). Never with a frame draw."""
+        fixed = self.spec.policy.deterministic_train_input
+        wanted = self.s.feature_cache if fixed else self.s.eval_cache
+        if not (self.frozen and wanted and self.inputs.feature_cache):
             return datasets
         if self.s.frame_draw != "none":
             log.info(
@@ -236,6 +235,15 @@ class CellJob:
                 self.inputs.store,
             )
             return datasets
+        every = PastisZarrDataset(
+            self.inputs.store,
+            self.inputs.timesteps,
+            ALL_FOLDS if fixed else (VAL_FOLD, TEST_FOLD),
+            norm=self.s.norm,
+            nodata=self.s.nodata,
+        )
+        patch = every.reader.label(int(every.positions[0])).shape  # the store's patch size
+        windows = None if fixed else window_corners(patch, self.spec.policy.size)
         key = cache_key(
             self.spec,
             model.encoder,
@@ -244,18 +252,17 @@ class CellJob:
             self.s.norm,
             self.s.nodata,
             self.amp,
+            windows,
         )
         cache = FeatureCache(self.inputs.feature_cache, key)
-        every = PastisZarrDataset(
-            self.inputs.store,
-            self.inputs.timesteps,
-            ALL_FOLDS,
-            norm=self.s.norm,
-            nodata=self.s.nodata,
-        )
         cache.build(model, self.spec, every, self.device, self.amp, self.progress)
-        log.info("training from cached encoder features in %s", cache.dir)
-        return [CachedFeatures(ds, cache) for ds in datasets]
+        live = 0 if fixed else 1  # the datasets that keep their images: CROMA's training crops
+        log.info(
+            "%s from cached encoder features in %s",
+            "training" if fixed else "evaluation",
+            cache.dir,
+        )
+        return datasets[:live] + [CachedFeatures(ds, cache) for ds in datasets[live:]]
 
     def _loaders(
         self, datasets: list

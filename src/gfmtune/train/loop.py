@@ -8,7 +8,6 @@ fractions of all iterations, cross-entropy ignoring the void class.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from collections.abc import Callable, Iterator
 
@@ -106,8 +105,7 @@ def _logits(
 ) -> torch.Tensor:
     """Logits of frames through the input policy, or of cached encoder levels directly."""
     if isinstance(x, list):
-        logits_at = functools.partial(model.decode, x)
-        return logits_at(size) if train else spec.policy.eval_logits(logits_at, size)
+        return model.decode(x, size) if train else spec.policy.eval_decoded(model.decode, x, size)
     forward = forward_fn(model, spec, days)
     return spec.policy.train_logits(forward, x) if train else spec.policy.predict(forward, x)
 

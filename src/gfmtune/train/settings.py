@@ -24,7 +24,8 @@ class TrainSettings:
     milestones: tuple[float, ...] = (0.6, 0.9)  # fractions of all iterations
     gamma: float = 0.1
     val_every: int = 1
-    eval_batch_size: int = 1
+    eval_batch_size: int = 8  # validation and test; metrics do not depend on it (CROMA: x 4)
+    eval_cache: bool = False  # frozen CROMA: validation/test window features computed once
     select_metric: str = "miou_paper"  # validation metric that picks the best checkpoint
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32
     norm: str = "paper"  # paper | train_folds
