@@ -26,7 +26,9 @@ class TrainSettings:
     val_every: int = 1
     eval_batch_size: int = 1
     select_metric: str = "miou_paper"  # validation metric that picks the best checkpoint
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32 (no TF32)
+    compile: bool = False  # torch.compile the encoder and decoder (U-TAE: whole); off: unmeasured
+    deterministic: bool = False  # torch's deterministic algorithms (CUDA: raises where none)
     norm: str = "paper"  # paper | train_folds
     nodata: str = "keep"  # keep | zero
     temporal: str = "ltae"  # ltae | linear
