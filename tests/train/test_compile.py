@@ -5,11 +5,12 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
 
-from gfmtune.bench.measure import Shape, synthetic_batch
+from gfmtune.bench.measure import COMPONENTS, REFERENCE, Shape, changes, synthetic_batch
 from gfmtune.models.registry import build_model, get_spec
 from gfmtune.train.devices import compile_model
 from gfmtune.train.loop import build_optimizer, build_scheduler, train_epoch
@@ -52,3 +53,13 @@ def test_inductor_trains_as_eager(monkeypatch: pytest.MonkeyPatch) -> None:
     """The default backend's generated kernels (dropout drawn from torch's RNG as in eager)."""
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     assert _epoch("utae_tiny", compiled=True) == pytest.approx(_epoch("utae_tiny", False), 1e-4)
+
+
+def test_bench_measures_compile_on_gpus_only() -> None:
+    """``bench-train --components``: the compiled reference runs where compile is a question
+    (CUDA), not on CPU, where inductor's C++ builds take minutes per tiny model."""
+    (path,) = [c for c in COMPONENTS if c.name == "reference+compile"]
+    assert path.settings == replace(REFERENCE.settings, compile=True)
+    spec = get_spec("utae_tiny")
+    assert changes(path, spec, "scratch", torch.device("cuda"))
+    assert not changes(path, spec, "scratch", torch.device("cpu"))
