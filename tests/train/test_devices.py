@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,64 @@ def test_preset_visible_devices_are_respected(three_gpus: Path, monkeypatch) -> 
     with devices.claimed_device() as device:
         assert device == torch.device("cuda")
     assert not list(three_gpus.iterdir()), "no lock taken when the scheduler chose the GPU"
+
+
+@pytest.fixture
+def backend_flags(monkeypatch: pytest.MonkeyPatch):
+    """Restore the process-wide flags that :func:`devices.configure_backends` sets."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # recorded, so restored afterwards
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    saved = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cudnn.benchmark,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+    torch.backends.cudnn.benchmark = saved[2]
+    torch.use_deterministic_algorithms(saved[3], warn_only=saved[4])
+
+
+@pytest.mark.parametrize(
+    ("device", "precision", "cudnn_tf32"),
+    [
+        ("cuda", "fp32", False),
+        ("cuda", "auto", True),
+        ("cuda", "bf16", True),
+        ("cpu", "auto", False),
+    ],
+)
+def test_tf32_only_under_autocast(
+    backend_flags, device: str, precision: str, cudnn_tf32: bool
+) -> None:
+    """fp32 runs (no autocast) use IEEE fp32 matrix products and cuDNN convolutions; under
+    autocast torch's defaults (TF32 for cuDNN only). The flags exist on CPU builds too."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not cudnn_tf32
+    devices.configure_backends(torch.device(device), precision, deterministic=False)
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 is cudnn_tf32
+
+
+def test_deterministic_warns_where_torch_has_no_deterministic_kernel(backend_flags) -> None:
+    torch.backends.cudnn.benchmark = True
+    devices.configure_backends(torch.device("cpu"), "auto", deterministic=True)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert torch.backends.cudnn.benchmark is False
+    with pytest.warns(UserWarning, match="deterministic"):  # put_ has none, on CPU too
+        torch.zeros(3).put_(torch.tensor([0]), torch.tensor([1.0]))
+    devices.configure_backends(torch.device("cpu"), "auto", deterministic=False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    torch.zeros(3).put_(torch.tensor([0]), torch.tensor([1.0]))
+
+
+def test_deterministic_keeps_a_valid_preset_cublas_workspace(backend_flags, monkeypatch) -> None:
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    devices.configure_backends(torch.device("cpu"), "fp32", deterministic=True)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
+    devices.configure_backends(torch.device("cpu"), "fp32", deterministic=True)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"

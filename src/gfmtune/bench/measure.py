@@ -41,7 +41,7 @@ from gfmtune.data.synthetic import SyntheticSpec
 from gfmtune.models.croma import SIZES, CromaOpticalEncoder, Transformer
 from gfmtune.models.registry import ModelSpec, build_model
 from gfmtune.pastis import BANDS, N_CLASSES
-from gfmtune.train.devices import amp_dtype
+from gfmtune.train.devices import amp_dtype, compile_model
 from gfmtune.train.feature_cache import ALL_FOLDS, cached_levels
 from gfmtune.train.job import _loader, loader_workers
 from gfmtune.train.loop import build_optimizer, build_scheduler, evaluate, train_epoch
@@ -111,6 +111,8 @@ COMPONENTS = (
         replace(REFERENCE.settings, eval_cache=True),  # off by default (see the schema)
         all_blocks=True,
     ),
+    # not a default (unmeasured on a GPU): whether it pays after first_step_s and first_val_s
+    BenchPath("reference+compile", replace(REFERENCE.settings, compile=True), all_blocks=True),
 )
 
 
@@ -205,6 +207,8 @@ def changes(path: BenchPath, spec: ModelSpec, regime: str, device: torch.device)
         or uses_cache(spec, regime, a) != uses_cache(spec, regime, b)
         or uses_eval_cache(spec, regime, a) != uses_eval_cache(spec, regime, b)
         or a.eval_batch_size != b.eval_batch_size
+        # on CPU inductor's C++ builds take minutes per tiny model: compile is a GPU question
+        or (a.compile != b.compile and device.type == "cuda")
     )
 
 
@@ -250,6 +254,8 @@ def measure(
     amp = amp_dtype(device, s.precision)
     model, note = bench_model(spec, regime, path, shape.t)
     model.to(device)
+    if s.compile:
+        compile_model(model, spec.has_encoder)
     train_batch = synthetic_batch(shape.batch, shape, device)
     eval_batch = synthetic_batch(s.eval_batch_size, shape, device)
     cached, eval_cached = uses_cache(spec, regime, s), uses_eval_cache(spec, regime, s)
@@ -282,17 +288,21 @@ def measure(
     def validate() -> object:
         return evaluate(model, spec, [eval_batch], device, amp)
 
+    first_s = timed(step, 1, device)[0]  # first calls: torch.compile's compile time included
     flops = counted(step)
     timed(step, warmup - 1, device)
     step_all = timed(step, steps, device)
     step_s = statistics.median(step_all)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    first_val_s = timed(validate, 1, device)[0]
     val_flops = counted(validate)
     timed(validate, warmup - 1, device)
     val_all = timed(validate, steps, device)
     val_s = statistics.median(val_all)
     row |= {
         "step_s": step_s,
+        "first_step_s": first_s,
+        "first_val_s": first_val_s,
         "step_spread": (max(step_all) - min(step_all)) / step_s,
         "step_all": step_all,
         "val_all": val_all,

@@ -44,15 +44,20 @@ def _masked_group_norm(
     x: torch.Tensor, valid: torch.Tensor | None, norm: nn.GroupNorm
 ) -> torch.Tensor:
     """GroupNorm of (B, T, C, H, W) per pixel over (channel group, time), counting only frames
-    where ``valid`` (B, T) is True (all frames if None)."""
+    where ``valid`` (B, T) is True (all frames if None).
+
+    Computed in fp32 whatever the input's dtype (under bf16 autocast the encoder's features are
+    bf16, whose 8-bit mantissa would round the mean and variance); returns fp32, as
+    :class:`~torch.nn.GroupNorm` does under autocast. No op here is cast by autocast.
+    """
     b, t, c, h, w = x.shape
     g = norm.num_groups
-    xg = x.view(b, t, g, c // g, h, w)
+    xg = x.float().view(b, t, g, c // g, h, w)
     if valid is None:
         mean = xg.mean(dim=(1, 3), keepdim=True)
         var = xg.var(dim=(1, 3), unbiased=False, keepdim=True)
     else:
-        m = valid.to(x.dtype).view(b, t, 1, 1, 1, 1)
+        m = valid.to(xg.dtype).view(b, t, 1, 1, 1, 1)
         n = (m.sum(dim=1, keepdim=True) * (c // g)).clamp_min(1.0)
         mean = (xg * m).sum(dim=(1, 3), keepdim=True) / n
         var = ((xg - mean).square() * m).sum(dim=(1, 3), keepdim=True) / n

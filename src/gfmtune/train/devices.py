@@ -1,4 +1,5 @@
-"""Device choice and mixed precision: CUDA when present (bf16 autocast by default), else CPU.
+"""Device choice and numerics: CUDA when present (bf16 autocast by default), else CPU; TF32,
+deterministic algorithms and ``torch.compile`` as the training settings ask.
 
 On a workstation with several GPUs Snakemake does not set ``CUDA_VISIBLE_DEVICES``, so each
 training job claims a free GPU through an exclusive lock file per device (released when the
@@ -17,9 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch import nn
 
 log = logging.getLogger(__name__)
 LOCK_DIR_ENV = "GFMTUNE_GPU_LOCK_DIR"
+#: ``CUBLAS_WORKSPACE_CONFIG`` values under which cuBLAS is deterministic (CUDA >= 10.2).
+DETERMINISTIC_CUBLAS = (":4096:8", ":16:8")
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -39,6 +43,43 @@ def amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if precision in ("auto", "bf16"):
         return torch.bfloat16
     raise ValueError(f"unknown precision {precision!r} (auto | bf16 | fp32)")
+
+
+def configure_backends(device: torch.device, precision: str, deterministic: bool) -> None:
+    """Process-wide numerics of a training job, set once before its first CUDA kernel.
+
+    Without autocast (``precision: fp32``, as the authors ran) matrix products and cuDNN
+    convolutions run in IEEE fp32, not TF32 (cuDNN's default allows TF32); under autocast
+    torch's defaults hold. ``deterministic``: torch's deterministic algorithms wherever one
+    exists; an op with none runs as it is, with torch's warning naming it (``warn_only``: four
+    of ours on CUDA, README "Performance"); cuBLAS gets the fixed workspace this requires and
+    cuDNN no benchmarking.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = amp_dtype(device, precision) is not None
+    if deterministic:
+        if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in DETERMINISTIC_CUBLAS:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = DETERMINISTIC_CUBLAS[0]
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(deterministic, warn_only=deterministic)
+    log.info(
+        "precision %s, TF32 %s, deterministic algorithms %s",
+        precision,
+        "off" if not torch.backends.cudnn.allow_tf32 else "cuDNN only",
+        "on" if deterministic else "off",
+    )
+
+
+def compile_model(model: nn.Module, has_encoder: bool) -> None:
+    """``torch.compile`` in place (parameters and state-dict keys unchanged): a model with an
+    encoder gets its encoder and its ``decode`` compiled apart, so that chunked, checkpointed and
+    cached-feature calls run compiled code too; a model without one (U-TAE) is compiled whole."""
+    if has_encoder:
+        model.encoder.compile()
+        model.decode = torch.compile(model.decode)
+    else:
+        model.compile()
+    log.info("torch.compile: %s", "encoder and decoder" if has_encoder else "whole model")
 
 
 def lock_dir() -> Path:

@@ -44,7 +44,13 @@ from gfmtune.models.registry import REGISTRY, ModelSpec, build_model, get_spec
 from gfmtune.pastis import CLASS_NAMES, TEST_FOLD, VAL_FOLD
 from gfmtune.tensorio import CorruptFileError, load_tensors
 from gfmtune.train import provenance
-from gfmtune.train.devices import amp_dtype, claimed_device, select_device
+from gfmtune.train.devices import (
+    amp_dtype,
+    claimed_device,
+    compile_model,
+    configure_backends,
+    select_device,
+)
 from gfmtune.train.feature_cache import (
     ALL_FOLDS,
     CachedFeatures,
@@ -190,6 +196,7 @@ class CellJob:
             )
         self.device = select_device(device)
         self.amp = amp_dtype(self.device, settings.precision)
+        configure_backends(self.device, settings.precision, settings.deterministic)
         self.progress = progress
         self.frozen = self.spec.has_encoder and not cell.ft_rate
 
@@ -292,6 +299,8 @@ class CellJob:
         ).to(self.device)
         if self.spec.has_encoder:
             model.set_memory_plan(self.s.encoder_frames_per_call, self.s.activation_checkpointing)
+        if self.s.compile:
+            compile_model(model, self.spec.has_encoder)
         train_dl, val_dl, test_dl, order = self._loaders(self._cached(model, datasets))
         train_ds, val_ds, _ = datasets
         optimizer = build_optimizer(model, self.spec, self.cell.ft_rate, self.s)

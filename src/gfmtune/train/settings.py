@@ -27,7 +27,9 @@ class TrainSettings:
     eval_batch_size: int = 8  # validation and test; metrics do not depend on it (CROMA: x 4)
     eval_cache: bool = False  # frozen CROMA: validation/test window features computed once
     select_metric: str = "miou_paper"  # validation metric that picks the best checkpoint
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32 (no TF32)
+    compile: bool = False  # torch.compile the encoder and decoder (U-TAE: whole); off: unmeasured
+    deterministic: bool = False  # torch's deterministic algorithms where they exist
     norm: str = "paper"  # paper | train_folds
     nodata: str = "keep"  # keep | zero
     temporal: str = "ltae"  # ltae | linear
