@@ -70,25 +70,39 @@ def test_bad_count_file_is_named(tmp_path: Path) -> None:
 
 
 def test_intervals_cover_the_true_miou_at_the_stated_rate() -> None:
-    """200 synthetic test sets of 150 patches drawn from a population whose mIoU is known:
-    the 95 % intervals cover it about 95 % of the time (binomial tolerance, 3 sd)."""
+    """200 synthetic test sets of 150 patches drawn from a population whose mIoU is known
+    (classes absent from many patches, false positives spread over all): the 95 % intervals
+    cover it about 95 % of the time (binomial tolerance, 3 sd)."""
     rng = np.random.default_rng(3)
-    rates = rng.uniform(5, 60, size=(3, N_CLASSES))  # expected tp, fp, fn per present class
+    rates = rng.uniform(5, 60, size=(3, N_CLASSES))  # expected tp, fp, fn per patch
     rates[:, VOID_CLASS] = [0, 20, 0]  # void: predicted on some pixels, never a target
-    presence = rng.uniform(0.1, 0.9, size=N_CLASSES)  # classes absent from many patches
+    presence = rng.uniform(0.1, 0.9, size=N_CLASSES)  # share of patches showing a class
     truth = 100 * np.stack(uncertainty.miou_from_counts(*rates))
     datasets, n = 200, 150
     covered = np.zeros(2)
     for _ in range(datasets):
-        scale = rng.gamma(2.0, 0.5, size=(n, 1, 1)) * (rng.random((n, 1, N_CLASSES)) < presence)
-        counts = rng.poisson(rates[None] * scale)  # (n, 3, C); expectation ∝ rates per class
-        reps = uncertainty.replicate_metrics(
-            uncertainty.patch_weights(n, uncertainty.RESAMPLES, rng), counts
-        )
-        low, high = uncertainty.interval(reps)
+        shown = rng.gamma(2.0, 0.5, size=(n, 1, 1)) * (rng.random((n, 1, N_CLASSES)) < presence)
+        spread = rng.gamma(2.0, 0.5, size=(n, 1, N_CLASSES)) * presence  # fp: every patch
+        scale = np.concatenate([shown, spread, shown], axis=1)  # expectation = rates
+        counts = rng.poisson(rates[None] * scale)  # (n, 3, C)
+        weights = uncertainty.patch_weights(n, uncertainty.RESAMPLES, rng)
+        low, high = uncertainty.interval(uncertainty.replicate_metrics(weights, counts))
         covered += (low <= truth) & (truth <= high)
     tolerance = 3 * np.sqrt(0.95 * 0.05 / datasets)
     assert covered / datasets == pytest.approx([0.95, 0.95], abs=tolerance)
+
+
+def test_interval_is_the_percentile_one_corrected_for_median_bias() -> None:
+    reps = np.random.default_rng(4).normal(size=(3, 999))
+    centred = np.concatenate([np.median(reps, -1, keepdims=True), reps], axis=-1)
+    assert np.array(uncertainty.interval(centred)) == pytest.approx(
+        np.percentile(reps, [2.5, 97.5], axis=-1)
+    )
+    low, high = uncertainty.interval(centred + np.array([[0.5] + [0] * 999]))  # runs low
+    assert (low > np.percentile(reps, 2.5, axis=-1)).all()
+    assert (high > np.percentile(reps, 97.5, axis=-1)).all()
+    identical = uncertainty.interval(np.zeros(401))  # two identical cells' difference
+    assert identical == (0, 0)
 
 
 # --- fabricated cells: metrics.json and test_patches.npz from per-patch confusions ---
@@ -163,12 +177,13 @@ def test_paired_claim_verdicts(
 
 
 def test_pairing_decides_a_small_consistent_difference(tmp_path: Path) -> None:
-    """CROMA = U-TAE but a few more errors on every patch: the cells' own intervals overlap,
-    the paired difference's does not include 0."""
+    """CROMA = U-TAE but one more error per class on every third patch: the cells' own
+    intervals overlap, the paired difference's does not include 0."""
     targets = _targets()
     utae = _predict(targets, 0.6, seed=1)
     croma = utae.copy()
     moved = np.minimum(np.diagonal(croma, axis1=1, axis2=2), 1)  # 1 right pixel -> class 0
+    moved[np.arange(len(moved)) % 3 != 0] = 0
     idx = np.arange(N_CLASSES)
     croma[:, idx, idx] -= moved
     croma[:, :, 0] += moved

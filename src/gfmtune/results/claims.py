@@ -82,7 +82,7 @@ def _claim(
         verdict, basis, value, bounds = "undetermined", None, None, None
     elif len(stat) > 1:
         basis, value = BOOTSTRAP, round(float(stat[0]), 2)
-        low, high = (float(b) for b in interval(stat[1:]))
+        low, high = (float(b) for b in interval(stat))
         bounds = [round(low, 2), round(high, 2)]
         verdict = UNDISTINGUISHABLE
         if inside(low, high, threshold):

@@ -5,14 +5,14 @@ The file (numpy ``savez_compressed``) holds ``patch_id`` (n,) and ``tp``, ``fp``
 (n, 20): per test patch and class, counted as the cell's confusion matrix (pixels whose
 target is void are dropped), so their sums over patches give the cell's test metrics.
 
-Percentile bootstrap over test patches: each of ``resamples`` replicates draws the n test
+Bootstrap over test patches: each of ``resamples`` replicates draws the n test
 patches with replacement once, and the same draw serves every cell (all cells are tested on
 the same patches, so differences between cells are paired). A replicate's mIoU is computed
 from its summed counts, as the test metrics are (not a mean of per-patch IoUs). A cell with
 several seeds is resampled hierarchically: a replicate's value is the mean, over its seeds
 drawn with replacement, of each seed's value on the replicate's patches. The interval is the
-replicates' 2.5 and 97.5 percentiles. Runs without the file have no replicates (intervals
-missing).
+bias-corrected percentile interval (:func:`interval`; Efron 1981). Runs without the file have
+no replicates (intervals missing).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,7 @@ from gfmtune.results.tables import KEYS
 
 PATCH_FILE = "test_patches.npz"
 RESAMPLES = 1000  # default number of bootstrap replicates (results.bootstrap.resamples)
+MIN_RESAMPLES = 100  # fewer leave the 2.5 % and 97.5 % percentiles to two or three replicates
 LEVEL = 95.0  # percent
 METRICS = ("miou", "miou_paper")
 RUN_KEYS = [*KEYS, "split", "seed"]
@@ -143,12 +145,11 @@ def _read_runs(paths: Iterable[Path]) -> dict[tuple, np.ndarray]:
 
 @dataclass(frozen=True)
 class Replicates:
-    """Bootstrap replicates (percent), per run and per cell of the main split: arrays of shape
-    (len(METRICS), resamples)."""
+    """Per run and per cell of the main split, arrays (len(METRICS), 1 + resamples) in
+    percent: column 0 the value on the test set itself, then the bootstrap replicates."""
 
     runs: dict[tuple, np.ndarray]
     cells: dict[tuple, np.ndarray]
-    resamples: int
 
     def cell_matrix(self, summary: pd.DataFrame, metric: str) -> np.ndarray | None:
         """(len(summary), resamples) replicates of ``metric`` in ``summary``'s row order; None
@@ -156,28 +157,61 @@ class Replicates:
         keys = [tuple(r) for r in summary[KEYS].itertuples(index=False)]
         if not keys or any(k not in self.cells for k in keys):
             return None
-        return np.stack([self.cells[k][METRICS.index(metric)] for k in keys])
+        return np.stack([self.cells[k][METRICS.index(metric), 1:] for k in keys])
 
 
-def interval(replicates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval at LEVEL over the last axis."""
-    tail = (100 - LEVEL) / 2
-    low, high = np.percentile(replicates, [tail, 100 - tail], axis=-1)
-    return low, high
+def interval(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bias-corrected percentile interval at LEVEL of ``values`` (..., 1 + B): column 0 the
+    estimate, then its B replicates. The percentiles move by z0 = Phi^-1(share of replicates
+    below the estimate, ties half), which undoes the replicates' median bias: resampled
+    patches lower a class's IoU when its false positives are spread over more patches than
+    its pixels. With z0 = 0 it is the plain 2.5 and 97.5 percentile interval."""
+    values = np.asarray(values, dtype=np.float64)
+    point, reps = values[..., :1], np.sort(values[..., 1:], axis=-1)
+    b = reps.shape[-1]
+    share = (reps < point).mean(-1) + 0.5 * (reps == point).mean(-1)
+    z0 = _normal(np.clip(share, 0.5 / b, 1 - 0.5 / b), inverse=True)
+    z = NormalDist().inv_cdf(0.5 + LEVEL / 200)
+    bounds = []
+    for side in (-z, z):
+        position = _normal(2 * z0 + side) * (b - 1)  # as np.percentile's linear interpolation
+        lower = np.floor(position).astype(int)
+        upper = np.minimum(lower + 1, b - 1)
+        at = [np.take_along_axis(reps, k[..., None], -1)[..., 0] for k in (lower, upper)]
+        bounds.append(at[0] + (position - lower) * (at[1] - at[0]))
+    return bounds[0], bounds[1]
+
+
+def _normal(x: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """The standard normal CDF (or its inverse) elementwise."""
+    dist = NormalDist()
+    return np.vectorize(dist.inv_cdf if inverse else dist.cdf, otypes=[float])(x)
 
 
 def patch_weights(n: int, resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """(resamples, n): how often each of n patches is drawn in each replicate (sums to n)."""
+    """(1 + resamples, n): row 0 all ones (the test set itself), then how often each of the n
+    patches is drawn in each replicate (rows sum to n)."""
     draws = rng.integers(0, n, size=(resamples, n)) + n * np.arange(resamples)[:, None]
-    return np.bincount(draws.ravel(), minlength=resamples * n).reshape(resamples, n).astype(float)
+    drawn = np.bincount(draws.ravel(), minlength=resamples * n).reshape(resamples, n)
+    return np.vstack([np.ones(n), drawn]).astype(np.float64)
 
 
 def replicate_metrics(weights: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """(..., len(METRICS), B) percent: the metrics of counts (n, ..., 3, C), any runs in the
-    middle axes, on each replicate's patch multiplicities ``weights`` (B, n)."""
+    """(..., len(METRICS), len(weights)) percent: the metrics of counts (n, ..., 3, C), any
+    runs in the middle axes, on each row of patch multiplicities ``weights`` (B, n)."""
     sums = (weights @ counts.reshape(len(counts), -1)).reshape(len(weights), *counts.shape[1:])
     metrics = np.stack(miou_from_counts(sums[..., 0, :], sums[..., 1, :], sums[..., 2, :]))
     return 100 * np.moveaxis(metrics, (0, 1), (-2, -1))
+
+
+def _seed_resample(seeds: list[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """A cell's (metrics, 1 + B) from its seeds' (same shape): column 0 the mean over seeds,
+    replicate b the mean over seeds drawn with replacement of their replicate b."""
+    stacked = np.stack(seeds)  # (S, metrics, 1 + B)
+    n_seeds, b = len(seeds), stacked.shape[-1] - 1
+    draw = rng.integers(0, n_seeds, size=(b, n_seeds))
+    reps = stacked[draw, :, np.arange(1, b + 1)[:, None]].mean(1).T  # (metrics, B)
+    return np.hstack([stacked[:, :, :1].mean(0), reps])
 
 
 def bootstrap(
@@ -185,8 +219,8 @@ def bootstrap(
 ) -> Replicates:
     """Replicates of every run with a count file, and of every main-split cell of ``table``
     (``miou.csv`` rows) whose runs all have one."""
-    if resamples < 2:
-        raise ValueError(f"bootstrap resamples must be >= 2, got {resamples}")
+    if resamples < MIN_RESAMPLES:
+        raise ValueError(f"bootstrap resamples must be >= {MIN_RESAMPLES}, got {resamples}")
     counts = _read_runs(paths)
     rng = np.random.default_rng(seed)
     runs: dict[tuple, np.ndarray] = {}
@@ -201,15 +235,12 @@ def bootstrap(
     for row in table[table.split == "main"].to_dict("records"):
         key = run_key(row)
         members.setdefault(key[: len(KEYS)], []).append(key)
-    cells = {}
-    for key, keys_of_cell in members.items():
-        seeds = [runs.get(k) for k in keys_of_cell]
-        if any(s is None for s in seeds):
-            continue
-        stacked = np.stack(seeds)  # (S, metrics, B)
-        draw = rng.integers(0, len(seeds), size=(resamples, len(seeds)))  # seeds per replicate
-        cells[key] = stacked[draw, :, np.arange(resamples)[:, None]].mean(1).T
-    return Replicates(runs, cells, resamples)
+    cells = {
+        cell: _seed_resample([runs[k] for k in of_cell], rng)
+        for cell, of_cell in members.items()
+        if all(k in runs for k in of_cell)
+    }
+    return Replicates(runs, cells)
 
 
 def run_intervals(table: pd.DataFrame, reps: Replicates) -> pd.DataFrame:
