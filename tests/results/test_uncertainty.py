@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from gfmtune.cli import main
+from gfmtune.config import config_schema, validate_config
 from gfmtune.pastis import N_CLASSES, VOID_CLASS
 from gfmtune.results import claims, uncertainty
 from gfmtune.results.report import write_results
@@ -247,3 +249,22 @@ def test_count_files_must_match_metrics_and_patches(tmp_path: Path) -> None:
     uncertainty.save_patch_counts(wrong, cells[3].parent / uncertainty.PATCH_FILE)
     with pytest.raises(ValueError, match=r"counts give miou .* metrics\.json"):
         write_results(cells, tmp_path / "run")
+
+
+def test_bootstrap_settings_agree_with_the_schema(tmp_path: Path) -> None:
+    """results.bootstrap in the schema (what snakemake checks and passes on) has the command's
+    defaults and bounds; too few resamples stop the command with a clear line."""
+    bootstrap = config_schema()["properties"]["results"]["properties"]["bootstrap"]
+    resamples = bootstrap["properties"]["resamples"]
+    assert (resamples["default"], resamples["minimum"]) == (
+        uncertainty.RESAMPLES,
+        uncertainty.MIN_RESAMPLES,
+    )
+    assert bootstrap["properties"]["seed"]["default"] == 0
+    config: dict = {}
+    validate_config(config)
+    assert config["results"]["bootstrap"] == {"resamples": uncertainty.RESAMPLES, "seed": 0}
+    cells = [str(p) for p in _grid(tmp_path / "cells", 0.9, 0.5)]
+    args = ["results", "--cells", *cells, "--out", str(tmp_path / "run"), "--resamples", "50"]
+    assert main(args) == 1
+    assert not (tmp_path / "run" / "claims.md").exists()

@@ -64,7 +64,8 @@ def miou_vs_frames(
             ylabel="test mIoU (%, paper convention)",
         )
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, title="solid: this run; dashed: paper", title_fontsize=7)
+    title = "solid: this run (bars: 95 % interval); dashed: paper"
+    axes[0][0].legend(fontsize=7, title=title, title_fontsize=7)
     return _save(fig, base)
 
 

@@ -94,7 +94,9 @@ def write_results(
     _csv(comparison, out / "tables" / "comparison.csv")
     atomic_write_text(
         out / "tables" / "comparison.md",
-        f"Published values: {CITATION}.\n\n" + _markdown(comparison),
+        f"Published values: {CITATION}. low, high: our 95 % bootstrap interval (empty without "
+        "per-patch test counts); paper_inside: whether the published value lies inside it.\n\n"
+        + _markdown(comparison),
     )
     _csv(cost_table(table), out / "tables" / "cost.csv")
     moves = spread.split_spread(table, VALUE)
