@@ -36,8 +36,7 @@ MIN_RESAMPLES = 100  # fewer leave the 2.5 % and 97.5 % percentiles to two or th
 LEVEL = 95.0  # percent
 METRICS = ("miou", "miou_paper")
 RUN_KEYS = [*KEYS, "split", "seed"]
-#: 0.01 points: metrics.json's values are rounded to 2 decimals in miou.csv
-AGREEMENT = 0.006
+AGREEMENT = 0.006  # points between counts and metrics.json (rounded to 2 decimals in miou.csv)
 CHUNK = 64  # runs per matrix product (memory: resamples x CHUNK x 60 floats)
 
 
@@ -251,8 +250,9 @@ def run_intervals(table: pd.DataFrame, reps: Replicates) -> pd.DataFrame:
             interval(reps.runs[k][i]) if k in reps.runs else (np.nan, np.nan)
             for k in map(run_key, table.to_dict("records"))
         ]
-        out.insert(out.columns.get_loc(name) + 1, f"{name}_high", [b[1] for b in bounds])
-        out.insert(out.columns.get_loc(name) + 1, f"{name}_low", [b[0] for b in bounds])
+        for side in (1, 0):  # low right after the value, then high
+            column = [round(float(b[side]), 2) for b in bounds]
+            out.insert(out.columns.get_loc(name) + 1, f"{name}_{('low', 'high')[side]}", column)
     return out
 
 
