@@ -1,5 +1,10 @@
-# Stage 5: the paper's tables, figures and the claims check from every finished cell, and the
-# parameter table of the paper-size models.
+# Stage 5: the paper's tables, figures and the claims check from every finished cell (95 %
+# bootstrap intervals from each cell's test_patches.npz), and the parameter table of the
+# paper-size models.
+from gfmtune.results.tables import fraction_groups
+
+#: The paper-layout tables' names: two label fractions each, most labels first ("100_50").
+LAYOUTS = ["_".join(f"{p:g}" for p in group) for group in fraction_groups(map(float, PERCENTS))]
 
 
 rule results:
@@ -12,6 +17,12 @@ rule results:
             caption="report/comparison.rst",
             category="Tables",
         ),
+        layouts=[
+            report(
+                RUN / "tables" / f"miou_{name}.csv", caption="report/layout.rst", category="Tables"
+            )
+            for name in LAYOUTS
+        ],
         cost=RUN / "tables" / "cost.csv",
         spread=report(
             RUN / "tables" / "split_spread.csv",
@@ -29,12 +40,15 @@ rule results:
         claims=report(RUN / "claims.md", caption="report/claims.rst", category="Claims"),
     params:
         out=RUN,
+        resamples=config["results"]["bootstrap"]["resamples"],
+        seed=config["results"]["bootstrap"]["seed"],
     log:
         RUN / "logs" / "results.log",
     conda:
         CONDA_ENV
     shell:
-        "gfmtune results --cells {input.cells} --out {params.out} > {log} 2>&1"
+        "gfmtune results --cells {input.cells} --out {params.out} "
+        "--resamples {params.resamples} --bootstrap-seed {params.seed} > {log} 2>&1"
 
 
 rule params:

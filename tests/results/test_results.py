@@ -42,9 +42,11 @@ def test_published_numbers_give_the_paper_layout() -> None:
             assert grid.loc[label, (row.label_percent, row.timesteps)] == row.miou
     csv = pd.read_csv(pd.io.common.StringIO(tables.to_csv(tables.layout(_paper_summary(),
                                                                            [10, 1]))))  # fmt: skip
-    starred = {c: csv.model[csv[c].astype(str).str.endswith("*")].tolist() for c in csv.columns[1:]}
+    values = [c for c in csv.columns[1:] if not c.endswith(("_low", "_high"))]
+    assert csv[[f"{c}_{b}" for c in values for b in ("low", "high")]].isna().all().all()
+    starred = {c: csv.model[csv[c].astype(str).str.endswith("*")].tolist() for c in values}
     for (p, t), col in zip([(p, t) for p in (10, 1) for t in (1, 6, 15, 25, 35)],
-                           csv.columns[1:], strict=True):  # fmt: skip
+                           values, strict=True):  # fmt: skip
         cell = raw[(raw.label_percent == p) & (raw.timesteps == t)]
         top = cell[cell.miou == cell.miou.max()]
         names = [m if pd.isna(f) else f"{m} {f:.1f}" for m, f in zip(top.model, top.ft_rate,
@@ -54,10 +56,14 @@ def test_published_numbers_give_the_paper_layout() -> None:
 
 
 def test_claims_on_the_published_numbers() -> None:
-    verdicts = [c["verdict"] for c in claims.check_claims(_paper_summary())]
+    """No per-patch data: point verdicts, labelled as such."""
+    checked = claims.check_claims(_paper_summary())
+    verdicts = [c["verdict"] for c in checked]
     assert verdicts == ["true", "true", "true", "true", "true", "true", "true", "false"]
-    md = claims.to_markdown(claims.check_claims(_paper_summary()))
-    assert md.count("\n") == 2 + 8
+    assert all(c["basis"] == claims.POINT and c["interval"] is None for c in checked)
+    md = claims.to_markdown(checked)
+    assert md.startswith("Point estimates only") and md.count("(point estimate)") == 8
+    assert sum(line.startswith("| ") for line in md.splitlines()) == 1 + 8
 
 
 def _curves(gains: dict[float, float], t6: float = 40.0) -> pd.DataFrame:
@@ -91,7 +97,7 @@ def test_longer_series_claim_needs_a_positive_gain(gains: dict, verdict: str) ->
     assert claim["verdict"] == verdict
     reported = list(claim["evidence"].values())
     assert reported == pytest.approx([100 * gains[1], 100 * gains[100]], abs=0.1)
-    assert "> 0 at the smallest fraction" in claim["rule"]
+    assert claim["rule"].endswith("> 0") and "gain (%)" in claim["rule"]
 
 
 def test_every_claim_rule_states_its_sign() -> None:

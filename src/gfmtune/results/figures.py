@@ -26,7 +26,8 @@ def _save(fig: Figure, base: Path) -> list[Path]:
 def miou_vs_frames(
     ours: pd.DataFrame, paper: pd.DataFrame | None, fractions: list[float], base: Path
 ) -> list[Path]:
-    """One panel per label fraction: ours solid with error bars (seeds), the paper's dashed."""
+    """One panel per label fraction: ours solid with error bars, the paper's dashed. Error bars:
+    the 95 % interval (``low``, ``high`` in ``ours``) where a cell has one, else std over seeds."""
     fig = Figure(figsize=(5.5 * len(fractions), 4.2))
     axes = fig.subplots(1, len(fractions), squeeze=False)
     for ax, fraction in zip(axes[0], fractions, strict=True):
@@ -39,7 +40,7 @@ def miou_vs_frames(
                 ax.errorbar(
                     mine.timesteps,
                     mine["mean"],
-                    yerr=mine["std"].fillna(0),
+                    yerr=_error_bars(mine),
                     color=color,
                     ls=STYLES.get(ft, "-"),
                     marker="o",
@@ -63,8 +64,20 @@ def miou_vs_frames(
             ylabel="test mIoU (%, paper convention)",
         )
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, title="solid: this run; dashed: paper", title_fontsize=7)
+    title = "solid: this run (bars: 95 % interval); dashed: paper"
+    axes[0][0].legend(fontsize=7, title=title, title_fontsize=7)
     return _save(fig, base)
+
+
+def _error_bars(cells: pd.DataFrame) -> np.ndarray:
+    """(2, n) distances below and above each mean: its interval, else its std, else 0."""
+    std = cells["std"].fillna(0).to_numpy()
+    if "low" not in cells:
+        return np.stack([std, std])
+    below = (cells["mean"] - cells["low"]).to_numpy()
+    above = (cells["high"] - cells["mean"]).to_numpy()
+    has = ~np.isnan(below)
+    return np.stack([np.where(has, below, std), np.where(has, above, std)]).clip(min=0)
 
 
 def heatmaps(ours: pd.DataFrame, base: Path) -> list[Path]:

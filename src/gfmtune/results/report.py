@@ -2,18 +2,22 @@
 
 Writes under ``--out`` (``results/<run>``)::
 
-    tables/miou.csv                      one row per cell and seed (percent)
-    tables/miou_<fractions>.{md,tex,csv} the paper's layout, best of each column marked
-    tables/comparison.{csv,md}           ours, the paper's and the difference per cell
+    tables/miou.csv                      one row per cell and seed (percent, with intervals)
+    tables/miou_<fractions>.{md,tex,csv} the paper's layout, value [95 % interval], best marked
+    tables/comparison.{csv,md}           ours [interval], the paper's, the difference, inside?
     tables/cost.csv                      GPU-hours and wall time per model and in total
     tables/split_spread.{csv,md}         how much cells move between label splits and seeds
     figures/miou_vs_frames.{png,pdf}     per fraction, published curves dashed
     figures/heatmaps.{png,pdf}           mIoU over (FT-Rate, frames) per model and fraction
-    claims.{json,md}                     the paper's conclusions checked on these results
+    claims.{json,md}                     the paper's conclusions decided on these results
+                                         (and, as point estimates, on the published numbers)
 
 Every value in the paper-layout tables, the comparison and the claims is the paper's
 convention (``miou_paper``: mean over 20 classes with void as 0, percent), from the run's own
 label split (``main``); the cost table counts every cell, label-split variants included.
+Intervals and claim verdicts come from the bootstrap over the cells' per-patch test counts
+(:mod:`gfmtune.results.uncertainty`, ``test_patches.npz``); cells without them have no interval
+and claims fall back to point verdicts.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from gfmtune.fileio import atomic_path, atomic_write_text
-from gfmtune.results import claims, figures, spread, tables
+from gfmtune.results import claims, figures, spread, tables, uncertainty
 from gfmtune.results.aggregate import collect
 from gfmtune.results.published import CITATION, published
 
@@ -62,12 +66,18 @@ def cost_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([per_model, total], ignore_index=True).round(4)
 
 
-def write_results(cells: list[Path], out: Path) -> dict:
-    """All tables, figures and the claims check; returns the paths written, by kind."""
+def write_results(
+    cells: list[Path], out: Path, resamples: int = uncertainty.RESAMPLES, seed: int = 0
+) -> dict:
+    """All tables, figures and the claims check, intervals from ``resamples`` bootstrap
+    replicates drawn with ``seed``; returns the paths written, by kind."""
     out = Path(out)
     table = collect(cells)
-    _csv(table, out / "tables" / "miou.csv")
-    ours = tables.summarize(table[table.split == spread.MAIN], VALUE)
+    reps = uncertainty.bootstrap(cells, table, resamples, seed)
+    _csv(uncertainty.run_intervals(table, reps), out / "tables" / "miou.csv")
+    ours = uncertainty.cell_intervals(
+        tables.summarize(table[table.split == spread.MAIN], VALUE), reps, VALUE
+    )
     paper = tables.summarize(published().rename(columns={"miou": VALUE}), VALUE)
     written = {"tables": [out / "tables" / "miou.csv"]}
     for group in tables.fraction_groups(list(ours.label_percent.unique())):
@@ -84,7 +94,9 @@ def write_results(cells: list[Path], out: Path) -> dict:
     _csv(comparison, out / "tables" / "comparison.csv")
     atomic_write_text(
         out / "tables" / "comparison.md",
-        f"Published values: {CITATION}.\n\n" + _markdown(comparison),
+        f"Published values: {CITATION}. low, high: our 95 % bootstrap interval (empty without "
+        "per-patch test counts); paper_inside: whether the published value lies inside it.\n\n"
+        + _markdown(comparison),
     )
     _csv(cost_table(table), out / "tables" / "cost.csv")
     moves = spread.split_spread(table, VALUE)
@@ -106,7 +118,9 @@ def write_results(cells: list[Path], out: Path) -> dict:
         ours, paper, panels, out / "figures" / "miou_vs_frames"
     )
     written["figures"] += figures.heatmaps(ours, out / "figures" / "heatmaps")
-    checked = claims.check_claims(ours)
+    checked = claims.with_published(
+        claims.check_claims(ours, reps.cell_matrix(ours, VALUE)), claims.check_claims(paper)
+    )
     atomic_write_text(out / "claims.json", json.dumps(checked, indent=1, default=str) + "\n")
     atomic_write_text(out / "claims.md", claims.to_markdown(checked))
     written["claims"] = [out / "claims.json", out / "claims.md"]
@@ -116,8 +130,17 @@ def write_results(cells: list[Path], out: Path) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cells", type=Path, nargs="+", required=True, help="metrics.json files")
     parser.add_argument("--out", type=Path, required=True, help="run folder (results/<run>)")
+    parser.add_argument(
+        "--resamples",
+        type=int,
+        default=uncertainty.RESAMPLES,
+        help="bootstrap replicates over test patches (default %(default)s)",
+    )
+    parser.add_argument(
+        "--bootstrap-seed", type=int, default=0, help="seed of the bootstrap (default 0)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    write_results(args.cells, args.out)
+    write_results(args.cells, args.out, args.resamples, args.bootstrap_seed)
     return 0

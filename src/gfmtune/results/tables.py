@@ -1,6 +1,8 @@
 """The paper's table layout: rows CROMA 0.0/0.1/1.0, DINO 0.0/0.1/1.0, U-TAE; five timestep
 columns per label fraction, two fractions per table ((100, 50) and (10, 1) in the paper); the
-best value of each column marked. Values are means over seeds (± std when several).
+best value of each column marked. Values are means over seeds with their 95 % bootstrap
+interval ``[low, high]`` when the summary has ``low`` and ``high``
+(:mod:`gfmtune.results.uncertainty`), else ± std when several seeds.
 """
 
 from __future__ import annotations
@@ -44,13 +46,15 @@ def layout(summary: pd.DataFrame, fractions: list[float]) -> pd.DataFrame:
     columns = pd.MultiIndex.from_product([fractions, steps], names=["label_percent", "timesteps"])
     index = [row_label(m, f) for m, f in row_order(summary)]
     grid = pd.DataFrame(np.nan, index=index, columns=columns)
-    std = grid.copy()
-    for r in summary.itertuples():
-        if r.label_percent in fractions:
-            label = row_label(r.model, r.ft_rate)
-            grid.loc[label, (r.label_percent, r.timesteps)] = r.mean
-            std.loc[label, (r.label_percent, r.timesteps)] = r.std if r.n > 1 else np.nan
-    grid.attrs["std"] = std
+    extra = {name: grid.copy() for name in ("std", "low", "high")}
+    for r in summary.to_dict("records"):
+        if r["label_percent"] in fractions:
+            at = (row_label(r["model"], r["ft_rate"]), (r["label_percent"], r["timesteps"]))
+            grid.loc[at] = r["mean"]
+            extra["std"].loc[at] = r["std"] if r["n"] > 1 else np.nan
+            for name in ("low", "high"):
+                extra[name].loc[at] = r.get(name, np.nan)
+    grid.attrs |= extra
     return grid
 
 
@@ -58,18 +62,24 @@ def _best(grid: pd.DataFrame) -> pd.DataFrame:
     return grid.eq(grid.max(axis=0), axis=1) & grid.notna()
 
 
-def _text(mean: float, std: float) -> str:
+def _text(mean: float, std: float, bounds: tuple[float, float] | None) -> str:
+    """``mean [low, high]`` with an interval (``bounds``), else ``mean ± std`` or ``mean``."""
     if math.isnan(mean):
         return MISSING
+    if bounds is not None and not math.isnan(bounds[0]):
+        return f"{mean:.2f} [{bounds[0]:.2f}, {bounds[1]:.2f}]"
     return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
-def _cells(grid: pd.DataFrame, mark: tuple[str, str]) -> pd.DataFrame:
-    std, best = grid.attrs["std"], _best(grid)
+def _cells(grid: pd.DataFrame, mark: tuple[str, str], bounds: bool = True) -> pd.DataFrame:
+    """Text of each value, the best of each column marked; intervals unless ``bounds`` is
+    False."""
+    best, a = _best(grid), grid.attrs
     out = grid.astype(object).copy()
     for i in grid.index:
         for c in grid.columns:
-            text = _text(grid.loc[i, c], std.loc[i, c])
+            interval = (a["low"].loc[i, c], a["high"].loc[i, c]) if bounds else None
+            text = _text(grid.loc[i, c], a["std"].loc[i, c], interval)
             out.loc[i, c] = f"{mark[0]}{text}{mark[1]}" if best.loc[i, c] else text
     return out
 
@@ -108,17 +118,30 @@ def to_latex(grid: pd.DataFrame) -> str:
 
 
 def to_csv(grid: pd.DataFrame) -> str:
-    """CSV with one column per (fraction, t); the best of each column marked with '*'."""
-    cells = _cells(grid, ("", "*"))
-    cells.columns = [f"{p:g}%_t{t}" for p, t in grid.columns]
-    return cells.rename_axis("model").to_csv()
+    """CSV with one column per (fraction, t), the best of each marked with '*' (± std when
+    several seeds), each followed by its interval's ``_low`` and ``_high`` (empty without)."""
+    cells = _cells(grid, ("", "*"), bounds=False)
+    columns = {}
+    for p, t in grid.columns:
+        name = f"{p:g}%_t{t}"
+        columns[name] = cells[(p, t)]
+        for bound in ("low", "high"):
+            columns[f"{name}_{bound}"] = grid.attrs[bound][(p, t)].round(2)
+    return pd.DataFrame(columns).rename_axis("model").to_csv()
 
 
 def comparison(ours: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
-    """Per cell of ours: our mean, the paper's value and ours - paper (both summaries)."""
+    """Per cell of ours: our mean and its interval (``low``, ``high``; empty without), the
+    paper's value, ours - paper and whether the paper's value is inside our interval
+    (``paper_inside``: yes, no, or empty without an interval or a published value)."""
     theirs = paper.rename(columns={"mean": "paper"})[[*KEYS, "paper"]]
-    mine = ours.rename(columns={"mean": "ours"})[[*KEYS, "ours", "std", "n"]]
+    mine = ours.rename(columns={"mean": "ours"}).reindex(
+        columns=[*KEYS, "ours", "low", "high", "std", "n"]
+    )
     merged = mine.merge(theirs, on=KEYS, how="left")
     merged["diff"] = merged.ours - merged.paper
+    known = merged.low.notna() & merged.paper.notna()
+    inside = (merged.low <= merged.paper) & (merged.paper <= merged.high)
+    merged["paper_inside"] = np.where(known, np.where(inside, "yes", "no"), None)
     merged["ft_rate"] = merged.ft_rate.where(merged.ft_rate >= 0)
     return merged.sort_values(KEYS, ascending=[True, True, False, True], ignore_index=True)
