@@ -15,6 +15,7 @@ from gfmtune.config import config_schema, validate_config
 from gfmtune.pastis import N_CLASSES, VOID_CLASS
 from gfmtune.results import claims, uncertainty
 from gfmtune.results.report import write_results
+from gfmtune.train import patch_counts
 from gfmtune.train.metrics import metrics_from_confusion
 
 N_PATCHES = 60
@@ -31,7 +32,7 @@ def test_metrics_from_counts_equal_metrics_from_confusion() -> None:
     rng = np.random.default_rng(1)
     confusions = _random_confusions(rng, 50)
     confusions[:, 3, :] = confusions[:, :, 3] = 0  # a class never seen: NaN IoU
-    counts = uncertainty.counts_from_confusions(np.arange(50), confusions)
+    counts = patch_counts.counts_from_confusions(np.arange(50), confusions)
     per_patch = np.stack(uncertainty.miou_from_counts(counts.tp, counts.fp, counts.fn), axis=1)
     for patch, conf in zip(per_patch, confusions, strict=True):  # vectorised over patches
         expected = metrics_from_confusion(conf)
@@ -46,29 +47,29 @@ def test_metrics_from_counts_equal_metrics_from_confusion() -> None:
 def test_counts_sum_to_the_confusion_and_drop_void_targets(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     confusions = rng.poisson(2.0, size=(5, N_CLASSES, N_CLASSES))  # void row not yet dropped
-    counts = uncertainty.counts_from_confusions([7, 3, 9, 1, 4], confusions)
+    counts = patch_counts.counts_from_confusions([7, 3, 9, 1, 4], confusions)
     kept = confusions.sum(0)
     kept[VOID_CLASS] = 0
     assert np.array_equal(counts.tp.sum(0), np.diag(kept))
     assert np.array_equal(counts.fp.sum(0), kept.sum(0) - np.diag(kept))
     assert np.array_equal(counts.fn.sum(0), kept.sum(1) - np.diag(kept))
     assert counts.tp[:, VOID_CLASS].sum() == counts.fn[:, VOID_CLASS].sum() == 0
-    path = tmp_path / uncertainty.PATCH_FILE
-    uncertainty.save_patch_counts(counts, path)
-    back = uncertainty.load_patch_counts(path)
+    path = tmp_path / patch_counts.PATCH_FILE
+    patch_counts.save_patch_counts(counts, path)
+    back = patch_counts.load_patch_counts(path)
     assert back.patch_id.tolist() == [7, 3, 9, 1, 4] and np.array_equal(back.fp, counts.fp)
-    assert [p.name for p in tmp_path.iterdir()] == [uncertainty.PATCH_FILE]  # no temp left
+    assert [p.name for p in tmp_path.iterdir()] == [patch_counts.PATCH_FILE]  # no temp left
 
 
 def test_bad_count_file_is_named(tmp_path: Path) -> None:
-    path = tmp_path / uncertainty.PATCH_FILE
+    path = tmp_path / patch_counts.PATCH_FILE
     np.savez_compressed(path, patch_id=np.arange(3), tp=np.zeros((3, 19)), fp=np.zeros((3, 20)),
                         fn=np.zeros((3, 20)))  # fmt: skip
     with pytest.raises(ValueError, match=rf"{path}: tp must be .* \(3, 20\)"):
-        uncertainty.load_patch_counts(path)
+        patch_counts.load_patch_counts(path)
     path.write_text("not numpy")
     with pytest.raises(ValueError, match="not a readable per-patch count file"):
-        uncertainty.load_patch_counts(path)
+        patch_counts.load_patch_counts(path)
 
 
 def test_intervals_cover_the_true_miou_at_the_stated_rate() -> None:
@@ -134,8 +135,8 @@ def _cell(folder: Path, model: str, ft, percent: str, seed: int, confusions: np.
                "test": metrics_from_confusion(confusions.sum(0)),
                "best_epoch": 3, "wall_seconds": 10.0, "gpu_hours": 0.01}  # fmt: skip
     path.write_text(json.dumps(metrics))
-    counts = uncertainty.counts_from_confusions(np.arange(len(confusions)), confusions)
-    uncertainty.save_patch_counts(counts, path.parent / uncertainty.PATCH_FILE)
+    counts = patch_counts.counts_from_confusions(np.arange(len(confusions)), confusions)
+    patch_counts.save_patch_counts(counts, path.parent / patch_counts.PATCH_FILE)
     return path
 
 
@@ -222,7 +223,7 @@ def test_seeds_are_resampled_too(tmp_path: Path) -> None:
 
 def test_cells_without_counts_aggregate_with_point_verdicts(tmp_path: Path) -> None:
     cells = _grid(tmp_path / "cells", 0.9, 0.5)
-    (cells[0].parent / uncertainty.PATCH_FILE).unlink()  # an older run: no per-patch counts
+    (cells[0].parent / patch_counts.PATCH_FILE).unlink()  # an older run: no per-patch counts
     write_results(cells, tmp_path / "run", resamples=200)
     tables = tmp_path / "run" / "tables"
     comparison = pd.read_csv(tables / "comparison.csv")
@@ -239,14 +240,14 @@ def test_cells_without_counts_aggregate_with_point_verdicts(tmp_path: Path) -> N
 
 def test_count_files_must_match_metrics_and_patches(tmp_path: Path) -> None:
     cells = _grid(tmp_path / "cells", 0.9, 0.5)
-    other = uncertainty.counts_from_confusions(np.arange(N_PATCHES) + 1,
+    other = patch_counts.counts_from_confusions(np.arange(N_PATCHES) + 1,
                                                _predict(_targets(), 0.5, seed=1))  # fmt: skip
-    uncertainty.save_patch_counts(other, cells[3].parent / uncertainty.PATCH_FILE)
+    patch_counts.save_patch_counts(other, cells[3].parent / patch_counts.PATCH_FILE)
     with pytest.raises(ValueError, match="test patches differ"):
         write_results(cells, tmp_path / "run")
-    wrong = uncertainty.counts_from_confusions(np.arange(N_PATCHES),
+    wrong = patch_counts.counts_from_confusions(np.arange(N_PATCHES),
                                                _predict(_targets(), 0.2, seed=5))  # fmt: skip
-    uncertainty.save_patch_counts(wrong, cells[3].parent / uncertainty.PATCH_FILE)
+    patch_counts.save_patch_counts(wrong, cells[3].parent / patch_counts.PATCH_FILE)
     with pytest.raises(ValueError, match=r"counts give miou .* metrics\.json"):
         write_results(cells, tmp_path / "run")
 

@@ -25,12 +25,11 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from gfmtune.fileio import atomic_path
-from gfmtune.pastis import N_CLASSES, VOID_CLASS
+from gfmtune.pastis import VOID_CLASS
 from gfmtune.results.aggregate import cell_row
 from gfmtune.results.tables import KEYS
+from gfmtune.train.patch_counts import PATCH_FILE, load_patch_counts
 
-PATCH_FILE = "test_patches.npz"
 RESAMPLES = 1000  # default number of bootstrap replicates (results.bootstrap.resamples)
 MIN_RESAMPLES = 100  # fewer leave the 2.5 % and 97.5 % percentiles to two or three replicates
 LEVEL = 95.0  # percent
@@ -38,33 +37,6 @@ METRICS = ("miou", "miou_paper")
 RUN_KEYS = [*KEYS, "split", "seed"]
 AGREEMENT = 0.006  # points between counts and metrics.json (rounded to 2 decimals in miou.csv)
 CHUNK = 64  # runs per matrix product (memory: resamples x CHUNK x 60 floats)
-
-
-@dataclass(frozen=True)
-class PatchCounts:
-    """Per test patch and class: true positives, false positives, false negatives."""
-
-    patch_id: np.ndarray  # (n,) int64
-    tp: np.ndarray  # (n, classes) int64
-    fp: np.ndarray
-    fn: np.ndarray
-
-    def stacked(self) -> np.ndarray:
-        """(n, 3, classes): tp, fp, fn per patch."""
-        return np.stack([self.tp, self.fp, self.fn], axis=1)
-
-
-def counts_from_confusions(
-    patch_id: np.ndarray, confusions: np.ndarray, void_class: int = VOID_CLASS
-) -> PatchCounts:
-    """Counts from per-patch confusions (n, C, C), rows target and columns prediction; rows of
-    void targets are dropped as the cell's confusion matrix drops them."""
-    m = np.array(confusions, dtype=np.int64)
-    m[:, void_class, :] = 0
-    tp = np.diagonal(m, axis1=1, axis2=2).copy()
-    return PatchCounts(
-        np.asarray(patch_id, dtype=np.int64), tp, m.sum(axis=1) - tp, m.sum(axis=2) - tp
-    )
 
 
 def miou_from_counts(
@@ -81,33 +53,6 @@ def miou_from_counts(
     with np.errstate(invalid="ignore", divide="ignore"):
         miou = np.where(n_defined > 0, iou[..., real].sum(-1) / n_defined, np.nan)
     return miou, iou.mean(-1)
-
-
-def save_patch_counts(counts: PatchCounts, path: Path) -> None:
-    """Write ``counts`` to ``path`` (``test_patches.npz``) atomically."""
-    arrays = {"patch_id": counts.patch_id, "tp": counts.tp, "fp": counts.fp, "fn": counts.fn}
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, **{k: np.asarray(v, dtype=np.int64) for k, v in arrays.items()})
-
-
-def load_patch_counts(path: Path) -> PatchCounts:
-    """Read and check a ``test_patches.npz``; a ValueError names the file and the problem."""
-    try:
-        with np.load(path) as data:
-            arrays = {k: data[k] for k in ("patch_id", "tp", "fp", "fn")}
-    except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"{path}: not a readable per-patch count file ({err})") from err
-    n = len(arrays["patch_id"])
-    for name in ("tp", "fp", "fn"):
-        a = arrays[name]
-        if a.shape != (n, N_CLASSES) or not np.issubdtype(a.dtype, np.integer) or (a < 0).any():
-            raise ValueError(
-                f"{path}: {name} must be non-negative integers of shape ({n}, {N_CLASSES}), "
-                f"got {a.dtype} {a.shape}"
-            )
-    if n == 0 or len(np.unique(arrays["patch_id"])) != n:
-        raise ValueError(f"{path}: patch_id must hold distinct test patches, got {n} entries")
-    return PatchCounts(**{k: v.astype(np.int64) for k, v in arrays.items()})
 
 
 def run_key(row: dict | pd.Series) -> tuple:

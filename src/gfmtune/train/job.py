@@ -6,6 +6,7 @@ Cell folder (``metrics.json`` is written last, so a folder without it is never f
     best.pt             best-validation weights (the tensors that were trained)
     history.csv         per epoch: train loss, validation metrics, learning rates, seconds
     confusion_test.csv  20 x 20 test confusion matrix (rows: target, columns: prediction)
+    test_patches.npz    per test patch and class: tp, fp, fn (gfmtune.train.patch_counts)
     provenance.json     settings, seed, git revision, package versions, device, time, memory
     metrics.json        test and best-validation metrics, cell, epoch of the best checkpoint
 
@@ -60,6 +61,7 @@ from gfmtune.train.feature_cache import (
 )
 from gfmtune.train.loop import build_optimizer, build_scheduler, evaluate, train_epoch
 from gfmtune.train.metrics import metrics_from_confusion
+from gfmtune.train.patch_counts import PATCH_FILE, counts_from_confusions, save_patch_counts
 from gfmtune.train.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -412,10 +414,14 @@ class CellJob:
         missing, unexpected = model.load_state_dict(best, strict=False)
         if unexpected or any(not k.startswith("encoder.") for k in missing):
             raise RuntimeError(f"{self.out / BEST}: does not fit the model")
-        confusion = evaluate(model, self.spec, test_dl, self.device, self.amp).numpy()
+        tested = evaluate(model, self.spec, test_dl, self.device, self.amp, per_sample=True)
+        confusion = tested.numpy()
         test = metrics_from_confusion(confusion)
         with atomic_path(self.out / "confusion_test.csv") as tmp:
             pd.DataFrame(confusion, index=CLASS_NAMES, columns=CLASS_NAMES).to_csv(tmp)
+        test_patches = getattr(test_dl.dataset, "base", test_dl.dataset).patch_ids
+        counts = counts_from_confusions(test_patches, tested.per_sample_numpy())
+        save_patch_counts(counts, self.out / PATCH_FILE)
         with atomic_path(self.out / "history.csv") as tmp:
             pd.DataFrame(state["history"]).to_csv(tmp, index=False)
         wall = time.time() - origin

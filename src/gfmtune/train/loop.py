@@ -204,10 +204,12 @@ def evaluate(
     loader: DataLoader,
     device: torch.device,
     amp: torch.dtype | None,
+    per_sample: bool = False,
 ) -> ConfusionMatrix:
-    """Confusion matrix of the model on a loader (full-resolution predictions)."""
+    """Confusion matrix of the model on a loader (full-resolution predictions); with
+    ``per_sample`` also each sample's, in the loader's order."""
     model.eval()
-    matrix = ConfusionMatrix(device=device)
+    matrix = ConfusionMatrix(device=device, per_sample=per_sample)
     for x, days, y in _batches(loader, device):
         with autocast(device, amp):
             logits = _logits(model, spec, x, days, tuple(y.shape[-2:]), train=False)

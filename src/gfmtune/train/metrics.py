@@ -17,27 +17,44 @@ from gfmtune.pastis import CLASS_NAMES, N_CLASSES, VOID_CLASS
 
 
 class ConfusionMatrix:
-    """Accumulates (target, prediction) counts on the tensors' device."""
+    """Accumulates (target, prediction) counts on the tensors' device; with ``per_sample`` also
+    each sample's own matrix, in the order of the updates (:meth:`per_sample_numpy`)."""
 
     def __init__(
         self,
         n_classes: int = N_CLASSES,
         ignore_index: int = VOID_CLASS,
         device: torch.device | str = "cpu",
+        per_sample: bool = False,
     ) -> None:
         self.n, self.ignore = n_classes, ignore_index
         self.matrix = torch.zeros(n_classes, n_classes, dtype=torch.int64, device=device)
+        self.samples: list[torch.Tensor] | None = [] if per_sample else None
 
     def update(self, logits_or_pred: torch.Tensor, target: torch.Tensor) -> None:
         pred = (
             logits_or_pred.argmax(1) if logits_or_pred.dim() == target.dim() + 1 else logits_or_pred
         )
         keep = target != self.ignore
-        index = target[keep].long() * self.n + pred[keep].long()
-        self.matrix += torch.bincount(index, minlength=self.n * self.n).view(self.n, self.n)
+        sample = torch.arange(len(target), device=target.device).view(-1, *[1] * (target.dim() - 1))
+        index = (sample.expand_as(target)[keep] * self.n + target[keep].long()) * self.n
+        index += pred[keep].long()
+        counts = torch.bincount(index, minlength=len(target) * self.n * self.n)
+        per_sample = counts.view(len(target), self.n, self.n)
+        self.matrix += per_sample.sum(0)
+        if self.samples is not None:
+            self.samples.append(per_sample)
 
     def numpy(self) -> np.ndarray:
         return self.matrix.cpu().numpy()
+
+    def per_sample_numpy(self) -> np.ndarray:
+        """(samples, n, n): each sample's confusion (``per_sample`` only)."""
+        if self.samples is None:
+            raise ValueError("this ConfusionMatrix keeps no per-sample counts (per_sample=False)")
+        if not self.samples:
+            return np.zeros((0, self.n, self.n), dtype=np.int64)
+        return torch.cat(self.samples).cpu().numpy()
 
 
 def metrics_from_confusion(matrix: np.ndarray, void_class: int = VOID_CLASS) -> dict:
