@@ -42,13 +42,15 @@ rule results:
         out=RUN,
         resamples=config["results"]["bootstrap"]["resamples"],
         seed=config["results"]["bootstrap"]["seed"],
+        synthetic="--synthetic-data" if DATA["source"] == "synthetic" else "",
     log:
         RUN / "logs" / "results.log",
     conda:
         CONDA_ENV
     shell:
         "gfmtune results --cells {input.cells} --out {params.out} "
-        "--resamples {params.resamples} --bootstrap-seed {params.seed} > {log} 2>&1"
+        "--resamples {params.resamples} --bootstrap-seed {params.seed} {params.synthetic}"
+        " > {log} 2>&1"
 
 
 rule params:

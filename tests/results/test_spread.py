@@ -77,3 +77,29 @@ def test_variants_count_in_the_spread_and_cost_but_not_in_the_paper_tables(
     )
     cost = pd.read_csv(tables / "cost.csv").set_index("model")
     assert cost.loc["total", "cells"] == 3
+
+
+def test_synthetic_runs_say_so_and_cpu_time_is_counted(tmp_path: Path) -> None:
+    """A run of tiny models on synthetic data says what its numbers cannot show in every
+    Markdown table, the claims and the LaTeX; cells without a GPU count as CPU-hours."""
+    cells = [_fake_cell(tmp_path / "c", "croma_tiny", 0.0, p, 6, 0, 0.3) for p in ("1", "100")]
+    write_results(cells, tmp_path / "run", synthetic=True)
+    note = "On synthetic data and tiny randomly initialised models: these numbers test"
+    tables = tmp_path / "run" / "tables"
+    for path in (tables / "miou_100_1.md", tables / "comparison.md", tmp_path / "run" / "claims.md",
+                 tables / "split_spread.md"):  # fmt: skip
+        assert path.read_text().startswith(f"**{note}"), path
+    assert (tables / "miou_100_1.tex").read_text().startswith(f"% {note}")
+    write_results(cells, tmp_path / "real")  # not synthetic, but the models are tiny
+    claims = (tmp_path / "real" / "claims.md").read_text()
+    assert claims.startswith("**On tiny randomly initialised models: these numbers test")
+    cost = pd.read_csv(tables / "cost.csv").set_index("model")
+    assert cost.loc["total", "gpu_hours"] == pytest.approx(0.02)  # the fake cells' GPU-hours
+    assert cost.loc["total", "cpu_hours"] == 0
+    cpu = [_fake_cell(tmp_path / "cpu", "utae", None, "1", 6, 0, 0.3)]
+    metrics = json.loads(cpu[0].read_text()) | {"gpu_hours": 0.0, "wall_seconds": 7200.0}
+    cpu[0].write_text(json.dumps(metrics))
+    write_results(cpu, tmp_path / "cpu_run")
+    cost = pd.read_csv(tmp_path / "cpu_run" / "tables" / "cost.csv").set_index("model")
+    assert (cost.loc["total", "gpu_hours"], cost.loc["total", "cpu_hours"]) == (0, 2.0)
+    assert not (tmp_path / "cpu_run" / "claims.md").read_text().startswith("**On")

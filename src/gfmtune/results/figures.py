@@ -15,7 +15,10 @@ COLORS = {"CROMA": "tab:blue", "DINO": "tab:orange", "U-TAE": "tab:green"}
 STYLES = {0.0: ":", 0.1: "-.", 1.0: "-", -1.0: "-"}
 
 
-def _save(fig: Figure, base: Path) -> list[Path]:
+def _save(fig: Figure, base: Path, note: str = "") -> list[Path]:
+    """The figure as PNG and PDF, ``note`` (what its numbers cannot say) above it."""
+    if note:
+        fig.suptitle(note, fontsize=9, color="firebrick")
     base.parent.mkdir(parents=True, exist_ok=True)
     paths = [base.with_suffix(".png"), base.with_suffix(".pdf")]
     for path in paths:
@@ -24,7 +27,11 @@ def _save(fig: Figure, base: Path) -> list[Path]:
 
 
 def miou_vs_frames(
-    ours: pd.DataFrame, paper: pd.DataFrame | None, fractions: list[float], base: Path
+    ours: pd.DataFrame,
+    paper: pd.DataFrame | None,
+    fractions: list[float],
+    base: Path,
+    note: str = "",
 ) -> list[Path]:
     """One panel per label fraction: ours solid with error bars, the paper's dashed. Error bars:
     the 95 % interval (``low``, ``high`` in ``ours``) where a cell has one, else std over seeds."""
@@ -66,7 +73,7 @@ def miou_vs_frames(
         ax.grid(alpha=0.3)
     title = "solid: this run (bars: 95 % interval); dashed: paper"
     axes[0][0].legend(fontsize=7, title=title, title_fontsize=7)
-    return _save(fig, base)
+    return _save(fig, base, note)
 
 
 def _error_bars(cells: pd.DataFrame) -> np.ndarray:
@@ -80,7 +87,7 @@ def _error_bars(cells: pd.DataFrame) -> np.ndarray:
     return np.stack([np.where(has, below, std), np.where(has, above, std)]).clip(min=0)
 
 
-def heatmaps(ours: pd.DataFrame, base: Path) -> list[Path]:
+def heatmaps(ours: pd.DataFrame, base: Path, note: str = "") -> list[Path]:
     """Per model (rows) and label fraction (columns): mIoU over FT-Rate x frames."""
     gfms = [m for m in ("CROMA", "DINO") if m in set(ours.model)]
     fractions = sorted(ours.label_percent.unique(), reverse=True)
@@ -88,7 +95,7 @@ def heatmaps(ours: pd.DataFrame, base: Path) -> list[Path]:
         fig = Figure(figsize=(5, 1.5))
         fig.text(0.5, 0.5, "no CROMA or DINO cells in this run: no FT-Rate axis to show",
                  ha="center", va="center")  # fmt: skip
-        return _save(fig, base)
+        return _save(fig, base, note)
     fig = Figure(figsize=(3.4 * len(fractions), 2.8 * len(gfms)), layout="constrained")
     axes = fig.subplots(len(gfms), len(fractions), squeeze=False)
     vmin, vmax = ours["mean"].min(), ours["mean"].max()
@@ -109,4 +116,4 @@ def heatmaps(ours: pd.DataFrame, base: Path) -> list[Path]:
             ax.set_xlabel("frames", fontsize=8)
             ax.set_ylabel("FT-Rate", fontsize=8)
     fig.colorbar(image, ax=axes, shrink=0.8, label="test mIoU (%)")
-    return _save(fig, base)
+    return _save(fig, base, note)

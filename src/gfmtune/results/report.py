@@ -51,28 +51,45 @@ def _markdown(frame: pd.DataFrame) -> str:
 
 
 def cost_table(table: pd.DataFrame) -> pd.DataFrame:
-    per_model = table.groupby("model")[["gpu_hours", "wall_seconds"]].sum().reset_index()
+    """GPU-hours, CPU-hours (wall time of the cells that ran without a GPU), wall seconds and
+    cells, per model and in total."""
+    table = table.assign(cpu_hours=table.wall_seconds.where(~(table.gpu_hours > 0), 0) / 3600)
+    sums = ["gpu_hours", "cpu_hours", "wall_seconds"]
+    per_model = table.groupby("model")[sums].sum().reset_index()
     per_model["cells"] = table.groupby("model").size().to_numpy()
-    total = pd.DataFrame(
-        [
-            {
-                "model": "total",
-                "gpu_hours": table.gpu_hours.sum(),
-                "wall_seconds": table.wall_seconds.sum(),
-                "cells": len(table),
-            }
-        ]
-    )
+    total = pd.DataFrame([{"model": "total", **table[sums].sum(), "cells": len(table)}])
     return pd.concat([per_model, total], ignore_index=True).round(4)
 
 
+def caveat(table: pd.DataFrame, synthetic: bool) -> str:
+    """What the numbers cannot say when the data are synthetic or the models tiny ("" if
+    neither)."""
+    tiny = table.model_name.str.endswith("_tiny").any()
+    if not (synthetic or tiny):
+        return ""
+    what = " and ".join(
+        part
+        for part, on in (("synthetic data", synthetic), ("tiny randomly initialised models", tiny))
+        if on
+    )
+    return f"On {what}: these numbers test the workflow, not the paper's findings."
+
+
 def write_results(
-    cells: list[Path], out: Path, resamples: int = uncertainty.RESAMPLES, seed: int = 0
+    cells: list[Path],
+    out: Path,
+    resamples: int = uncertainty.RESAMPLES,
+    seed: int = 0,
+    synthetic: bool = False,
 ) -> dict:
     """All tables, figures and the claims check, intervals from ``resamples`` bootstrap
-    replicates drawn with ``seed``; returns the paths written, by kind."""
+    replicates drawn with ``seed``; ``synthetic``: the cells trained on synthetic data, said
+    (with tiny models) at the top of every Markdown file and figure. Returns the paths written,
+    by kind."""
     out = Path(out)
     table = collect(cells)
+    note = caveat(table, synthetic)
+    head = f"**{note}**\n\n" if note else ""
     reps = uncertainty.bootstrap(cells, table, resamples, seed)
     _csv(uncertainty.run_intervals(table, reps), out / "tables" / "miou.csv")
     ours = uncertainty.cell_intervals(
@@ -88,20 +105,26 @@ def write_results(
             (".tex", tables.to_latex),
             (".csv", tables.to_csv),
         ):
-            atomic_write_text(base.with_suffix(suffix), render(grid))
+            text = render(grid)
+            if note and suffix != ".csv":
+                text = (f"**{note}**\n\n" if suffix == ".md" else f"% {note}\n") + text
+            atomic_write_text(base.with_suffix(suffix), text)
             written["tables"].append(base.with_suffix(suffix))
     comparison = tables.comparison(ours, paper).round(2)
     _csv(comparison, out / "tables" / "comparison.csv")
     atomic_write_text(
         out / "tables" / "comparison.md",
-        f"Published values: {CITATION}. low, high: our 95 % bootstrap interval (empty without "
-        "per-patch test counts); paper_inside: whether the published value lies inside it.\n\n"
+        f"{head}Published values: {CITATION}. low, high: our 95 % bootstrap interval (empty "
+        "without per-patch test counts); paper_inside: whether the published value lies inside "
+        "it.\n\n"
         + _markdown(comparison),
     )
     _csv(cost_table(table), out / "tables" / "cost.csv")
     moves = spread.split_spread(table, VALUE)
     _csv(moves, out / "tables" / "split_spread.csv")
-    atomic_write_text(out / "tables" / "split_spread.md", spread.to_markdown(moves, _markdown))
+    atomic_write_text(
+        out / "tables" / "split_spread.md", head + spread.to_markdown(moves, _markdown)
+    )
     written["tables"] += [
         out / "tables" / n
         for n in (
@@ -115,14 +138,14 @@ def write_results(
     fractions = sorted(ours.label_percent.unique(), reverse=True)
     panels = [fractions[0], fractions[-1]] if len(fractions) > 1 else fractions
     written["figures"] = figures.miou_vs_frames(
-        ours, paper, panels, out / "figures" / "miou_vs_frames"
+        ours, paper, panels, out / "figures" / "miou_vs_frames", note
     )
-    written["figures"] += figures.heatmaps(ours, out / "figures" / "heatmaps")
+    written["figures"] += figures.heatmaps(ours, out / "figures" / "heatmaps", note)
     checked = claims.with_published(
         claims.check_claims(ours, reps.cell_matrix(ours, VALUE)), claims.check_claims(paper)
     )
     atomic_write_text(out / "claims.json", json.dumps(checked, indent=1, default=str) + "\n")
-    atomic_write_text(out / "claims.md", claims.to_markdown(checked))
+    atomic_write_text(out / "claims.md", head + claims.to_markdown(checked))
     written["claims"] = [out / "claims.json", out / "claims.md"]
     return written
 
@@ -139,8 +162,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bootstrap-seed", type=int, default=0, help="seed of the bootstrap (default 0)"
     )
+    parser.add_argument(
+        "--synthetic-data",
+        action="store_true",
+        help="the cells trained on synthetic data: say so on every table, figure and claim",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    write_results(args.cells, args.out, args.resamples, args.bootstrap_seed)
+    write_results(args.cells, args.out, args.resamples, args.bootstrap_seed, args.synthetic_data)
     return 0
