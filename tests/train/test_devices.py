@@ -110,3 +110,19 @@ def test_deterministic_keeps_a_valid_preset_cublas_workspace(backend_flags, monk
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
     devices.configure_backends(torch.device("cpu"), "fp32", deterministic=True)
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def test_paper_size_models_do_not_fall_back_to_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    devices.refuse_cpu_fallback(cpu, "auto", "croma_tiny")  # tiny: fine on the CPU
+    devices.refuse_cpu_fallback(cpu, "cpu", "croma")  # asked for
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(RuntimeError, match=r"no GPU for model 'utae_paper': .*--device cpu"):
+        devices.refuse_cpu_fallback(cpu, "auto", "utae_paper")
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    assert "CUDA_VISIBLE_DEVICES is empty" in devices.no_gpu_reason()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert "built for CUDA 12.8" in devices.no_gpu_reason()
+    assert "driver too old" in devices.no_gpu_reason()
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert "CPU-only build" in devices.no_gpu_reason()

@@ -36,6 +36,29 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
+def no_gpu_reason() -> str:
+    """Why torch sees no CUDA device, in words for an error message."""
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is a CPU-only build"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and not visible.strip():
+        return "CUDA_VISIBLE_DEVICES is empty"
+    return (
+        f"this torch is built for CUDA {torch.version.cuda} and finds no usable GPU (none "
+        "present, or an NVIDIA driver too old for that CUDA: see nvidia-smi)"
+    )
+
+
+def refuse_cpu_fallback(device: torch.device, requested: str, model: str) -> None:
+    """With ``--device auto`` only the tiny models may fall back to the CPU: a paper-size cell
+    there would take days where a GPU takes minutes, so it stops, saying why there is no GPU."""
+    if device.type == "cpu" and requested == "auto" and not model.endswith("_tiny"):
+        raise RuntimeError(
+            f"no GPU for model {model!r}: {no_gpu_reason()}; a paper-size model is not trained "
+            "on the CPU unless asked (train.device: cpu, or gfmtune train --device cpu)"
+        )
+
+
 def amp_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """Autocast dtype: ``auto`` = bf16 on CUDA and fp32 on CPU; ``bf16``; ``fp32`` (None)."""
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):

@@ -50,6 +50,7 @@ from gfmtune.train.devices import (
     claimed_device,
     compile_model,
     configure_backends,
+    refuse_cpu_fallback,
     select_device,
 )
 from gfmtune.train.feature_cache import (
@@ -197,6 +198,7 @@ class CellJob:
                 "folder (--weights-dir); the tiny models train without pretrained weights"
             )
         self.device = select_device(device)
+        refuse_cpu_fallback(self.device, device, cell.model)
         self.amp = amp_dtype(self.device, settings.precision)
         configure_backends(self.device, settings.precision, settings.deterministic)
         self.progress = progress
