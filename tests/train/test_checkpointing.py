@@ -55,13 +55,13 @@ def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(
     """``gfmtune train`` gets SIGTERM in its second epoch, after step 3 (its loader's workers
     too: its own process group, as under SLURM): it saves, exits 1, and the rerun ends as an
     uninterrupted run."""
-    cell = Cell("croma_tiny", ft_rate, "100", 6)  # random crops: the crops generator matters
+    cell = Cell("croma_tiny", ft_rate, "100", 1)  # random crops: the crops generator matters
     settings = replace(SETTINGS, workers=workers)
     reference = _job(train_data, tmp_path / "ref", cell, settings).run()
 
     out, path = tmp_path / "stopped", tmp_path / "settings.json"
     path.write_text(json.dumps(settings.to_dict()))
-    argv = train_argv(inputs(train_data), cell, path, out)
+    argv = train_argv(inputs(train_data, cell.label_percent, cell.timesteps), cell, path, out)
     run = subprocess.run([sys.executable, "-c", SIGTERM_AT, "2", "3", *argv],
                          capture_output=True, text=True, timeout=300,
                          start_new_session=True)  # fmt: skip
@@ -114,11 +114,13 @@ def test_stop_after_the_last_step_saves_before_validation(
     saved = torch.load(tmp_path / "cell" / "state.pt", weights_only=True)["loop"]
     assert saved["partial"]["step"] == len(steps) == steps[0] and saved["history"] == []
     monkeypatch.undo()
-    assert _job(train_data, tmp_path / "cell", cell, settings).run()["test"] == reference["test"]
+    other_cadence = replace(settings, checkpoint_minutes=0)  # changes no result: still resumes
+    resumed = _job(train_data, tmp_path / "cell", cell, other_cadence).run()
+    assert resumed["test"] == reference["test"] and resumed["attempts"] == 2
 
 
-@pytest.mark.parametrize(("minutes", "saved_after"), [(10, [3]), (0, [1, 2, 3, 4, 5])])
-def test_state_is_saved_when_due_never_after_the_last_epoch(
+@pytest.mark.parametrize(("minutes", "saved_after"), [(10, [3]), (0, [1, 2, 3, 4, 5, 6])])
+def test_state_is_saved_when_due(
     minutes: float, saved_after: list, train_data: Path, tmp_path: Path, monkeypatch
 ) -> None:
     now, saves = [0.0], []
@@ -137,7 +139,7 @@ def test_state_is_saved_when_due_never_after_the_last_epoch(
     monkeypatch.setattr(CellJob, "_checkpoint", recorded)
     settings = replace(SETTINGS, epochs=6, checkpoint_minutes=minutes)
     _job(train_data, tmp_path, Cell("utae_tiny", None, "10", 1), settings).run()
-    assert saves == saved_after  # at 12 min (>= 10 since the start); the 6th epoch is the last
+    assert saves == saved_after  # 10: at 12 min, not at 24 (the last epoch); 0: every epoch
 
 
 class _Recorded(Dataset):

@@ -15,15 +15,15 @@ starts over; an unreadable ``best.pt`` invalidates the cell (see :func:`invalida
 
 Resume: ``state.pt`` holds the trained tensors (not a frozen encoder's: those are rebuilt from
 the pretrained file), optimizer, scheduler, RNG states and loop state. It is saved at the first
-epoch end ``checkpoint_minutes`` after the last save (0: every epoch; never after the last
-epoch, which ``metrics.json`` follows) and when SIGTERM (what SLURM sends before a time limit
-or preemption) or SIGINT arrives: the handler only sets a flag, the job saves at its next step
-boundary, mid-epoch, and stops with :class:`JobStopped` (``gfmtune train`` exits 1; a second
-Ctrl-C stops at once; during the final test the job finishes instead). A pass resumed
-mid-epoch restarts the shuffling generator from its state at the epoch's start, skips the
-batches done in the sampler (their data is never loaded) and continues the crops generator,
-the RNGs and the running loss where they were: the result equals an uninterrupted run's (on
-CPU; see the README on GPUs).
+epoch end ``checkpoint_minutes`` after the last save, except after the last epoch, which
+``metrics.json`` follows (0: after every epoch, the last included), and when SIGTERM (what
+SLURM sends before a time limit or preemption) or SIGINT arrives: the handler only sets a flag,
+the job saves at its next step boundary, mid-epoch, and stops with :class:`JobStopped`
+(``gfmtune train`` exits 1; a second Ctrl-C stops at once; during the final test the job
+finishes instead). A pass resumed mid-epoch restarts the shuffling generator from its state at
+the epoch's start, skips the batches done in the sampler (their data is never loaded) and
+continues the crops generator, the RNGs and the running loss where they were: the result
+equals an uninterrupted run's (on CPU; see the README on GPUs).
 
 Cost: ``wall_seconds`` (and ``gpu_hours``) add up all attempts. ``state.pt`` carries the time
 spent up to its save, setup included, so an attempt killed without a save (SIGKILL) loses at most
@@ -404,9 +404,10 @@ class CellJob:
                     progress=progress,
                     stop=stop.is_set,
                 )
-                if stop.is_set():
-                    state["seconds"], seconds = time.time() - origin, time.time() - tick
-                    state["partial"] = {"step": progress.steps, "seconds": seconds}
+                if stop.is_set():  # mid-epoch (or before validating): resumes at this step
+                    now = time.time()
+                    state["seconds"] = now - origin
+                    state["partial"] = {"step": progress.steps, "seconds": now - tick}
                     state["partial"]["loss_sum"] = progress.loss_sum.cpu()
                     raise self._stop(t, epoch_order, state, progress.steps, stop.signum)
                 state["partial"] = None
@@ -416,7 +417,7 @@ class CellJob:
                 state["epoch"], state["seconds"] = epoch + 1, time.time() - origin
                 if stop.is_set():
                     raise self._stop(t, order.get_state(), state, len(train_dl), stop.signum)
-                if epoch + 1 < self.s.epochs and cadence.due():
+                if cadence.due() and (epoch + 1 < self.s.epochs or cadence.seconds == 0):
                     self._checkpoint(t, order.get_state(), state)
                     cadence.saved()
             bar.close()
