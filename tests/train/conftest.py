@@ -19,7 +19,8 @@ from gfmtune.train import job
 from gfmtune.train.job import Cell, Inputs
 from gfmtune.train.settings import TrainSettings
 
-FAST = TrainSettings(epochs=3, batch_size=4, workers=0)
+# checkpoint_minutes 0: state.pt after every epoch, as the kill and resume tests need
+FAST = TrainSettings(epochs=3, batch_size=4, workers=0, checkpoint_minutes=0)
 
 
 @pytest.fixture(scope="session")

@@ -116,8 +116,7 @@ def write_results(
         out / "tables" / "comparison.md",
         f"{head}Published values: {CITATION}. low, high: our 95 % bootstrap interval (empty "
         "without per-patch test counts); paper_inside: whether the published value lies inside "
-        "it.\n\n"
-        + _markdown(comparison),
+        "it.\n\n" + _markdown(comparison),
     )
     _csv(cost_table(table), out / "tables" / "cost.csv")
     moves = spread.split_spread(table, VALUE)

@@ -2,7 +2,7 @@
 
 Cell folder (``metrics.json`` is written last, so a folder without it is never finished)::
 
-    state.pt            full training state, saved atomically after every epoch (resume)
+    state.pt            training state to resume from (see Resume), saved atomically
     best.pt             best-validation weights (the tensors that were trained)
     history.csv         per epoch: train loss, validation metrics, learning rates, seconds
     confusion_test.csv  20 x 20 test confusion matrix (rows: target, columns: prediction)
@@ -14,28 +14,44 @@ Files are loaded with ``weights_only=True``, so a ``state.pt`` that pickles anyt
 refused without running it. An unreadable ``state.pt`` is set aside (renamed) and the cell
 starts over; an unreadable ``best.pt`` invalidates the cell (see :func:`invalidate_cell`).
 
+Resume: ``state.pt`` holds the trained tensors (not a frozen encoder's: those are rebuilt from
+the pretrained file), optimizer, scheduler, RNG states and loop state. It is saved at the first
+epoch end ``checkpoint_minutes`` after the last save, except after the last epoch, which
+``metrics.json`` follows (0: after every epoch, the last included), and when SIGTERM (what
+SLURM sends before a time limit or preemption) or SIGINT arrives: the handler only sets a flag,
+the job saves at its next step boundary, mid-epoch, and stops with :class:`JobStopped`
+(``gfmtune train`` exits 1; a second Ctrl-C stops at once; during the final test the job
+finishes instead). A pass resumed mid-epoch restarts the shuffling generator from its state at
+the epoch's start, skips the batches done in the sampler (their data is never loaded) and
+continues the crops generator, the RNGs and the running loss where they were: the result
+equals an uninterrupted run's (on CPU; see the README on GPUs).
+
 Cost: ``wall_seconds`` (and ``gpu_hours``) add up all attempts. ``state.pt`` carries the time
-spent up to its epoch, setup included, so an attempt killed mid-epoch loses at most the time
-since its last saved epoch; ``attempts`` counts the runs that saved an epoch or finished.
+spent up to its save, setup included, so an attempt killed without a save (SIGKILL) loses at most
+the time since its last save; ``attempts`` counts the runs that saved a state or finished.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, RandomSampler, Sampler, SequentialSampler
 from tqdm import tqdm
 
 from gfmtune.data.dataset import PastisZarrDataset, frame_draw
@@ -60,7 +76,7 @@ from gfmtune.train.feature_cache import (
     cache_key,
     store_content_digest,
 )
-from gfmtune.train.loop import build_optimizer, build_scheduler, evaluate, train_epoch
+from gfmtune.train.loop import Progress, build_optimizer, build_scheduler, evaluate, train_epoch
 from gfmtune.train.metrics import metrics_from_confusion
 from gfmtune.train.patch_counts import PATCH_FILE, counts_from_confusions, save_patch_counts
 from gfmtune.train.settings import TrainSettings
@@ -72,6 +88,7 @@ STATE, BEST, METRICS = "state.pt", "best.pt", "metrics.json"
 MAX_AUTO_WORKERS = 8
 #: Batches each worker prepares ahead (DataLoader ``prefetch_factor``).
 PREFETCH = 2
+_clock = time.monotonic  # when state.pt is due (tests replace it)
 
 
 @dataclass(frozen=True)
@@ -151,6 +168,14 @@ def _trained_state(model: torch.nn.Module, encoder_frozen: bool) -> dict[str, to
     return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 
+def _load_trained(model: torch.nn.Module, tensors: dict, frozen: bool, path: Path) -> None:
+    """Loads the trained tensors saved in ``path`` (a frozen encoder's are absent: the model has
+    them from the pretrained file)."""
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if unexpected or any(not (frozen and k.startswith("encoder.")) for k in missing):
+        raise RuntimeError(f"{path}: does not fit the model")
+
+
 def _save(obj: object, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -172,6 +197,84 @@ def invalidate_cell(folder: Path, err: CorruptFileError) -> CorruptFileError:
         f"{err}; the cell must be retrained, so {', '.join(moved) or 'nothing'} moved aside: "
         f"rerun snakemake (it retrains cells without {METRICS}) or gfmtune train --out {folder}"
     )
+
+
+class JobStopped(RuntimeError):
+    """A job stopped by SIGTERM or SIGINT after saving its state."""
+
+
+class _StopSignals:
+    """While entered (in the main thread, where Python runs handlers), SIGTERM and SIGINT set
+    :attr:`signum` and the job stops at its next step; a second SIGINT interrupts at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {
+                s: signal.signal(s, self._on) for s in (signal.SIGTERM, signal.SIGINT)
+            }
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _on(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def is_set(self) -> bool:
+        return self.signum is not None
+
+
+class _Cadence:
+    """Whether ``state.pt`` is due: ``minutes`` passed since the last save (0: always)."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds, self.last = 60.0 * minutes, _clock()
+
+    def due(self) -> bool:
+        return _clock() - self.last >= self.seconds
+
+    def saved(self) -> None:
+        self.last = _clock()
+
+
+class _SkipFirst(Sampler):
+    """A sampler whose next pass leaves out the first :attr:`skip` indices of ``inner``'s."""
+
+    def __init__(self, inner: Sampler) -> None:
+        self.inner, self.skip = inner, 0
+
+    def __iter__(self) -> Iterator:
+        skip, self.skip = self.skip, 0
+        return itertools.islice(iter(self.inner), skip, None)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+def _skippable(loader: DataLoader) -> _SkipFirst:
+    """Wraps the sampler of ``loader``'s batches (consecutive runs of its indices), so that a
+    pass resumed mid-epoch skips the batches done without loading their data."""
+    batches = loader.batch_sampler
+    batches.sampler = _SkipFirst(batches.sampler)
+    return batches.sampler
+
+
+@dataclass
+class _Training:
+    """An attempt's training objects: what ``state.pt`` saves besides the loop state."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    order: torch.Generator  # shuffles the training batches
+    crops: torch.Generator  # draws random training crops
 
 
 class CellJob:
@@ -206,9 +309,11 @@ class CellJob:
 
     def fingerprint(self) -> dict:
         """What a resumable state must match."""
+        settings = self.s.to_dict()
+        del settings["checkpoint_minutes"]  # when to save changes no result
         return {
             "cell": asdict(self.cell),
-            "settings": self.s.to_dict(),
+            "settings": settings,
             "inputs": {k: str(v) for k, v in asdict(self.inputs).items()},
         }
 
@@ -311,78 +416,124 @@ class CellJob:
         total_iters = self.s.epochs * len(train_dl)
         scheduler = build_scheduler(optimizer, total_iters, self.s)
         crops = torch.Generator().manual_seed(self.cell.seed + 1)
-        state = {"epoch": 0, "best_score": -math.inf, "best_epoch": None, "history": []}
-        state |= {"seconds": 0.0, "attempts": 0}  # time and runs up to the saved epoch
-        self._resume(model, optimizer, scheduler, order, crops, state)
+        t = _Training(model, optimizer, scheduler, order, crops)
+        state = {"epoch": 0, "partial": None, "best_score": -math.inf, "best_epoch": None}
+        state |= {"history": [], "seconds": 0.0, "attempts": 0}  # time, runs up to the save
+        self._resume(t, state)
         state["attempts"] += 1
         origin -= state["seconds"]
 
         bar = tqdm(
             total=total_iters,
-            initial=state["epoch"] * len(train_dl),
+            initial=state["epoch"] * len(train_dl) + (state["partial"] or {}).get("step", 0),
             unit="it",
             desc=f"{self.cell.model} ft={self.cell.ft_rate} {self.cell.label_percent}% "
             f"t={self.cell.timesteps}",
             disable=not self.progress,
         )
-        for epoch in range(state["epoch"], self.s.epochs):
-            tick = time.time()
-            for ds in (train_ds, val_ds):
-                ds.start_pass(epoch)  # this epoch's frame draws
-            loss = train_epoch(
-                model,
-                self.spec,
-                train_dl,
-                optimizer,
-                scheduler,
-                self.device,
-                self.amp,
-                crops,
-                on_step=bar.update,
-                auto_memory=self.s.auto_memory,
-            )
-            row = {"epoch": epoch + 1, "train_loss": loss}
-            row |= {f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups}
-            if (epoch + 1) % self.s.val_every == 0 or epoch + 1 == self.s.epochs:
-                val = metrics_from_confusion(
-                    evaluate(model, self.spec, val_dl, self.device, self.amp).numpy()
+        skip, cadence = _skippable(train_dl), _Cadence(self.s.checkpoint_minutes)
+        with _StopSignals() as stop:
+            for epoch in range(state["epoch"], self.s.epochs):
+                tick = time.time() - (state["partial"] or {}).get("seconds", 0.0)
+                epoch_order = order.get_state()  # saved when stopped mid-epoch
+                for ds in (train_ds, val_ds):
+                    ds.start_pass(epoch)  # this epoch's frame draws
+                progress = self._progress(state, skip)
+                loss = train_epoch(
+                    model,
+                    self.spec,
+                    train_dl,
+                    optimizer,
+                    scheduler,
+                    self.device,
+                    self.amp,
+                    crops,
+                    on_step=bar.update,
+                    auto_memory=self.s.auto_memory,
+                    progress=progress,
+                    stop=stop.is_set,
                 )
-                row |= {
-                    "val_miou": val["miou"],
-                    "val_miou_paper": val["miou_paper"],
-                    "val_oa": val["oa"],
-                }
-                score = val[self.s.select_metric]
-                if score > state["best_score"]:
-                    state |= {"best_score": score, "best_epoch": epoch + 1, "best_val": val}
-                    _save(_trained_state(model, self.frozen), self.out / BEST)
-                bar.set_postfix(loss=f"{loss:.3f}", val=f"{score:.3f}")
-            row["seconds"] = round(time.time() - tick, 3)
-            state["history"].append(row)
-            state["epoch"] = epoch + 1
-            state["seconds"] = time.time() - origin
-            self._checkpoint(model, optimizer, scheduler, order, crops, state)
-        bar.close()
-        self.model = model
-        return self._finish(model, test_dl, state, origin)
+                if stop.is_set():  # mid-epoch (or before validating): resumes at this step
+                    now = time.time()
+                    state["seconds"] = now - origin
+                    state["partial"] = {"step": progress.steps, "seconds": now - tick}
+                    state["partial"]["loss_sum"] = progress.loss_sum.cpu()
+                    raise self._stop(t, epoch_order, state, progress.steps, stop.signum)
+                state["partial"] = None
+                row = self._validate(t, val_dl, epoch, loss, state, bar)
+                row["seconds"] = round(time.time() - tick, 3)
+                state["history"].append(row)
+                state["epoch"], state["seconds"] = epoch + 1, time.time() - origin
+                if stop.is_set():
+                    raise self._stop(t, order.get_state(), state, len(train_dl), stop.signum)
+                if cadence.due() and (epoch + 1 < self.s.epochs or cadence.seconds == 0):
+                    self._checkpoint(t, order.get_state(), state)
+                    cadence.saved()
+            bar.close()
+            self.model = model
+            return self._finish(model, test_dl, state, origin)
 
-    def _checkpoint(self, model, optimizer, scheduler, order, crops, state) -> None:
+    def _progress(self, state: dict, skip: _SkipFirst) -> Progress:
+        """The training pass so far; resumed mid-epoch, the sampler skips the batches done."""
+        partial = state["partial"]
+        if partial is None:
+            return Progress(torch.zeros((), dtype=torch.float64, device=self.device))
+        skip.skip = partial["step"] * self.s.batch_size
+        return Progress(partial["loss_sum"].to(self.device), partial["step"])
+
+    def _validate(
+        self, t: _Training, val_dl: DataLoader, epoch: int, loss: float, state: dict, bar: tqdm
+    ) -> dict:
+        """The epoch's history row; validates when due and saves ``best.pt`` at a new best."""
+        row = {"epoch": epoch + 1, "train_loss": loss}
+        row |= {f"lr_{g['name']}": g["lr"] for g in t.optimizer.param_groups}
+        if (epoch + 1) % self.s.val_every == 0 or epoch + 1 == self.s.epochs:
+            val = metrics_from_confusion(
+                evaluate(t.model, self.spec, val_dl, self.device, self.amp).numpy()
+            )
+            row |= {
+                "val_miou": val["miou"],
+                "val_miou_paper": val["miou_paper"],
+                "val_oa": val["oa"],
+            }
+            score = val[self.s.select_metric]
+            if score > state["best_score"]:
+                state |= {"best_score": score, "best_epoch": epoch + 1, "best_val": val}
+                _save(_trained_state(t.model, self.frozen), self.out / BEST)
+            bar.set_postfix(loss=f"{loss:.3f}", val=f"{score:.3f}")
+        return row
+
+    def _stop(
+        self, t: _Training, order: torch.Tensor, state: dict, step: int, signum: int
+    ) -> JobStopped:
+        """Saves ``state.pt`` after ``step`` steps of the epoch under way (or of the last epoch
+        done, at its end) for a job stopped by ``signum``; the error that says so."""
+        self._checkpoint(t, order, state)
+        epoch = state["epoch"] + (state["partial"] is not None)
+        return JobStopped(
+            f"{self.out}: stopped by {signal.Signals(signum).name}: saved state at epoch {epoch} "
+            f"step {step}; rerun to resume"
+        )
+
+    def _checkpoint(self, t: _Training, order: torch.Tensor, state: dict) -> None:
+        """Saves ``state.pt``; ``order``: the shuffling generator's state where training goes on
+        (the epoch's start when stopped mid-epoch: the resumed pass redraws the same order)."""
         _save(
             {
                 "fingerprint": self.fingerprint(),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
+                "model": _trained_state(t.model, self.frozen),
+                "optimizer": t.optimizer.state_dict(),
+                "scheduler": t.scheduler.state_dict(),
                 "rng": torch.get_rng_state(),
                 "cuda_rng": _cuda_rng(self.device),
-                "order": order.get_state(),
-                "crops": crops.get_state(),
+                "order": order,
+                "crops": t.crops.get_state(),
                 "loop": state,
             },
             self.out / STATE,
         )
 
-    def _resume(self, model, optimizer, scheduler, order, crops, state) -> None:
+    def _resume(self, t: _Training, state: dict) -> None:
         path = self.out / STATE
         if not path.exists():
             return
@@ -395,16 +546,18 @@ class CellJob:
         if not isinstance(saved, dict) or saved.get("fingerprint") != self.fingerprint():
             log.warning("%s: saved state is for another job; starting over", path)
             return
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
+        _load_trained(t.model, saved["model"], self.frozen, path)
+        t.optimizer.load_state_dict(saved["optimizer"])
+        t.scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"].cpu())
         if saved["cuda_rng"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
-        order.set_state(saved["order"].cpu())
-        crops.set_state(saved["crops"].cpu())
+        t.order.set_state(saved["order"].cpu())
+        t.crops.set_state(saved["crops"].cpu())
         state.update(saved["loop"])
-        log.info("%s: resuming after epoch %d of %d", path, state["epoch"], self.s.epochs)
+        partial = state["partial"]
+        where = f"in epoch {state['epoch'] + 1} after step {partial['step']}" if partial else ""
+        log.info("%s: resuming %s", path, where or f"after epoch {state['epoch']}")
 
     def _finish(self, model, test_dl, state: dict, origin: float) -> dict:
         """Test the best checkpoint and write the cell's files; ``origin``: the clock's start,
@@ -413,9 +566,7 @@ class CellJob:
             best = load_tensors(self.out / BEST, self.device)
         except CorruptFileError as err:
             raise invalidate_cell(self.out, err) from err
-        missing, unexpected = model.load_state_dict(best, strict=False)
-        if unexpected or any(not k.startswith("encoder.") for k in missing):
-            raise RuntimeError(f"{self.out / BEST}: does not fit the model")
+        _load_trained(model, best, self.frozen, self.out / BEST)
         tested = evaluate(model, self.spec, test_dl, self.device, self.amp, per_sample=True)
         confusion = tested.numpy()
         test = metrics_from_confusion(confusion)

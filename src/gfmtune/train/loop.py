@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -135,6 +136,14 @@ def _backward(
     return loss
 
 
+@dataclass
+class Progress:
+    """A training pass so far: its steps and their loss sum (float64, kept on the device)."""
+
+    loss_sum: torch.Tensor
+    steps: int = 0
+
+
 def train_epoch(
     model: nn.Module,
     spec: ModelSpec,
@@ -146,16 +155,20 @@ def train_epoch(
     crops: torch.Generator,
     on_step: Callable[[], None] = lambda: None,
     auto_memory: bool = True,
+    progress: Progress | None = None,
+    stop: Callable[[], bool] = lambda: False,
 ) -> float:
     """One pass over the training loader; returns the mean loss. The running loss stays on the
     device (one host sync per epoch, not per step); ``on_step`` is called after every step.
+    ``progress`` (updated in place) continues a pass resumed mid-epoch; the pass ends early
+    when ``stop()`` is true after a step.
 
     On a GPU out-of-memory error, a model with an encoder switches once to chunked encoder
     calls with activation checkpointing and redoes the step (``auto_memory``); a second one
     stops with the settings to change.
     """
     model.train()
-    total, steps = torch.zeros((), dtype=torch.float64, device=device), 0
+    done = progress or Progress(torch.zeros((), dtype=torch.float64, device=device))
     for x, days, y in _batches(loader, device):
         if not isinstance(x, list):
             x, y = spec.policy.train_view(x, y, crops)
@@ -184,9 +197,11 @@ def train_epoch(
                 raise out_of_memory(frames) from again
         optimizer.step()
         scheduler.step()
-        total, steps = total + loss.detach(), steps + 1
+        done.loss_sum, done.steps = done.loss_sum + loss.detach(), done.steps + 1
         on_step()
-    return float(total) / max(steps, 1)
+        if stop():
+            break
+    return float(done.loss_sum) / max(done.steps, 1)
 
 
 def out_of_memory(frames: int) -> RuntimeError:
