@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import weakref
 from dataclasses import replace
 from pathlib import Path
@@ -138,3 +139,22 @@ def test_out_of_memory_switches_to_checkpointing_then_explains(train_data, tmp_p
     with pytest.raises(RuntimeError, match="activation_checkpointing: true"):
         CellJob(Cell("croma_tiny", 1.0, "100", 6), inputs(train_data), replace(FAST, epochs=1),
                 tmp_path / "b", progress=False).run()  # fmt: skip
+
+
+def test_job_log_names_the_device_and_has_a_line_per_epoch(
+    train_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="gfmtune.train.job"):
+        CellJob(Cell("utae_tiny", None, "100", 6), inputs(train_data), FAST, tmp_path).run()
+    lines = [r.getMessage() for r in caplog.records]
+    (start,) = [line for line in lines if "steps per epoch" in line]
+    assert f"on cpu ({torch.get_num_threads()} threads) (fp32)" in start
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    history = pd.read_csv(tmp_path / "history.csv")
+    last = history.iloc[-1]
+    assert (
+        f"loss {last.train_loss:.4f}, val miou_paper {100 * last.val_miou_paper:.2f} %"
+        in (epochs[-1])
+    )
+    assert "lr_decoder" in epochs[-1] and epochs[-1].endswith(" s")

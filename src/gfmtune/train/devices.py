@@ -36,6 +36,13 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
+def describe_device(device: torch.device) -> str:
+    """``cuda:0 (NVIDIA H100 80GB HBM3)`` or ``cpu (8 threads)``, for logs."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({torch.get_num_threads()} threads)"
+
+
 def no_gpu_reason() -> str:
     """Why torch sees no CUDA device, in words for an error message."""
     if torch.version.cuda is None:

@@ -66,6 +66,7 @@ from gfmtune.train.devices import (
     claimed_device,
     compile_model,
     configure_backends,
+    describe_device,
     refuse_cpu_fallback,
     select_device,
 )
@@ -422,6 +423,16 @@ class CellJob:
         self._resume(t, state)
         state["attempts"] += 1
         origin -= state["seconds"]
+        log.info(
+            "%s: %s on %s (%s), %d training patches, %d steps per epoch, %d epochs",
+            self.out,
+            self.cell,
+            describe_device(self.device),
+            "fp32" if self.amp is None else f"{self.amp} autocast".removeprefix("torch."),
+            len(train_ds),
+            len(train_dl),
+            self.s.epochs,
+        )
 
         bar = tqdm(
             total=total_iters,
@@ -463,6 +474,7 @@ class CellJob:
                 row = self._validate(t, val_dl, epoch, loss, state, bar)
                 row["seconds"] = round(time.time() - tick, 3)
                 state["history"].append(row)
+                log.info("%s", epoch_line(row, self.s.epochs))
                 state["epoch"], state["seconds"] = epoch + 1, time.time() - origin
                 if stop.is_set():
                     raise self._stop(t, order.get_state(), state, len(train_dl), stop.signum)
@@ -602,6 +614,18 @@ class CellJob:
         if self.s.keep_checkpoint == "none":
             (self.out / BEST).unlink(missing_ok=True)
         return metrics
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    """One log line of a history row: ``epoch 3/80: loss 1.234, val miou_paper 12.34 %, ...``."""
+    parts = [f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f}"]
+    parts += [
+        f"val {key.removeprefix('val_')} {100 * row[key]:.2f} %"
+        for key in ("val_miou_paper", "val_miou", "val_oa")
+        if key in row
+    ]
+    parts += [f"{k} {v:.3g}" for k, v in row.items() if k.startswith("lr_")]
+    return ", ".join([*parts, f"{row['seconds']:.1f} s"])
 
 
 def _cuda_rng(device: torch.device) -> torch.Tensor | None:
