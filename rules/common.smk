@@ -186,6 +186,7 @@ def all_targets():
         RUN / "maps",
         RUN / "figures" / "predictions.png",
         RUN / "tables" / "params.csv",
+        RUN / "tables" / "params_paper.csv",
         *cell_metrics(),
         *[RUN / "weights" / f"{name}.json" for name in checkpoints()],
         RUN / "data" / "s2.zarr",

@@ -55,10 +55,18 @@ rule results:
 
 rule params:
     output:
-        report(RUN / "tables" / "params.csv", caption="report/params.rst", category="Tables"),
+        run=report(RUN / "tables" / "params.csv", caption="report/params.rst", category="Tables"),
+        paper=report(
+            RUN / "tables" / "params_paper.csv",
+            caption="report/params_paper.rst",
+            category="Tables",
+        ),
+    params:
+        models=" ".join(config["models"]),
     log:
         RUN / "logs" / "params.log",
     conda:
         CONDA_ENV
     shell:
-        "gfmtune params --out {output} > {log} 2>&1"
+        "{{ gfmtune params --models {params.models} --out {output.run}"
+        " && gfmtune params --out {output.paper}; }} > {log} 2>&1"

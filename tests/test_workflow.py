@@ -153,8 +153,11 @@ def test_demo_end_to_end_with_report(tmp_path: Path) -> None:
         assert utae[percent, 1] < utae[percent, 6] < utae[percent, 15], utae
     for t in (1, 6, 15):
         assert utae[100, t] > utae[10, t], utae
-    for name in ("miou_100_10.md", "miou_100_10.tex", "comparison.md", "cost.csv", "params.csv"):
+    for name in ("miou_100_10.md", "miou_100_10.tex", "comparison.md", "cost.csv", "params.csv",
+                 "params_paper.csv"):  # fmt: skip
         assert (run / "tables" / name).stat().st_size > 0, name
+    params = pd.read_csv(run / "tables" / "params.csv")
+    assert params.name.tolist() == ["croma_tiny", "dino_tiny", "utae_tiny"]  # the run's models
     for figure in ("miou_vs_frames", "heatmaps", "predictions"):
         assert {f.suffix for f in (run / "figures").glob(f"{figure}.*")} == {".png", ".pdf"}
     assert {d.name for d in (run / "maps").iterdir() if d.is_dir()} == {

@@ -35,3 +35,13 @@ def test_params_table(tmp_path: Path) -> None:
         utae = table.loc[name]
         assert utae.trainable_ft0 == utae.trainable_ft_pos == total
         assert utae.whole_network_m == utae.decoder_only_m == 1.09
+
+
+def test_params_of_the_models_a_run_trained(tmp_path: Path) -> None:
+    out = tmp_path / "params.csv"
+    assert main(["params", "--models", "croma_tiny", "utae_tiny", "--out", str(out)]) == 0
+    table = pd.read_csv(out).set_index("name")
+    assert list(table.index) == ["croma_tiny", "utae_tiny"]
+    assert table.loc["croma_tiny", "trainable_ft_pos"] > table.loc["croma_tiny", "trainable_ft0"]
+    utae = table.loc["utae_tiny"]
+    assert utae.trainable_ft0 == utae.trainable_ft_pos < 1_000_000

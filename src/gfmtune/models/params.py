@@ -20,7 +20,7 @@ import pandas as pd
 from torch import nn
 
 from gfmtune.fileio import atomic_path
-from gfmtune.models.registry import build_model, get_spec
+from gfmtune.models.registry import REGISTRY, build_model, get_spec
 
 PAPER_MODELS = ("croma", "dino")
 UTAE_MODELS = ("utae", "utae_paper")
@@ -60,18 +60,25 @@ def utae_row(name: str) -> dict:
     }
 
 
-def parameter_table() -> pd.DataFrame:
-    """One row per paper model (CROMA, DINO, both U-TAE forms), ``name`` its registry name;
-    instantiates models only, on the CPU."""
-    return pd.DataFrame([*map(gfm_row, PAPER_MODELS), *map(utae_row, UTAE_MODELS)])
+def parameter_table(models: list[str] | None = None) -> pd.DataFrame:
+    """One row per model, ``name`` its registry name; by default the paper's (CROMA, DINO, both
+    U-TAE forms). Instantiates models only, on the CPU."""
+    names = models or [*PAPER_MODELS, *UTAE_MODELS]
+    return pd.DataFrame([gfm_row(n) if get_spec(n).has_encoder else utae_row(n) for n in names])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="CSV file to write (default: stdout)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=sorted(REGISTRY),
+        help="registry names of the rows (default: the paper's models)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    table = parameter_table()
+    table = parameter_table(args.models)
     if args.out is None:
         table.to_csv(sys.stdout, index=False)
     else:
