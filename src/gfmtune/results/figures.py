@@ -13,6 +13,8 @@ from gfmtune.results.tables import row_label, row_order
 
 COLORS = {"CROMA": "tab:blue", "DINO": "tab:orange", "U-TAE": "tab:green"}
 STYLES = {0.0: ":", 0.1: "-.", 1.0: "-", -1.0: "-"}
+#: The paper's dashed rows: a marker per FT-Rate tells them apart (U-TAE: -1).
+PAPER_MARKERS = {0.0: "v", 0.1: "^", 1.0: "s", -1.0: "x"}
 
 
 def _save(fig: Figure, base: Path, note: str = "") -> list[Path]:
@@ -35,7 +37,7 @@ def miou_vs_frames(
 ) -> list[Path]:
     """One panel per label fraction: ours solid with error bars, the paper's dashed. Error bars:
     the 95 % interval (``low``, ``high`` in ``ours``) where a cell has one, else std over seeds."""
-    fig = Figure(figsize=(5.5 * len(fractions), 4.2))
+    fig = Figure(figsize=(5.5 * len(fractions), 5.4), layout="constrained")
     axes = fig.subplots(1, len(fractions), squeeze=False)
     for ax, fraction in zip(axes[0], fractions, strict=True):
         for model, ft in row_order(ours):
@@ -63,7 +65,15 @@ def miou_vs_frames(
                 ].sort_values("timesteps")
                 if len(theirs):
                     ax.plot(
-                        theirs.timesteps, theirs["mean"], color=color, ls="--", alpha=0.45, lw=1
+                        theirs.timesteps,
+                        theirs["mean"],
+                        color=color,
+                        ls="--",
+                        marker=PAPER_MARKERS.get(ft, "x"),
+                        ms=3,
+                        alpha=0.45,
+                        lw=1,
+                        label=f"paper: {row_label(model, ft)}",
                     )
         ax.set(
             title=f"{fraction:g} % of the labels",
@@ -71,8 +81,10 @@ def miou_vs_frames(
             ylabel="test mIoU (%, paper convention)",
         )
         ax.grid(alpha=0.3)
-    title = "solid: this run (bars: 95 % interval); dashed: paper"
-    axes[0][0].legend(fontsize=7, title=title, title_fontsize=7)
+    title = "this run (bars: 95 % interval); dashed: the paper's row of that name"
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=6, title=title,
+               title_fontsize=7)  # fmt: skip
     return _save(fig, base, note)
 
 
@@ -115,5 +127,5 @@ def heatmaps(ours: pd.DataFrame, base: Path, note: str = "") -> list[Path]:
             ax.set_title(f"{model}, {fraction:g} %", fontsize=9)
             ax.set_xlabel("frames", fontsize=8)
             ax.set_ylabel("FT-Rate", fontsize=8)
-    fig.colorbar(image, ax=axes, shrink=0.8, label="test mIoU (%)")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="test mIoU (%), one scale for all panels")
     return _save(fig, base, note)
