@@ -143,8 +143,8 @@ def weights_args(wildcards):
     return f"--weights-dir {config['weights']['dir']}" if weights_stamp(wildcards) else ""
 
 
-#: Training time of a model relative to CROMA's (the step costs behind the README's GPU-time
-#: estimate, with margin).
+#: Training time of a model relative to CROMA's (the step costs behind the GPU-time estimate
+#: in docs/reproduce.md, with margin).
 RUNTIME_MODEL_WEIGHT = {
     "croma": 1.0,
     "croma_native": 1.0,

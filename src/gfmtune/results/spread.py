@@ -1,10 +1,11 @@
 """How much a cell moves between label-split variants and seeds (``tables/split_spread.*``).
 
 The paper trained one run per cell; at 1 % of the labels (14 patches) which patches are drawn
-may decide a cell's number (its split even depends on numpy's sort: README, "The authors'
-run"). For every cell trained more than once (several seeds, or ``manifests.split_variants``)
-this table gives the runs' mean, min, max and range, the range between the splits' means and
-the largest range between seeds of one split, each in mIoU points (paper convention).
+may decide a cell's number (its split even depends on numpy's sort: docs/reproduce.md, "The
+authors' run"). For every cell trained more than once (several seeds, or
+``manifests.split_variants``) this table gives the runs' mean, min, max and range, the range
+between the splits' means and the largest range between seeds of one split, each in mIoU points
+(paper convention).
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def configure_backends(device: torch.device, precision: str, deterministic: bool
     convolutions run in IEEE fp32, not TF32 (cuDNN's default allows TF32); under autocast
     torch's defaults hold. ``deterministic``: torch's deterministic algorithms wherever one
     exists; an op with none runs as it is, with torch's warning naming it (``warn_only``: four
-    of ours on CUDA, README "Performance"); cuBLAS gets the fixed workspace this requires and
+    of ours on CUDA, docs/performance.md); cuBLAS gets the fixed workspace this requires and
     cuDNN no benchmarking.
     """
     torch.backends.cuda.matmul.allow_tf32 = False

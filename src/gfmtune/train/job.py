@@ -24,7 +24,7 @@ the job saves at its next step boundary, mid-epoch, and stops with :class:`JobSt
 finishes instead). A pass resumed mid-epoch restarts the shuffling generator from its state at
 the epoch's start, skips the batches done in the sampler (their data is never loaded) and
 continues the crops generator, the RNGs and the running loss where they were: the result
-equals an uninterrupted run's (on CPU; see the README on GPUs).
+equals an uninterrupted run's (on CPU; docs/performance.md on GPUs).
 
 Cost: ``wall_seconds`` (and ``gpu_hours``) add up all attempts. ``state.pt`` carries the time
 spent up to its save, setup included, so an attempt killed without a save (SIGKILL) loses at most
