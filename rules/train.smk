@@ -26,6 +26,7 @@ rule train:
         gpu=config["train"]["gpus"],
         mem_mb=config["train"]["mem_mb"],
         runtime=train_runtime,
+        attempt=lambda wildcards, attempt: attempt,  # for --attempt (no retry of a repeat)
     log:
         RUN / "logs" / "train" / f"{CELLS.wildcard_pattern}.log",
     benchmark:
@@ -40,7 +41,7 @@ rule train:
         " --timesteps {input.timesteps} --model {wildcards.model} --ft-rate {wildcards.ft_rate}"
         " --seed {wildcards.seed} --split-name {params.split} --settings-json '{params.settings}' {params.weights}"
         " --device {params.device} --feature-cache {params.cache} --out {params.out}"
-        " --threads {threads}"
+        " --threads {threads} --attempt {resources.attempt}"
         " --no-progress; }} > {log} 2>&1"
 
 

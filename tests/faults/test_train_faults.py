@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import zarr
@@ -372,3 +373,27 @@ def test_cost_adds_up_all_attempts(
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["wall_seconds"] == result["wall_seconds"] and provenance["attempts"] == 2
     assert same_result(result, metrics(reference["utae"]))
+
+
+def test_a_retry_of_a_failure_that_repeats_stops_at_once(train_data: Path, tmp_path: Path,
+                                                          caplog) -> None:  # fmt: skip
+    """Snakemake retries (attempt > 1) are for time-outs and memory; a cell whose attempt
+    failed on bad input is not rerun by them, but is by a new Snakemake run (attempt 1)."""
+    out = tmp_path / "cell"
+    bad = tmp_path / "10.csv"
+    bad.write_text("patch_id,fold\n999999,1\n")  # a patch the store does not hold
+    data = inputs(train_data)
+    args = ["train", "--store", str(data.store), "--label-split", str(bad), "--timesteps",
+            str(data.timesteps), "--model", "utae_tiny", "--out", str(out),
+            "--no-progress"]  # fmt: skip
+    with caplog.at_level(logging.ERROR):
+        assert main(args) == 1
+    failed = json.loads((out / "failed.json").read_text())
+    assert failed["type"] == "ManifestError" and "999999" in failed["error"]
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert main([*args, "--attempt", "2"]) == 1
+    assert "not retried: attempt 1 failed in a way a retry repeats (ManifestError" in caplog.text
+    bad.write_text(pd.read_csv(data.label_split).to_csv(index=False))  # fixed
+    assert main([*args, "--attempt", "1", "--settings-json", '{"epochs": 1, "workers": 0}']) == 0
+    assert not (out / "failed.json").exists() and (out / "metrics.json").exists()

@@ -9,6 +9,7 @@ Cell folder (``metrics.json`` is written last, so a folder without it is never f
     test_patches.npz    per test patch and class: tp, fp, fn (gfmtune.train.patch_counts)
     provenance.json     settings, seed, git revision, package versions, device, time, memory
     metrics.json        test and best-validation metrics, cell, epoch of the best checkpoint
+    failed.json         after a failure a retry would repeat (bad input, settings, weights)
 
 Files are loaded with ``weights_only=True``, so a ``state.pt`` that pickles anything else is
 refused without running it. An unreadable ``state.pt`` is set aside (renamed) and the cell
@@ -56,6 +57,7 @@ from tqdm import tqdm
 
 from gfmtune.data.dataset import PastisZarrDataset, frame_draw
 from gfmtune.fileio import atomic_path, atomic_write_text, set_aside
+from gfmtune.models.checkpoints import CheckpointError
 from gfmtune.models.policies import window_corners
 from gfmtune.models.registry import REGISTRY, ModelSpec, build_model, get_spec
 from gfmtune.pastis import CLASS_NAMES, TEST_FOLD, VAL_FOLD
@@ -84,6 +86,7 @@ from gfmtune.train.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 STATE, BEST, METRICS = "state.pt", "best.pt", "metrics.json"
+FAILED = "failed.json"  # the last attempt's error, when a retry would repeat it
 #: ``workers: auto`` starts at most this many (the SLURM profile grants a training job 8 CPUs);
 #: each worker holds PREFETCH batches in /dev/shm, 92 MB each at t = 35, 128 px, batch 8.
 MAX_AUTO_WORKERS = 8
@@ -657,9 +660,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="cell folder")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--attempt",
+        type=int,
+        default=1,
+        help="Snakemake's attempt: a retry after a failure a retry repeats stops at once",
+    )
+
+
+def not_failed_before(out: Path, attempt: int) -> None:
+    """Snakemake's retries are for what a retry can fix (time-outs, preemption, out of
+    memory). A retry (``attempt`` > 1) of a cell whose last attempt failed in a way that repeats
+    (``failed.json``: bad input, settings or weights) stops at once; a new Snakemake run
+    (attempt 1) tries again."""
+    marker = Path(out) / FAILED
+    if attempt <= 1:
+        marker.unlink(missing_ok=True)
+        return
+    if marker.is_file():
+        failed = json.loads(marker.read_text())
+        raise RuntimeError(
+            f"{out}: not retried: attempt {attempt - 1} failed in a way a retry repeats "
+            f"({failed['type']}: {failed['error']}); fix that and rerun snakemake"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
+    not_failed_before(args.out, args.attempt)
+    try:
+        return _run(args)
+    except (ValueError, CheckpointError) as err:  # bad input, settings or weights: repeats
+        args.out.mkdir(parents=True, exist_ok=True)
+        failed = {"type": type(err).__name__, "error": str(err)}
+        atomic_write_text(args.out / FAILED, json.dumps(failed, indent=1) + "\n")
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
     ft = None if args.ft_rate in ("none", "", None) else float(args.ft_rate)
     manifest = pd.read_csv(args.timesteps, nrows=1)
     cell = Cell(
