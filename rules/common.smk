@@ -8,12 +8,18 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import Paramspace
 
 from gfmtune.config import ConfigError, validate_config
+from gfmtune.models.catalog import facts
+from gfmtune.models.plugins import PluginError, export_plugins, load_plugins
 
-# Against src/gfmtune/resources/config.schema.yaml, filling its defaults (not in train.settings);
-# a bad key ends the run with one line naming it, its value and what is allowed.
+# Plug-in modules first (they register models; every gfmtune command of the run imports them
+# too, from GFMTUNE_PLUGINS). Then against src/gfmtune/resources/config.schema.yaml, filling its
+# defaults (not in train.settings); a bad key ends the run with one line naming it, its value and
+# what is allowed.
 try:
+    load_plugins(config.get("plugins", []))
+    export_plugins(config.get("plugins", []))
     validate_config(config)
-except ConfigError as err:
+except (ConfigError, PluginError) as err:
     raise WorkflowError(str(err)) from None
 
 RUN = Path("results") / config["run"]
@@ -106,21 +112,17 @@ def download_args():
 
 def checkpoints():
     """Pretrained checkpoints the configured models need (none for the tiny or U-TAE models)."""
-    from gfmtune.models.catalog import MODEL_CHECKPOINTS
-
-    return sorted({MODEL_CHECKPOINTS[m].name for m in config["models"] if m in MODEL_CHECKPOINTS})
+    return sorted({facts(m).checkpoint.name for m in config["models"] if facts(m).checkpoint})
 
 
 def training_grid():
     """The study's grid as a table: one row per (model, FT-Rate, fraction, frames, seed)."""
-    from gfmtune.models.catalog import FROM_SCRATCH
-
     train = config["train"]
     extra = scarce_percents("train.extra_seed_percents", train["extra_seed_percents"])
     rows = [
-        (model, "none" if model in FROM_SCRATCH else f"{float(ft):g}", p, str(t), str(seed))
+        (model, ft if ft == "none" else f"{float(ft):g}", p, str(t), str(seed))
         for model in config["models"]
-        for ft in (["none"] if model in FROM_SCRATCH else train["ft_rates"])
+        for ft in (["none"] if facts(model).from_scratch else train["ft_rates"])
         for p in PERCENTS
         for t in TIMESTEPS
         for seed in train["seeds"] + (train["extra_seeds"] if p in extra else [])
@@ -133,9 +135,7 @@ CELLS = Paramspace(training_grid(), filename_params=None)
 
 
 def weights_stamp(wildcards):
-    from gfmtune.models.catalog import MODEL_CHECKPOINTS
-
-    ckpt = MODEL_CHECKPOINTS.get(wildcards.model)
+    ckpt = facts(wildcards.model).checkpoint
     return [RUN / "weights" / f"{ckpt.name}.json"] if ckpt else []
 
 
@@ -143,26 +143,15 @@ def weights_args(wildcards):
     return f"--weights-dir {config['weights']['dir']}" if weights_stamp(wildcards) else ""
 
 
-#: Training time of a model relative to CROMA's (the step costs behind the GPU-time estimate
-#: in docs/reproduce.md, with margin).
-RUNTIME_MODEL_WEIGHT = {
-    "croma": 1.0,
-    "croma_native": 1.0,
-    "dino": 0.5,
-    "dino_qkv": 0.5,
-    "utae": 0.25,
-    "utae_paper": 0.25,
-}
-
-
 def train_runtime(wildcards, attempt):
     """Time limit in minutes of a training job (SLURM -t): `train.runtime` is a CROMA cell's
-    at 35 frames. Scaled by the model (RUNTIME_MODEL_WEIGHT, 1 for others), by the frames
+    at 35 frames. Scaled by the model (its catalog runtime, relative to CROMA's: the step costs
+    behind the GPU-time estimate in docs/reproduce.md, with margin), by the frames
     (0.2 + 0.8 t / 35: a fifth does not grow with t) and by the attempt (a retry after a
     time-out gets twice the limit, and resumes from its last finished epoch)."""
     import math
 
-    model = RUNTIME_MODEL_WEIGHT.get(wildcards.model, 1.0)
+    model = facts(wildcards.model).runtime
     frames = 0.2 + 0.8 * int(wildcards.timesteps) / 35
     return math.ceil(config["train"]["runtime"] * model * frames * attempt)
 

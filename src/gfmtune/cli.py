@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from gfmtune.models.plugins import load_plugins, plugins_from_env
+
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("gfmtune.data.synthetic", "write a synthetic PASTIS dataset"),
@@ -43,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     name = argv[0]
     if name not in SUBCOMMANDS:
         parser.error(f"unknown command {name!r}; choose from {', '.join(SUBCOMMANDS)}")
+    try:
+        load_plugins(plugins_from_env())  # before the models' names become argument choices
+    except ValueError as err:
+        parser.error(str(err))
     module = importlib.import_module(SUBCOMMANDS[name][0])
     cmd = argparse.ArgumentParser(prog=f"gfmtune {name}", description=SUBCOMMANDS[name][1])
     module.add_arguments(cmd)

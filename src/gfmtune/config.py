@@ -20,6 +20,8 @@ from importlib import resources
 import yaml
 from jsonschema import Draft202012Validator, ValidationError, validators
 
+from gfmtune.models.catalog import MODELS
+
 #: The settings' place in the workflow configuration, also the prefix of their error messages.
 SETTINGS_PATH = ("train", "settings")
 
@@ -63,8 +65,22 @@ def validate_config(config: dict) -> dict:
     ``train.settings``) after :func:`coerce_strings`; raise :class:`ConfigError` listing every
     problem."""
     config.update(coerce_strings(config, config_schema()))
-    _raise_errors(_FillingValidator(config_schema()).iter_errors(config), ())
+    errors = _FillingValidator(config_schema()).iter_errors(config)
+    _raise_errors(errors, (), unknown_models(config.get("models")))
     return config
+
+
+def unknown_models(models: object) -> list[str]:
+    """One line per entry of ``models`` that names no registered model (the catalog's, plug-ins
+    included once imported); the schema reports a ``models`` that is no list of strings."""
+    if not isinstance(models, list):
+        return []
+    return [
+        f"models[{i}]: {name!r} is not a registered model{_suggest(name, list(MODELS))}; "
+        f"registered: {', '.join(MODELS)}"
+        for i, name in enumerate(models)
+        if isinstance(name, str) and name not in MODELS
+    ]
 
 
 #: JSON-schema type -> test of a parsed value (bool is not a number here).
@@ -110,8 +126,10 @@ def validate_settings(values: dict) -> None:
     _raise_errors(Draft202012Validator(settings_schema()).iter_errors(values), SETTINGS_PATH)
 
 
-def _raise_errors(errors: Iterator[ValidationError], prefix: Sequence[str]) -> None:
-    lines = sorted({line for err in errors for line in _describe_error(err, prefix)})
+def _raise_errors(
+    errors: Iterator[ValidationError], prefix: Sequence[str], extra: Sequence[str] = ()
+) -> None:
+    lines = sorted({line for err in errors for line in _describe_error(err, prefix)} | set(extra))
     if lines:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
 

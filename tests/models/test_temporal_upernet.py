@@ -102,14 +102,15 @@ def test_memory_plan_gives_identical_outputs_and_gradients() -> None:
 
 
 def test_corrected_variants() -> None:
-    from gfmtune.config import config_schema
-    from gfmtune.models.catalog import FAMILIES, FROM_SCRATCH, MODEL_CHECKPOINTS
+    from gfmtune.models.catalog import MODELS
     from gfmtune.models.registry import REGISTRY
 
-    assert set(FAMILIES) == set(REGISTRY)  # the torch-free catalog agrees with the registry
-    assert set(config_schema()["properties"]["models"]["items"]["enum"]) == set(REGISTRY)
-    assert {n for n, s in REGISTRY.items() if not s.has_encoder} == set(FROM_SCRATCH)
-    assert {n for n, s in REGISTRY.items() if s.checkpoint} == set(MODEL_CHECKPOINTS)
+    assert set(MODELS) == set(REGISTRY)  # the torch-free catalog agrees with the registry
+    assert {n for n, s in REGISTRY.items() if not s.has_encoder} == {
+        n for n, f in MODELS.items() if f.from_scratch
+    }
+    assert {n for n, s in REGISTRY.items() if s.checkpoint} == {"croma", "croma_native", "dino",
+                                                                "dino_qkv"}  # fmt: skip
     native = get_spec("croma_native")
     assert native.policy.kind == "native" and native.policy.deterministic_train_input
     assert get_spec("dino_qkv").build_encoder().vit.blocks[0].attn.qkv.bias is not None

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gfmtune.models.catalog import FROM_SCRATCH, family_of
+from gfmtune.models.catalog import facts, family_of
 from gfmtune.models.ltae import SinusoidalDayEncoding
 from gfmtune.models.registry import build_model
 from gfmtune.models.utae import (
@@ -55,7 +55,7 @@ def test_registry_u_tae_forms(name: str, tiny: str) -> None:
         assert _norms(model.up_blocks) == ["BatchNorm2d"] * 4 * 3  # the decoder keeps its norms
     assert n_params(build_model(name)) == (1_085_852 if paper else 1_087_260)
     assert family_of(name) == family_of(tiny) == "U-TAE"  # one table row for both forms
-    assert name in FROM_SCRATCH and tiny in FROM_SCRATCH
+    assert facts(name).from_scratch and facts(tiny).from_scratch
 
 
 @pytest.mark.parametrize("t", [1, 6, 35])

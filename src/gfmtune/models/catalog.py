@@ -1,5 +1,6 @@
-"""Published checkpoints (REFERENCE §3) and which model needs which; free of torch imports so
-that the Snakefile can read it cheaply."""
+"""Published checkpoints (REFERENCE §3) and the facts of each registry model (family,
+checkpoint, from scratch or not, relative runtime): the one table of them, free of torch
+imports so that the Snakefile can read it cheaply. docs/add-an-encoder.md has the contract."""
 
 from __future__ import annotations
 
@@ -45,29 +46,44 @@ DINO_TORCHGEO = Checkpoint(
 )
 CHECKPOINTS = {c.name: c for c in (CROMA_BASE, CROMA_LARGE, DINO_TORCHGEO)}
 
-#: Registry model name -> the checkpoint its encoder starts from (others train from scratch).
-MODEL_CHECKPOINTS: dict[str, Checkpoint] = {
-    "croma": CROMA_LARGE,
-    "croma_native": CROMA_LARGE,
-    "dino": DINO_TORCHGEO,
-    "dino_qkv": DINO_TORCHGEO,
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """The torch-free facts of one registry model that the Snakefile and the tables need."""
+
+    family: str  # table row (display name): CROMA, DINO, U-TAE, or a plug-in's
+    checkpoint: Checkpoint | None = None  # the weights its encoder starts from
+    from_scratch: bool = False  # no pretrained encoder: no FT-Rate, one cell per fraction and t
+    runtime: float = 1.0  # training time relative to CROMA's (SLURM time limits)
+
+
+_UTAE = ModelFacts("U-TAE", from_scratch=True, runtime=0.25)
+_UTAE_TINY = ModelFacts("U-TAE", from_scratch=True)
+
+#: Registry name -> facts; :func:`gfmtune.models.registry.register_model` adds plug-in models.
+#: Both U-TAE forms (official ``utae``, the paper's ``utae_paper``) fill the paper's U-TAE row;
+#: the tiny models keep runtime 1 (they only run on CPUs, where no time limit matters).
+MODELS: dict[str, ModelFacts] = {
+    "croma": ModelFacts("CROMA", CROMA_LARGE),
+    "croma_tiny": ModelFacts("CROMA"),
+    "croma_native": ModelFacts("CROMA (128 px)", CROMA_LARGE),
+    "dino": ModelFacts("DINO", DINO_TORCHGEO, runtime=0.5),
+    "dino_tiny": ModelFacts("DINO"),
+    "dino_qkv": ModelFacts("DINO (qkv bias)", DINO_TORCHGEO, runtime=0.5),
+    "utae": _UTAE,
+    "utae_tiny": _UTAE_TINY,
+    "utae_paper": _UTAE,
+    "utae_paper_tiny": _UTAE_TINY,
 }
 
-#: Registry models trained from scratch: they have no FT-Rate (one grid cell per fraction and t).
-FROM_SCRATCH: tuple[str, ...] = ("utae", "utae_tiny", "utae_paper", "utae_paper_tiny")
 
-
-#: Display names in tables; the paper's three, and the corrected variants. Both U-TAE forms
-#: (official ``utae``, the paper's ``utae_paper``) fill the paper's U-TAE row.
-FAMILIES: dict[str, str] = {
-    "croma": "CROMA", "croma_tiny": "CROMA", "croma_native": "CROMA (128 px)",
-    "dino": "DINO", "dino_tiny": "DINO", "dino_qkv": "DINO (qkv bias)",
-    "utae": "U-TAE", "utae_tiny": "U-TAE", "utae_paper": "U-TAE", "utae_paper_tiny": "U-TAE",
-}  # fmt: skip
+def facts(model: str) -> ModelFacts:
+    """The facts of a registry model; a KeyError naming the known ones if unknown."""
+    if model not in MODELS:
+        raise KeyError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
+    return MODELS[model]
 
 
 def family_of(model: str) -> str:
     """The display name of a registry model (the paper's: CROMA, DINO, U-TAE)."""
-    if model not in FAMILIES:
-        raise KeyError(f"unknown model {model!r}; known: {', '.join(FAMILIES)}")
-    return FAMILIES[model]
+    return facts(model).family

@@ -2,12 +2,33 @@
 
 ``croma``, ``dino`` and ``utae`` are the paper's models (``utae`` in its official form,
 ``utae_paper`` as the paper ran it, without normalisation in the down blocks); ``*_tiny`` are the
-same code with small dimensions for CPU tests and the demo (no pretrained weights).
+same code with small dimensions for CPU tests and the demo (no pretrained weights). A plug-in
+module adds a model with :func:`register_model` (docs/add-an-encoder.md).
+
+Encoder contract (what :class:`TemporalUPerNet` and the training loop rely on):
+
+- Input: one frame batch (N, C, H, W), N = batch x frames. C and the band order are
+  ``InputPolicy.bands`` (PASTIS band names; a band PASTIS lacks is filled with 0; None = the
+  10 PASTIS bands in their order). The values are PASTIS-normalised upstream (mean/std per
+  band, ``train.settings.norm``); the encoder applies no normalisation of its own.
+- Size: ``InputPolicy.kind``: ``native`` (128 x 128 as stored), ``crop_windows`` (random
+  ``size`` crops in training, 2 x 2 sliding windows averaged at evaluation) or ``resize``
+  (bilinear to ``size``, logits resized back). The encoder's patch size must divide the size.
+- Output: a list of 4 maps (N, C_l, h, w) of one resolution; ``out_dims`` (attribute) lists the
+  4 C_l, all equal (one L-TAE is shared by the levels). The neck rescales them by x4, x2, x1 and
+  x0.5 for the UPerNet head, so h = H / 16 (a ViT-16's grid) gives the paper's pyramid.
+- ``truncate()``: drop what the forward pass never uses (called after loading weights).
+- ``load_encoder_state(state, where)``: only with a checkpoint; load the dict read by
+  :func:`gfmtune.models.checkpoints.read_checkpoint` for ``Checkpoint.layout`` strictly
+  (:func:`gfmtune.models.checkpoints.load_strict`), naming ``where`` in errors.
+- Facts (:class:`gfmtune.models.catalog.ModelFacts`, torch-free): family (table row),
+  checkpoint (url, filename, sha256, size, layout), from scratch or not, relative runtime.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -15,7 +36,7 @@ from pathlib import Path
 
 from torch import nn
 
-from gfmtune.models.catalog import MODEL_CHECKPOINTS, Checkpoint
+from gfmtune.models.catalog import CHECKPOINTS, MODELS, Checkpoint, ModelFacts, facts
 from gfmtune.models.checkpoints import locate, read_checkpoint
 from gfmtune.models.croma import CROMA_BANDS, CromaOpticalEncoder
 from gfmtune.models.dino import DINO_BANDS, DinoEncoder
@@ -25,16 +46,19 @@ from gfmtune.models.utae import utae_official, utae_tiny
 
 log = logging.getLogger(__name__)
 
+#: Policy kinds (see the contract above) and the names a model may have (Snakemake wildcards).
+POLICY_KINDS = ("native", "crop_windows", "resize")
+NAME_PATTERN = re.compile(r"[a-z0-9_]+")
+
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to build one of the study's models."""
+    """Everything needed to build one of the study's models; its family, checkpoint and
+    runtime are the catalog's (:data:`gfmtune.models.catalog.MODELS`)."""
 
     name: str
-    family: str  # as in the paper's tables: CROMA, DINO, U-TAE
     policy: InputPolicy
     build_encoder: Callable[[], nn.Module] | None  # None: trained from scratch (U-TAE)
-    checkpoint: Checkpoint | None = None
     decoder_channels: int = 512
     ltae_heads: int = 16  # heads of the decoder's shared L-TAE
     build_baseline: Callable[[], nn.Module] | None = None  # whole model, for U-TAE
@@ -42,6 +66,18 @@ class ModelSpec:
     @property
     def has_encoder(self) -> bool:
         return self.build_encoder is not None
+
+    @property
+    def facts(self) -> ModelFacts:
+        return facts(self.name)
+
+    @property
+    def family(self) -> str:  # as in the paper's tables: CROMA, DINO, U-TAE
+        return self.facts.family
+
+    @property
+    def checkpoint(self) -> Checkpoint | None:
+        return self.facts.checkpoint
 
 
 def _croma(size: str, out_indices: tuple[int, ...]) -> Callable[[], nn.Module]:
@@ -54,71 +90,127 @@ def _dino(arch: str, qkv_bias: bool, **kw: object) -> Callable[[], nn.Module]:
 
 REGISTRY: dict[str, ModelSpec] = {
     "croma": ModelSpec(
-        "croma",
-        "CROMA",
-        InputPolicy("crop_windows", 120, CROMA_BANDS),
-        _croma("large", (3, 5, 7, 11)),
-        MODEL_CHECKPOINTS["croma"],
+        "croma", InputPolicy("crop_windows", 120, CROMA_BANDS), _croma("large", (3, 5, 7, 11))
     ),
     "croma_tiny": ModelSpec(
         "croma_tiny",
-        "CROMA",
         InputPolicy("crop_windows", 24, CROMA_BANDS),
         _croma("tiny", (0, 1, 2, 3)),
         decoder_channels=32,
         ltae_heads=4,
     ),
     "dino": ModelSpec(
-        "dino",
-        "DINO",
-        InputPolicy("resize", 224, DINO_BANDS),
-        _dino("small", qkv_bias=False),
-        MODEL_CHECKPOINTS["dino"],
+        "dino", InputPolicy("resize", 224, DINO_BANDS), _dino("small", qkv_bias=False)
     ),
     # corrected variants: CROMA at its native 128 px (no crops: cacheable when frozen), and DINO
     # with the checkpoint's qkv biases loaded instead of dropped
     "croma_native": ModelSpec(
-        "croma_native",
-        "CROMA (128 px)",
-        InputPolicy("native", 128, CROMA_BANDS),
-        _croma("large", (3, 5, 7, 11)),
-        MODEL_CHECKPOINTS["croma_native"],
+        "croma_native", InputPolicy("native", 128, CROMA_BANDS), _croma("large", (3, 5, 7, 11))
     ),
     "dino_qkv": ModelSpec(
-        "dino_qkv",
-        "DINO (qkv bias)",
-        InputPolicy("resize", 224, DINO_BANDS),
-        _dino("small", qkv_bias=True),
-        MODEL_CHECKPOINTS["dino_qkv"],
+        "dino_qkv", InputPolicy("resize", 224, DINO_BANDS), _dino("small", qkv_bias=True)
     ),
-    "utae": ModelSpec("utae", "U-TAE", InputPolicy("native"), None, build_baseline=utae_official),
-    "utae_tiny": ModelSpec(
-        "utae_tiny", "U-TAE", InputPolicy("native"), None, build_baseline=utae_tiny
-    ),
+    "utae": ModelSpec("utae", InputPolicy("native"), None, build_baseline=utae_official),
+    "utae_tiny": ModelSpec("utae_tiny", InputPolicy("native"), None, build_baseline=utae_tiny),
     # the paper's U-TAE: ShapingFT's norm="gropu" typo left the down blocks without GroupNorm
     "utae_paper": ModelSpec(
         "utae_paper",
-        "U-TAE",
         InputPolicy("native"),
         None,
         build_baseline=partial(utae_official, down_norm=False),
     ),
     "utae_paper_tiny": ModelSpec(
         "utae_paper_tiny",
-        "U-TAE",
         InputPolicy("native"),
         None,
         build_baseline=partial(utae_tiny, down_norm=False),
     ),
     "dino_tiny": ModelSpec(
         "dino_tiny",
-        "DINO",
         InputPolicy("resize", 64, DINO_BANDS),
         _dino("tiny_test", qkv_bias=False, img_size=64, out_indices=(0, 1, 2, 3)),
         decoder_channels=32,
         ltae_heads=4,
     ),
 }
+
+
+def register_model(
+    name: str,
+    *,
+    family: str,
+    policy: InputPolicy,
+    build_encoder: Callable[[], nn.Module] | None = None,
+    build_baseline: Callable[[], nn.Module] | None = None,
+    checkpoint: Checkpoint | None = None,
+    runtime: float = 1.0,
+    decoder_channels: int = 512,
+    ltae_heads: int = 16,
+) -> ModelSpec:
+    """Add a model to the registry and its facts to the catalog (the public entry point of a
+    plug-in module). A GFM gives ``build_encoder`` (an encoder honouring the contract in this
+    module's docstring, decoded by the temporal UPerNet); a model trained from scratch gives
+    ``build_baseline`` (the whole model, called as U-TAE is). A ValueError names the model and
+    the problem."""
+    problems = _registration_problems(name, family, policy, build_encoder, build_baseline)
+    if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+        problems.append(
+            f"checkpoint must be a gfmtune.models.catalog.Checkpoint, not {checkpoint!r}"
+        )
+    elif checkpoint is not None and build_encoder is None:
+        problems.append("a checkpoint needs build_encoder (a model from scratch loads none)")
+    elif checkpoint is not None and CHECKPOINTS.get(checkpoint.name, checkpoint) != checkpoint:
+        problems.append(f"checkpoint name {checkpoint.name!r} is taken by another checkpoint")
+    if not runtime > 0:
+        problems.append(f"runtime must be > 0 (relative to CROMA's), got {runtime!r}")
+    if problems:
+        raise ValueError(f"register_model({name!r}): " + "; ".join(problems))
+    spec = ModelSpec(name, policy, build_encoder, decoder_channels, ltae_heads, build_baseline)
+    MODELS[name] = ModelFacts(family, checkpoint, build_encoder is None, runtime)
+    if checkpoint is not None:
+        CHECKPOINTS[checkpoint.name] = checkpoint
+    REGISTRY[name] = spec
+    return spec
+
+
+def _registration_problems(
+    name: str,
+    family: str,
+    policy: InputPolicy,
+    build_encoder: Callable[[], nn.Module] | None,
+    build_baseline: Callable[[], nn.Module] | None,
+) -> list[str]:
+    problems = []
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        problems.append(f"the name must match {NAME_PATTERN.pattern} (lower case, digits, _)")
+    elif name in REGISTRY or name in MODELS:
+        problems.append("a model of this name is already registered")
+    if not isinstance(family, str) or not family.strip():
+        problems.append(f"family must be a non-empty table row name, got {family!r}")
+    if not isinstance(policy, InputPolicy) or policy.kind not in POLICY_KINDS:
+        problems.append(f"policy must be an InputPolicy of kind {' | '.join(POLICY_KINDS)}")
+    if (build_encoder is None) == (build_baseline is None):
+        problems.append(
+            "give exactly one of build_encoder (a GFM) and build_baseline (from scratch)"
+        )
+    return problems
+
+
+def check_encoder(encoder: nn.Module, spec: ModelSpec) -> None:
+    """A ValueError naming the model if ``encoder`` lacks what the contract asks of it."""
+    dims = getattr(encoder, "out_dims", None)
+    problems = []
+    if not isinstance(dims, list | tuple) or len(dims) != 4:
+        problems.append(f"out_dims must list the channels of 4 output levels, got {dims!r}")
+    elif len(set(dims)) != 1 or not all(isinstance(d, int) and d > 0 for d in dims):
+        problems.append(f"out_dims must be 4 equal positive channel counts, got {list(dims)}")
+    needed = ["truncate"] + (["load_encoder_state"] if spec.checkpoint else [])
+    problems += [f"no method {m}()" for m in needed if not callable(getattr(encoder, m, None))]
+    if problems:
+        raise ValueError(
+            f"model {spec.name!r}: encoder {type(encoder).__name__} breaks the encoder contract "
+            f"(docs/add-an-encoder.md): {'; '.join(problems)}"
+        )
 
 
 def get_spec(name: str, *, eval_resize: str = "direct") -> ModelSpec:
@@ -134,6 +226,7 @@ def get_spec(name: str, *, eval_resize: str = "direct") -> ModelSpec:
 def build_encoder(spec: ModelSpec, weights_dir: Path | None) -> nn.Module:
     """The encoder, with pretrained weights loaded when ``weights_dir`` is given."""
     encoder = spec.build_encoder()
+    check_encoder(encoder, spec)
     if weights_dir is not None:
         if spec.checkpoint is None:
             raise ValueError(f"model {spec.name!r} has no pretrained checkpoint to load")
