@@ -690,9 +690,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except (ValueError, CheckpointError) as err:  # bad input, settings or weights: repeats
-        args.out.mkdir(parents=True, exist_ok=True)
-        failed = {"type": type(err).__name__, "error": str(err)}
-        atomic_write_text(args.out / FAILED, json.dumps(failed, indent=1) + "\n")
+        if args.out.is_dir():  # the job had started (bad settings stop before, writing nothing)
+            failed = {"type": type(err).__name__, "error": str(err)}
+            atomic_write_text(args.out / FAILED, json.dumps(failed, indent=1) + "\n")
         raise
 
 
