@@ -146,7 +146,8 @@ def test_plugin_encoder_through_the_workflow(
     config["manifests"] = {"label_percents": [100], "timesteps": [1]}
     config["train"] |= {"ft_rates": [0.0]}
     config["train"]["settings"] |= {"epochs": 1}
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ["PYTHONPATH"]]))
+    paths = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
     result = run_snakemake(tmp_path, "--cores", "2", "--until", "results", "params",
                            config=config, timeout=800)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
