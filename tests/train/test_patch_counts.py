@@ -11,9 +11,8 @@ import torch
 
 from gfmtune.data.dataset import PastisZarrDataset
 from gfmtune.pastis import TEST_FOLD
-from gfmtune.results.uncertainty import miou_from_counts
 from gfmtune.train.job import Cell, CellJob
-from gfmtune.train.metrics import ConfusionMatrix
+from gfmtune.train.metrics import ConfusionMatrix, miou_from_counts
 from gfmtune.train.patch_counts import PATCH_FILE, load_patch_counts
 from tests.train.conftest import FAST, inputs
 

@@ -25,9 +25,9 @@ from statistics import NormalDist
 import numpy as np
 import pandas as pd
 
-from gfmtune.pastis import VOID_CLASS
 from gfmtune.results.aggregate import cell_row
 from gfmtune.results.tables import KEYS
+from gfmtune.train.metrics import miou_from_counts
 from gfmtune.train.patch_counts import PATCH_FILE, load_patch_counts
 
 RESAMPLES = 1000  # default number of bootstrap replicates (results.bootstrap.resamples)
@@ -37,22 +37,6 @@ METRICS = ("miou", "miou_paper")
 RUN_KEYS = [*KEYS, "split", "seed"]
 AGREEMENT = 0.006  # points between counts and metrics.json (rounded to 2 decimals in miou.csv)
 CHUNK = 64  # runs per matrix product (memory: resamples x CHUNK x 60 floats)
-
-
-def miou_from_counts(
-    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, void_class: int = VOID_CLASS
-) -> tuple[np.ndarray, np.ndarray]:
-    """``miou`` (nan-mean IoU over the classes but void) and ``miou_paper`` (mean over every
-    class, an undefined IoU counting 0) of summed counts (..., C), over any leading axes."""
-    tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
-    union = tp + fp + fn
-    defined = union > 0
-    iou = np.divide(tp, union, out=np.zeros_like(tp), where=defined)
-    real = np.arange(tp.shape[-1]) != void_class
-    n_defined = defined[..., real].sum(-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        miou = np.where(n_defined > 0, iou[..., real].sum(-1) / n_defined, np.nan)
-    return miou, iou.mean(-1)
 
 
 def run_key(row: dict | pd.Series) -> tuple:

@@ -36,14 +36,16 @@ class ConfusionMatrix:
             logits_or_pred.argmax(1) if logits_or_pred.dim() == target.dim() + 1 else logits_or_pred
         )
         keep = target != self.ignore
+        index = target[keep].long() * self.n + pred[keep].long()
+        cells = self.n * self.n
+        if self.samples is None:
+            self.matrix += torch.bincount(index, minlength=cells).view(self.n, self.n)
+            return
         sample = torch.arange(len(target), device=target.device).view(-1, *[1] * (target.dim() - 1))
-        index = (sample.expand_as(target)[keep] * self.n + target[keep].long()) * self.n
-        index += pred[keep].long()
-        counts = torch.bincount(index, minlength=len(target) * self.n * self.n)
-        per_sample = counts.view(len(target), self.n, self.n)
+        index += sample.expand_as(target)[keep] * cells
+        per_sample = torch.bincount(index, minlength=len(target) * cells).view(-1, self.n, self.n)
         self.matrix += per_sample.sum(0)
-        if self.samples is not None:
-            self.samples.append(per_sample)
+        self.samples.append(per_sample)
 
     def numpy(self) -> np.ndarray:
         return self.matrix.cpu().numpy()
@@ -57,6 +59,22 @@ class ConfusionMatrix:
         return torch.cat(self.samples).cpu().numpy()
 
 
+def miou_from_counts(
+    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, void_class: int = VOID_CLASS
+) -> tuple[np.ndarray, np.ndarray]:
+    """``miou`` (nan-mean IoU over the classes but void) and ``miou_paper`` (mean over every
+    class, an undefined IoU counting 0) of summed counts (..., C), over any leading axes."""
+    tp, fp, fn = (np.asarray(a, dtype=np.float64) for a in (tp, fp, fn))
+    union = tp + fp + fn
+    defined = union > 0
+    iou = np.divide(tp, union, out=np.zeros_like(tp), where=defined)
+    real = np.arange(tp.shape[-1]) != void_class
+    n_defined = defined[..., real].sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        miou = np.where(n_defined > 0, iou[..., real].sum(-1) / n_defined, np.nan)
+    return miou, iou.mean(-1)
+
+
 def metrics_from_confusion(matrix: np.ndarray, void_class: int = VOID_CLASS) -> dict:
     """Per-class IoU, precision, recall; ``miou``, ``miou_paper`` and overall accuracy."""
     m = np.asarray(matrix, dtype=np.float64)
@@ -66,12 +84,11 @@ def metrics_from_confusion(matrix: np.ndarray, void_class: int = VOID_CLASS) -> 
         iou = tp / (tp + fp + fn)
         precision = tp / (tp + fp)
         recall = tp / (tp + fn)
-    real = [c for c in range(len(m)) if c != void_class]
-    iou_paper = np.where(np.isnan(iou), 0.0, iou)  # the paper's mean counts every class
+    miou, miou_paper = miou_from_counts(tp, fp, fn, void_class)
     total = m.sum()
     return {
-        "miou": float(np.nanmean(iou[real])) if np.isfinite(iou[real]).any() else float("nan"),
-        "miou_paper": float(iou_paper.mean()),
+        "miou": float(miou),
+        "miou_paper": float(miou_paper),
         "oa": float(tp.sum() / total) if total else float("nan"),
         "per_class": {
             CLASS_NAMES[c]: {
