@@ -21,13 +21,16 @@ include: "rules/manifests.smk"
 include: "rules/train.smk"
 include: "rules/results.smk"
 include: "rules/maps.smk"
+include: "rules/report.smk"
 
 
 # Downloads run where Snakemake runs (the submitting host under SLURM), since compute nodes
-# often have no internet; the rest goes to the cluster.
+# often have no internet, and so does writing the resolved configuration; the rest goes to the
+# cluster.
 localrules:
     download,
     weights,
+    run_config,
 
 
 rule all:

@@ -176,6 +176,8 @@ def all_targets():
         RUN / "figures" / "predictions.png",
         RUN / "tables" / "params.csv",
         RUN / "tables" / "params_paper.csv",
+        RUN / "figures" / "training_curves.png",
+        RUN / "config.yaml",
         *cell_metrics(),
         *[RUN / "weights" / f"{name}.json" for name in checkpoints()],
         RUN / "data" / "s2.zarr",

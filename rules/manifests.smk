@@ -15,7 +15,11 @@ rule label_splits:
         RUN / "data" / "s2.zarr",
     output:
         splits=[RUN / "manifests" / "label_split" / f"{p}.csv" for p in PERCENTS],
-        summary=RUN / "manifests" / "label_split" / "summary.csv",
+        summary=report(
+            RUN / "manifests" / "label_split" / "summary.csv",
+            caption="report/label_split.rst",
+            category="Data",
+        ),
     params:
         percents=" ".join(PERCENTS),
         strategy=MANIFESTS["label_strategy"],

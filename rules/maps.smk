@@ -13,7 +13,7 @@ rule predict_maps:
         figure=report(
             RUN / "figures" / "predictions.png",
             caption="report/predictions.rst",
-            category="Figures",
+            category="Maps",
         ),
     params:
         run=RUN,

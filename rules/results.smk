@@ -4,6 +4,9 @@
 from gfmtune.results.tables import fraction_groups
 
 #: The paper-layout tables' names: two label fractions each, most labels first ("100_50").
+#: Where the report shows them: the Results section's tables and figures.
+RESULTS_TABLE = {"category": "Results", "subcategory": "Tables"}
+RESULTS_FIGURE = {"category": "Results", "subcategory": "Figures"}
 LAYOUTS = ["_".join(f"{p:g}" for p in group) for group in fraction_groups(map(float, PERCENTS))]
 
 
@@ -11,33 +14,35 @@ rule results:
     input:
         cells=cell_metrics(),
     output:
-        table=report(RUN / "tables" / "miou.csv", caption="report/table.rst", category="Tables"),
+        table=report(RUN / "tables" / "miou.csv", caption="report/table.rst", **RESULTS_TABLE),
         comparison=report(
             RUN / "tables" / "comparison.csv",
             caption="report/comparison.rst",
-            category="Tables",
+            **RESULTS_TABLE,
         ),
         layouts=[
             report(
-                RUN / "tables" / f"miou_{name}.csv", caption="report/layout.rst", category="Tables"
+                RUN / "tables" / f"miou_{name}.csv", caption="report/layout.rst", **RESULTS_TABLE
             )
             for name in LAYOUTS
         ],
-        cost=RUN / "tables" / "cost.csv",
+        cost=report(RUN / "tables" / "cost.csv", caption="report/cost.rst", category="Cost"),
         spread=report(
             RUN / "tables" / "split_spread.csv",
             caption="report/split_spread.rst",
-            category="Tables",
+            **RESULTS_TABLE,
         ),
         curves=report(
             RUN / "figures" / "miou_vs_frames.png",
             caption="report/miou_vs_frames.rst",
-            category="Figures",
+            **RESULTS_FIGURE,
         ),
         heatmaps=report(
-            RUN / "figures" / "heatmaps.png", caption="report/heatmaps.rst", category="Figures"
+            RUN / "figures" / "heatmaps.png", caption="report/heatmaps.rst", **RESULTS_FIGURE
         ),
-        claims=report(RUN / "claims.md", caption="report/claims.rst", category="Claims"),
+        claims=report(
+            RUN / "claims.md", caption="report/claims.rst", category="Results", subcategory="Claims"
+        ),
     params:
         out=RUN,
         resamples=config["results"]["bootstrap"]["resamples"],
@@ -55,11 +60,11 @@ rule results:
 
 rule params:
     output:
-        run=report(RUN / "tables" / "params.csv", caption="report/params.rst", category="Tables"),
+        run=report(RUN / "tables" / "params.csv", caption="report/params.rst", category="Cost"),
         paper=report(
             RUN / "tables" / "params_paper.csv",
             caption="report/params_paper.rst",
-            category="Tables",
+            category="Cost",
         ),
     params:
         models=" ".join(config["models"]),

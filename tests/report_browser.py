@@ -21,8 +21,11 @@ CHROMIUM_FLAGS = (
 )
 
 
-def rendered_figures(report: Path, category: str, names: list[str]) -> dict[str, int]:
-    """Per file name: the natural width (px) of the PNG shown after clicking its eye icon."""
+def rendered_figures(
+    report: Path, category: str, names: list[str], subcategory: str | None = None
+) -> dict[str, int]:
+    """Per file name: the natural width (px) of the PNG shown after clicking its eye icon, found
+    under ``category`` (and ``subcategory`` when the category has several)."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -43,6 +46,12 @@ def rendered_figures(report: Path, category: str, names: list[str]) -> dict[str,
         _wait(lambda: browser.find_elements(By.XPATH, f"//span[contains(text(), '{category}')]"))
         for name in names:
             browser.find_element(By.XPATH, f"//span[contains(text(), '{category}')]").click()
+            if subcategory:
+                _wait(
+                    lambda: browser.find_elements(
+                        By.XPATH, f"//span[contains(text(), '{subcategory}')]"
+                    )
+                )[0].click()
             row = _wait(
                 lambda n=name: browser.find_elements(
                     By.XPATH, f"//td[contains(text(), '{n}')]/ancestor::tr[1]"

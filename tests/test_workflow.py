@@ -46,6 +46,26 @@ def test_authors_overlay_plans_the_same_140_cells_with_every_switch(tmp_path: Pa
     assert "model~utae_paper/" in result.stdout and "model~utae/" not in result.stdout
 
 
+def test_resolved_config_replans_the_same_run(tmp_path: Path) -> None:
+    """results/<run>/config.yaml holds every overlay and default: given alone as the overlay,
+    it plans the same jobs and leaves itself up to date."""
+    overlay = REPO / "config" / "demo.yaml"
+    made = run_snakemake(tmp_path, "results/demo/config.yaml", "--cores", "1",
+                         "--configfile", str(overlay))  # fmt: skip
+    assert made.returncode == 0, made.stderr[-2000:]
+    resolved = tmp_path / "results" / "demo" / "config.yaml"
+    text = yaml.safe_load(resolved.read_text())
+    assert text["models"] == ["croma_tiny", "dino_tiny", "utae_tiny"]  # the demo overlay's
+    assert text["results"]["bootstrap"]["resamples"] == 1000  # a schema default, filled in
+    plans = [
+        run_snakemake(tmp_path, "-n", "--cores", "1", "--configfile", str(path))
+        for path in (overlay, resolved)
+    ]
+    assert all(plan.returncode == 0 for plan in plans), plans[1].stderr[-2000:]
+    demo, again = (job_counts(plan.stdout) for plan in plans)
+    assert demo == again and demo["train"] == 42 and "run_config" not in again
+
+
 VARIANTS = {"split_variants": {"rnd": {"label_strategy": "random", "seed": 3},
                                "x2": {"argsort": "avx2"}}}  # fmt: skip
 
@@ -158,7 +178,7 @@ def test_demo_end_to_end_with_report(tmp_path: Path) -> None:
         assert (run / "tables" / name).stat().st_size > 0, name
     params = pd.read_csv(run / "tables" / "params.csv")
     assert params.name.tolist() == ["croma_tiny", "dino_tiny", "utae_tiny"]  # the run's models
-    for figure in ("miou_vs_frames", "heatmaps", "predictions"):
+    for figure in ("miou_vs_frames", "heatmaps", "predictions", "training_curves"):
         assert {f.suffix for f in (run / "figures").glob(f"{figure}.*")} == {".png", ".pdf"}
     assert {d.name for d in (run / "maps").iterdir() if d.is_dir()} == {
         "croma", "dino", "u-tae", "labels"
@@ -168,9 +188,10 @@ def test_demo_end_to_end_with_report(tmp_path: Path) -> None:
     made = run_snakemake(tmp_path, *report_step)
     assert made.returncode == 0, made.stderr[-2000:]
     report = tmp_path / report_step[report_step.index("--report") + 1]
-    figures = ["miou_vs_frames.png", "heatmaps.png", "predictions.png"]
-    widths = rendered_figures(report, "Figures", figures)
-    assert all(width > 500 for width in widths.values()), widths
+    widths = rendered_figures(report, "Results", ["miou_vs_frames.png", "heatmaps.png"], "Figures")
+    widths |= rendered_figures(report, "Training", ["training_curves.png"])
+    widths |= rendered_figures(report, "Maps", ["predictions.png"])
+    assert len(widths) == 4 and all(width > 500 for width in widths.values()), widths
 
     again = run_snakemake(tmp_path, *demo)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -17,7 +17,7 @@ STYLES = {0.0: ":", 0.1: "-.", 1.0: "-", -1.0: "-"}
 PAPER_MARKERS = {0.0: "v", 0.1: "^", 1.0: "s", -1.0: "x"}
 
 
-def _save(fig: Figure, base: Path, note: str = "") -> list[Path]:
+def save_figure(fig: Figure, base: Path, note: str = "") -> list[Path]:
     """The figure as PNG and PDF, ``note`` (what its numbers cannot say) above it."""
     if note:
         fig.suptitle(note, fontsize=9, color="firebrick")
@@ -85,7 +85,7 @@ def miou_vs_frames(
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=4, fontsize=6, title=title,
                title_fontsize=7)  # fmt: skip
-    return _save(fig, base, note)
+    return save_figure(fig, base, note)
 
 
 def _error_bars(cells: pd.DataFrame) -> np.ndarray:
@@ -107,7 +107,7 @@ def heatmaps(ours: pd.DataFrame, base: Path, note: str = "") -> list[Path]:
         fig = Figure(figsize=(5, 1.5))
         fig.text(0.5, 0.5, "no CROMA or DINO cells in this run: no FT-Rate axis to show",
                  ha="center", va="center")  # fmt: skip
-        return _save(fig, base, note)
+        return save_figure(fig, base, note)
     fig = Figure(figsize=(3.4 * len(fractions), 2.8 * len(gfms)), layout="constrained")
     axes = fig.subplots(len(gfms), len(fractions), squeeze=False)
     vmin, vmax = ours["mean"].min(), ours["mean"].max()
@@ -128,4 +128,4 @@ def heatmaps(ours: pd.DataFrame, base: Path, note: str = "") -> list[Path]:
             ax.set_xlabel("frames", fontsize=8)
             ax.set_ylabel("FT-Rate", fontsize=8)
     fig.colorbar(image, ax=axes, shrink=0.8, label="test mIoU (%), one scale for all panels")
-    return _save(fig, base, note)
+    return save_figure(fig, base, note)
