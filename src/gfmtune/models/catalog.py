@@ -44,7 +44,20 @@ DINO_TORCHGEO = Checkpoint(
     90_644_269,
     "timm",
 )
-CHECKPOINTS = {c.name: c for c in (CROMA_BASE, CROMA_LARGE, DINO_TORCHGEO)}
+# torchgeo ViTSmall16_Weights.SENTINEL2_ALL_MOCO (torchgeo/models/vit.py): SSL4EO-S12 MoCo v3,
+# 13 S2 L1C bands, timm vit_small_patch16_224; sha256 and size from the LFS pointer of HF commit
+# 1cb683f. torchgeo loads it into timm's default ViT-S/16 (qkv bias) missing head.* only: the
+# keys of DINO_TORCHGEO's file (qkv biases and final norm included, no head).
+MOCO_TORCHGEO = Checkpoint(
+    "ssl4eo_moco_vits16_torchgeo",
+    "https://hf.co/torchgeo/vit_small_patch16_224_sentinel2_all_moco/resolve/"
+    "1cb683f6c14739634cdfaaceb076529adf898c74/vit_small_patch16_224_sentinel2_all_moco-67c9032d.pth",
+    "vit_small_patch16_224_sentinel2_all_moco-67c9032d.pth",
+    "67c9032df0449ae37f93c51696bcae0c6dc3485103deb44b4669e9897b90409c",
+    90_668_909,
+    "timm",
+)
+CHECKPOINTS = {c.name: c for c in (CROMA_BASE, CROMA_LARGE, DINO_TORCHGEO, MOCO_TORCHGEO)}
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,8 @@ MODELS: dict[str, ModelFacts] = {
     "dino": ModelFacts("DINO", DINO_TORCHGEO, runtime=0.5),
     "dino_tiny": ModelFacts("DINO"),
     "dino_qkv": ModelFacts("DINO (qkv bias)", DINO_TORCHGEO, runtime=0.5),
+    "moco": ModelFacts("MoCo", MOCO_TORCHGEO, runtime=0.5),
+    "moco_tiny": ModelFacts("MoCo"),
     "utae": _UTAE,
     "utae_tiny": _UTAE_TINY,
     "utae_paper": _UTAE,

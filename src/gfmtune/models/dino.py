@@ -1,4 +1,5 @@
-"""SSL4EO-S12 DINO ViT-S/16 (Wang et al. 2023) on timm, as a multi-level feature encoder.
+"""SSL4EO-S12 ViT-S/16 (Wang et al. 2023) on timm, as a multi-level feature encoder: the DINO
+and the MoCo v3 weights (``dino*`` and ``moco*`` models) share its architecture and key names.
 
 Equals timm ``vit_small_patch16_224(in_chans=13, num_classes=0)``. Features after blocks
 3, 5, 7, 11, without the final norm, CLS dropped, as (B, 384, 14, 14). The paper built the ViT

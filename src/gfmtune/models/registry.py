@@ -2,7 +2,9 @@
 
 ``croma``, ``dino`` and ``utae`` are the paper's models (``utae`` in its official form,
 ``utae_paper`` as the paper ran it, without normalisation in the down blocks); ``*_tiny`` are the
-same code with small dimensions for CPU tests and the demo (no pretrained weights). A plug-in
+same code with small dimensions for CPU tests and the demo (no pretrained weights). ``moco`` is
+``dino``'s SSL4EO-S12 ViT-S/16 with MoCo v3 weights (same code, its qkv biases loaded), so that a
+study can tell the architecture from the pretraining. A plug-in
 module adds a model with :func:`register_model` (docs/add-an-encoder.md).
 
 Encoder contract (what :class:`TemporalUPerNet` and the training loop rely on):
@@ -110,6 +112,10 @@ REGISTRY: dict[str, ModelSpec] = {
     "dino_qkv": ModelSpec(
         "dino_qkv", InputPolicy("resize", 224, DINO_BANDS), _dino("small", qkv_bias=True)
     ),
+    # the same ViT-S/16 with MoCo v3 weights, whose qkv biases are loaded (as in dino_qkv)
+    "moco": ModelSpec(
+        "moco", InputPolicy("resize", 224, DINO_BANDS), _dino("small", qkv_bias=True)
+    ),
     "utae": ModelSpec("utae", InputPolicy("native"), None, build_baseline=utae_official),
     "utae_tiny": ModelSpec("utae_tiny", InputPolicy("native"), None, build_baseline=utae_tiny),
     # the paper's U-TAE: ShapingFT's norm="gropu" typo left the down blocks without GroupNorm
@@ -129,6 +135,13 @@ REGISTRY: dict[str, ModelSpec] = {
         "dino_tiny",
         InputPolicy("resize", 64, DINO_BANDS),
         _dino("tiny_test", qkv_bias=False, img_size=64, out_indices=(0, 1, 2, 3)),
+        decoder_channels=32,
+        ltae_heads=4,
+    ),
+    "moco_tiny": ModelSpec(
+        "moco_tiny",
+        InputPolicy("resize", 64, DINO_BANDS),
+        _dino("tiny_test", qkv_bias=True, img_size=64, out_indices=(0, 1, 2, 3)),
         decoder_channels=32,
         ltae_heads=4,
     ),
