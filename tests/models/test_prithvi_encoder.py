@@ -226,3 +226,16 @@ def test_dry_run_plans_the_prithvi_download(tmp_path: Path) -> None:
     counts = job_counts(result.stdout)
     assert counts["weights"] == 1
     assert "gfmtune weights --checkpoint prithvi_eo_v2_300m" in result.stdout
+
+
+def test_chunked_checkpointed_encoder_gives_the_same_gradients() -> None:
+    x = torch.randn(2, 3, 6, 32, 32)
+
+    def grads(plan: tuple[int | None, bool]) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = build_model("prithvi_tiny").eval()
+        model.set_memory_plan(*plan)
+        model(x).square().mean().backward()
+        return model.encoder.patch_embed["proj"].weight.grad
+
+    torch.testing.assert_close(grads((2, True)), grads((None, False)), rtol=1e-4, atol=1e-7)

@@ -45,7 +45,9 @@ DINO_TORCHGEO = Checkpoint(
     "timm",
 )
 #: Prithvi-EO-2.0-300M at the HF revision 9eb1b110 (2025-10-09; the file is unchanged since it
-#: was added on 2024-12-03): sha256 = the LFS pointer's oid, size = its byte count.
+#: was added on 2024-12-03). sha256 and size as pinned by a public project that checked them
+#: against this revision's LFS pointer (the HF page itself was not readable here); the weights
+#: rule refuses a file that differs, so an error here stops the download, never loads a file.
 PRITHVI_EO_V2_300M = Checkpoint(
     "prithvi_eo_v2_300m",
     "https://huggingface.co/ibm-nasa-geospatial/Prithvi-EO-2.0-300M/resolve/"
