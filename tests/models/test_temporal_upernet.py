@@ -109,8 +109,8 @@ def test_corrected_variants() -> None:
     assert {n for n, s in REGISTRY.items() if not s.has_encoder} == {
         n for n, f in MODELS.items() if f.from_scratch
     }
-    assert {n for n, s in REGISTRY.items() if s.checkpoint} == {"croma", "croma_native", "dino",
-                                                                "dino_qkv", "moco"}  # fmt: skip
+    pretrained = {"croma", "croma_native", "dino", "dino_qkv", "moco", "prithvi"}
+    assert {n for n, s in REGISTRY.items() if s.checkpoint} == pretrained
     native = get_spec("croma_native")
     assert native.policy.kind == "native" and native.policy.deterministic_train_input
     assert get_spec("dino_qkv").build_encoder().vit.blocks[0].attn.qkv.bias is not None

@@ -16,7 +16,7 @@ class Checkpoint:
     filename: str
     sha256: str
     size: int
-    layout: str  # "croma" (sub-dict s2_encoder) | "dino_teacher" | "timm"
+    layout: str  # "croma" (sub-dict s2_encoder) | "dino_teacher" | "timm" | "prithvi_mae"
 
 
 CROMA_BASE = Checkpoint(
@@ -57,7 +57,22 @@ MOCO_TORCHGEO = Checkpoint(
     90_668_909,
     "timm",
 )
-CHECKPOINTS = {c.name: c for c in (CROMA_BASE, CROMA_LARGE, DINO_TORCHGEO, MOCO_TORCHGEO)}
+#: Prithvi-EO-2.0-300M at the HF revision 9eb1b110 (2025-10-09; the file is unchanged since it
+#: was added on 2024-12-03). sha256 and size as pinned by a public project that checked them
+#: against this revision's LFS pointer (the HF page itself was not readable here); the weights
+#: rule refuses a file that differs, so an error here stops the download, never loads a file.
+PRITHVI_EO_V2_300M = Checkpoint(
+    "prithvi_eo_v2_300m",
+    "https://huggingface.co/ibm-nasa-geospatial/Prithvi-EO-2.0-300M/resolve/"
+    "9eb1b1102806593963daa333bcc491b1c6f8562f/Prithvi_EO_V2_300M.pt",
+    "Prithvi_EO_V2_300M.pt",
+    "faab2c8b776f0723f93431747603a7ec586a54fc45473613b4322c29752486e7",
+    1_326_658_396,
+    "prithvi_mae",
+)
+CHECKPOINTS = {
+    c.name: c for c in (CROMA_BASE, CROMA_LARGE, DINO_TORCHGEO, MOCO_TORCHGEO, PRITHVI_EO_V2_300M)
+}
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,16 @@ MODELS: dict[str, ModelFacts] = {
     "utae_tiny": _UTAE_TINY,
     "utae_paper": _UTAE,
     "utae_paper_tiny": _UTAE_TINY,
+}
+
+# Prithvi-EO-2.0-300M (ViT-L/16, blocks 0-23 at native 128 px: 65 tokens a frame). Runtime: its
+# forward FLOPs (whole model, UPerNet decoder included, training view) are 0.50 x CROMA's
+# (blocks 0-11 on 120 px crops: 225 tokens a frame), counted with torch's FlopCounterMode on
+# the meta device (548 vs 1093 GFLOPs for 2 samples x 6 frames); 0.6 leaves a margin, since
+# the runtime sets SLURM time limits.
+MODELS |= {
+    "prithvi": ModelFacts("Prithvi", PRITHVI_EO_V2_300M, runtime=0.6),
+    "prithvi_tiny": ModelFacts("Prithvi"),
 }
 
 

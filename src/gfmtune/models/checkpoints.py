@@ -69,7 +69,32 @@ def encoder_state(raw: Mapping, layout: str, where: str) -> dict[str, torch.Tens
     if layout == "timm":
         state = raw.get("state_dict", raw) if isinstance(raw, Mapping) else raw
         return {k: v for k, v in state.items() if not k.startswith("head.")}
+    if layout == "prithvi_mae":
+        return prithvi_encoder_state(raw, where)
     raise ValueError(f"unknown checkpoint layout {layout!r}")
+
+
+def prithvi_encoder_state(raw: Mapping, where: str) -> dict[str, torch.Tensor]:
+    """The ``encoder.*`` tensors of a Prithvi MAE state dict, prefix stripped; the MAE decoder's
+    ``decoder.*`` tensors (mask token, decoder position embedding, blocks, prediction head) are
+    dropped and logged; any other key is an error."""
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"{where}: not a Prithvi MAE state dict but a {type(raw).__name__}")
+    decoder = sorted(k for k in raw if k.startswith("decoder."))
+    other = sorted(k for k in raw if not k.startswith(("encoder.", "decoder.")))
+    if other:
+        raise CheckpointError(
+            f"{where}: not a Prithvi MAE state dict: {len(other)} key(s) outside encoder.* and "
+            f"decoder.*, e.g. {other[:3]}"
+        )
+    if decoder:
+        log.info(
+            "%s: dropped the %d tensors of the MAE decoder (%s)",
+            where,
+            len(decoder),
+            ", ".join(decoder[:3]) + (" ..." if len(decoder) > 3 else ""),
+        )
+    return {k.removeprefix("encoder."): v for k, v in raw.items() if k.startswith("encoder.")}
 
 
 def load_strict(

@@ -43,6 +43,7 @@ from gfmtune.models.checkpoints import locate, read_checkpoint
 from gfmtune.models.croma import CROMA_BANDS, CromaOpticalEncoder
 from gfmtune.models.dino import DINO_BANDS, DinoEncoder
 from gfmtune.models.policies import InputPolicy
+from gfmtune.models.prithvi import PRITHVI_BANDS, PrithviEncoder
 from gfmtune.models.upernet import TemporalUPerNet
 from gfmtune.models.utae import utae_official, utae_tiny
 
@@ -142,6 +143,21 @@ REGISTRY: dict[str, ModelSpec] = {
         "moco_tiny",
         InputPolicy("resize", 64, DINO_BANDS),
         _dino("tiny_test", qkv_bias=True, img_size=64, out_indices=(0, 1, 2, 3)),
+        decoder_channels=32,
+        ltae_heads=4,
+    ),
+}
+
+# Prithvi-EO-2.0-300M at PASTIS's native 128 px (8 x 8 tokens a frame; the 16 px patches divide
+# it and the position embedding is recomputed for the grid), one frame at a time (T = 1)
+REGISTRY |= {
+    "prithvi": ModelSpec(
+        "prithvi", InputPolicy("native", 128, PRITHVI_BANDS), partial(PrithviEncoder, "300m")
+    ),
+    "prithvi_tiny": ModelSpec(
+        "prithvi_tiny",
+        InputPolicy("native", 128, PRITHVI_BANDS),
+        partial(PrithviEncoder, "tiny", (0, 1, 2, 3)),
         decoder_channels=32,
         ltae_heads=4,
     ),
