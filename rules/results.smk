@@ -1,6 +1,7 @@
 # Stage 5: the paper's tables, figures and the claims check from every finished cell (95 %
-# bootstrap intervals from each cell's test_patches.npz), and the parameter table of the
-# paper-size models.
+# bootstrap intervals from each cell's test_patches.npz), the FT-Rate picked on validation, the
+# cost figure (trainable parameters from the params rule's table), and the parameter table of
+# the paper-size models.
 from gfmtune.results.tables import fraction_groups
 
 #: The paper-layout tables' names: two label fractions each, most labels first ("100_50").
@@ -10,6 +11,7 @@ LAYOUTS = ["_".join(f"{p:g}" for p in group) for group in fraction_groups(map(fl
 rule results:
     input:
         cells=cell_metrics(),
+        params=RUN / "tables" / "params.csv",
     output:
         table=report(RUN / "tables" / "miou.csv", caption="report/table.rst", category="Tables"),
         comparison=report(
@@ -23,6 +25,9 @@ rule results:
             )
             for name in LAYOUTS
         ],
+        tuned=report(
+            RUN / "tables" / "ft_tuned.csv", caption="report/ft_tuned.rst", category="Tables"
+        ),
         cost=RUN / "tables" / "cost.csv",
         spread=report(
             RUN / "tables" / "split_spread.csv",
@@ -37,6 +42,16 @@ rule results:
         heatmaps=report(
             RUN / "figures" / "heatmaps.png", caption="report/heatmaps.rst", category="Figures"
         ),
+        ftrate=report(
+            RUN / "figures" / "miou_vs_ftrate.png",
+            caption="report/miou_vs_ftrate.rst",
+            category="Figures",
+        ),
+        pareto=report(
+            RUN / "figures" / "cost_pareto.png",
+            caption="report/cost_pareto.rst",
+            category="Figures",
+        ),
         claims=report(RUN / "claims.md", caption="report/claims.rst", category="Claims"),
     params:
         out=RUN,
@@ -48,7 +63,7 @@ rule results:
     conda:
         CONDA_ENV
     shell:
-        "gfmtune results --cells {input.cells} --out {params.out} "
+        "gfmtune results --cells {input.cells} --params {input.params} --out {params.out} "
         "--resamples {params.resamples} --bootstrap-seed {params.seed} {params.synthetic}"
         " > {log} 2>&1"
 

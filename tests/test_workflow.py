@@ -46,6 +46,18 @@ def test_authors_overlay_plans_the_same_140_cells_with_every_switch(tmp_path: Pa
     assert "model~utae_paper/" in result.stdout and "model~utae/" not in result.stdout
 
 
+def test_ft_sweep_overlay_plans_six_ft_rates(tmp_path: Path) -> None:
+    overlay = REPO / "config" / "ft_sweep.yaml"
+    result = run_snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", str(overlay))
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert counts["train"] == 2 * 6 * 4 * 5 + 20  # 260: GFMs x FT-Rates x fractions x t + U-TAE
+    assert counts["results"] == 1 and counts["params"] == 1
+    for ft in ("0", "0.01", "0.03", "0.1", "0.3", "1"):
+        assert f"results/ft_sweep/cells/model~dino/ft_rate~{ft}/label_percent~1/" in result.stdout
+    assert "--params results/ft_sweep/tables/params.csv" in result.stdout
+
+
 VARIANTS = {"split_variants": {"rnd": {"label_strategy": "random", "seed": 3},
                                "x2": {"argsort": "avx2"}}}  # fmt: skip
 
