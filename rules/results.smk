@@ -1,6 +1,7 @@
 # Stage 5: the paper's tables, figures and the claims check from every finished cell (95 %
-# bootstrap intervals from each cell's test_patches.npz), and the parameter table of the
-# paper-size models.
+# bootstrap intervals from each cell's test_patches.npz), the FT-Rate picked on validation, the
+# cost figure (trainable parameters from the params rule's table), and the parameter table of
+# the paper-size models.
 from gfmtune.results.tables import fraction_groups
 
 #: The paper-layout tables' names: two label fractions each, most labels first ("100_50").
@@ -13,6 +14,7 @@ LAYOUTS = ["_".join(f"{p:g}" for p in group) for group in fraction_groups(map(fl
 rule results:
     input:
         cells=cell_metrics(),
+        params=RUN / "tables" / "params.csv",
     output:
         table=report(RUN / "tables" / "miou.csv", caption="report/table.rst", **RESULTS_TABLE),
         comparison=report(
@@ -27,6 +29,9 @@ rule results:
             for name in LAYOUTS
         ],
         cost=report(RUN / "tables" / "cost.csv", caption="report/cost.rst", category="Cost"),
+        tuned=report(
+            RUN / "tables" / "ft_tuned.csv", caption="report/ft_tuned.rst", **RESULTS_TABLE
+        ),
         spread=report(
             RUN / "tables" / "split_spread.csv",
             caption="report/split_spread.rst",
@@ -43,6 +48,16 @@ rule results:
         claims=report(
             RUN / "claims.md", caption="report/claims.rst", category="Results", subcategory="Claims"
         ),
+        ftrate=report(
+            RUN / "figures" / "miou_vs_ftrate.png",
+            caption="report/miou_vs_ftrate.rst",
+            **RESULTS_FIGURE,
+        ),
+        pareto=report(
+            RUN / "figures" / "cost_pareto.png",
+            caption="report/cost_pareto.rst",
+            category="Cost",
+        ),
     params:
         out=RUN,
         resamples=config["results"]["bootstrap"]["resamples"],
@@ -53,7 +68,7 @@ rule results:
     conda:
         CONDA_ENV
     shell:
-        "gfmtune results --cells {input.cells} --out {params.out} "
+        "gfmtune results --cells {input.cells} --params {input.params} --out {params.out} "
         "--resamples {params.resamples} --bootstrap-seed {params.seed} {params.synthetic}"
         " > {log} 2>&1"
 

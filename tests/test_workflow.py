@@ -66,6 +66,18 @@ def test_resolved_config_replans_the_same_run(tmp_path: Path) -> None:
     assert demo == again and demo["train"] == 42 and "run_config" not in again
 
 
+def test_ft_sweep_overlay_plans_six_ft_rates(tmp_path: Path) -> None:
+    overlay = REPO / "config" / "ft_sweep.yaml"
+    result = run_snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", str(overlay))
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert counts["train"] == 2 * 6 * 4 * 5 + 20  # 260: GFMs x FT-Rates x fractions x t + U-TAE
+    assert counts["results"] == 1 and counts["params"] == 1
+    for ft in ("0", "0.01", "0.03", "0.1", "0.3", "1"):
+        assert f"results/ft_sweep/cells/model~dino/ft_rate~{ft}/label_percent~1/" in result.stdout
+    assert "--params results/ft_sweep/tables/params.csv" in result.stdout
+
+
 VARIANTS = {"split_variants": {"rnd": {"label_strategy": "random", "seed": 3},
                                "x2": {"argsort": "avx2"}}}  # fmt: skip
 
@@ -178,7 +190,9 @@ def test_demo_end_to_end_with_report(tmp_path: Path) -> None:
         assert (run / "tables" / name).stat().st_size > 0, name
     params = pd.read_csv(run / "tables" / "params.csv")
     assert params.name.tolist() == ["croma_tiny", "dino_tiny", "utae_tiny"]  # the run's models
-    for figure in ("miou_vs_frames", "heatmaps", "predictions", "training_curves"):
+    figures = ("miou_vs_frames", "heatmaps", "predictions", "training_curves", "miou_vs_ftrate",
+               "cost_pareto")  # fmt: skip
+    for figure in figures:
         assert {f.suffix for f in (run / "figures").glob(f"{figure}.*")} == {".png", ".pdf"}
     assert {d.name for d in (run / "maps").iterdir() if d.is_dir()} == {
         "croma", "dino", "u-tae", "labels"
@@ -188,10 +202,12 @@ def test_demo_end_to_end_with_report(tmp_path: Path) -> None:
     made = run_snakemake(tmp_path, *report_step)
     assert made.returncode == 0, made.stderr[-2000:]
     report = tmp_path / report_step[report_step.index("--report") + 1]
-    widths = rendered_figures(report, "Results", ["miou_vs_frames.png", "heatmaps.png"], "Figures")
+    results = ["miou_vs_frames.png", "heatmaps.png", "miou_vs_ftrate.png"]
+    widths = rendered_figures(report, "Results", results, "Figures")
     widths |= rendered_figures(report, "Training", ["training_curves.png"])
+    widths |= rendered_figures(report, "Cost", ["cost_pareto.png"])
     widths |= rendered_figures(report, "Maps", ["predictions.png"])
-    assert len(widths) == 4 and all(width > 500 for width in widths.values()), widths
+    assert len(widths) == 6 and all(width > 500 for width in widths.values()), widths
 
     again = run_snakemake(tmp_path, *demo)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

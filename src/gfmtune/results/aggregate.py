@@ -2,8 +2,10 @@
 
 One row per cell and seed: model (CROMA / DINO / U-TAE), registry name, ft_rate (empty for
 U-TAE), label_percent, timesteps, seed, split (``main``: the run's label split, else the name of
-a ``manifests.split_variants`` entry), miou and miou_paper and oa (percent), per-class IoU
-(percent), best_epoch, wall_seconds, gpu_hours.
+a ``manifests.split_variants`` entry), miou and miou_paper and oa (percent, test set), the same
+three on the validation set at the selected epoch (val_miou, val_miou_paper, val_oa; empty
+for cells whose metrics.json has no ``val_best``), per-class IoU (percent), select_metric (the
+validation metric that selected the epoch), best_epoch, wall_seconds, gpu_hours.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import pandas as pd
 
 from gfmtune.models.catalog import family_of
 from gfmtune.pastis import CLASS_NAMES, VOID_CLASS
+from gfmtune.train.settings import TrainSettings
+
+SELECT_METRIC = TrainSettings().select_metric  # of cells whose metrics.json does not say
 
 
 def _pct(value: float | None) -> float | None:
@@ -41,10 +46,13 @@ def cell_row(path: Path) -> dict:
         "miou_paper": _pct(test["miou_paper"]),
         "oa": _pct(test["oa"]),
     }
+    val = metrics.get("val_best") or {}
+    row |= {f"val_{name}": _pct(val.get(name)) for name in ("miou", "miou_paper", "oa")}
     for c, name in enumerate(CLASS_NAMES):
         if c != VOID_CLASS:
             row[f"iou_{name}"] = _pct(test["per_class"][name]["iou"])
     row |= {
+        "select_metric": metrics.get("select_metric", SELECT_METRIC),
         "best_epoch": metrics["best_epoch"],
         "wall_seconds": metrics["wall_seconds"],
         "gpu_hours": metrics["gpu_hours"],

@@ -21,7 +21,7 @@ import operator
 import numpy as np
 import pandas as pd
 
-from gfmtune.results.tables import KEYS
+from gfmtune.results.tables import KEYS, row_label
 from gfmtune.results.uncertainty import LEVEL, interval
 
 UTAE = -1.0
@@ -143,7 +143,7 @@ def _mean_beats(text: str, a: tuple[str, pd.DataFrame], b: tuple[str, pd.DataFra
 
 def _best_claim(text: str, v: pd.DataFrame, fraction: float, expected: tuple[str, float]) -> dict:
     """Claim that ``expected`` (model, FT-Rate) has the best mIoU averaged over frames."""
-    label = f"{expected[0]} {expected[1]:.1f}"
+    label = row_label(*expected)
     rule = (f"{label}'s mIoU averaged over frames minus the best other row's", ">", 0)
     means = _row_means(v, fraction)
     if expected not in means.index or len(means) < 2:

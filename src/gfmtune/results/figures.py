@@ -1,5 +1,6 @@
-"""Figures: mIoU against the number of frames (published curves dashed) and heatmaps of mIoU
-over (FT-Rate, frames) per model and label fraction. PNG and PDF."""
+"""Figures: mIoU against the number of frames (published curves dashed), heatmaps of mIoU
+over (FT-Rate, frames) per model and label fraction, mIoU against FT-Rate, and mIoU against
+cost with its Pareto front. PNG and PDF."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-from gfmtune.results.tables import row_label, row_order
+from gfmtune.results.cost import pareto_front
+from gfmtune.results.tables import ft_text, row_label, row_order
 
 COLORS = {"CROMA": "tab:blue", "DINO": "tab:orange", "U-TAE": "tab:green"}
 STYLES = {0.0: ":", 0.1: "-.", 1.0: "-", -1.0: "-"}
@@ -129,3 +132,84 @@ def heatmaps(ours: pd.DataFrame, base: Path, note: str = "") -> list[Path]:
             ax.set_ylabel("FT-Rate", fontsize=8)
     fig.colorbar(image, ax=axes, shrink=0.8, label="test mIoU (%), one scale for all panels")
     return save_figure(fig, base, note)
+
+
+def _symlog(ax, rates: list[float]) -> None:
+    """x axis symlog, linear up to the smallest positive FT-Rate so that 0 shows; ticks at the
+    FT-Rates."""
+    positive = [f for f in rates if f > 0]
+    ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0, linscale=0.5)
+    ax.set_xticks(rates, [ft_text(f) for f in rates], fontsize=7)
+    ax.minorticks_off()
+
+
+def miou_vs_ftrate(curves: pd.DataFrame, base: Path, note: str = "") -> list[Path]:
+    """One panel per label fraction: each foundation model's mIoU averaged over frames against
+    FT-Rate (symlog x axis, 0 shown), U-TAE's as a dotted horizontal line; error bars the 95 %
+    interval of that average where every cell has one (:func:`gfmtune.results.ftrate.curves`)."""
+    fractions = sorted(curves.label_percent.unique(), reverse=True)
+    rates = sorted(f for f in curves.ft_rate.unique() if f >= 0)
+    fig = Figure(figsize=(3.6 * len(fractions), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(fractions), squeeze=False, sharey=True)[0]
+    for ax, fraction in zip(axes, fractions, strict=True):
+        part = curves[curves.label_percent == fraction].sort_values("ft_rate")
+        for model, line in part.groupby("model"):
+            color = COLORS.get(model, "gray")
+            if (line.ft_rate < 0).all():
+                ax.axhline(line["mean"].iloc[0], color=color, ls=":", label=model)
+                continue
+            ax.errorbar(line.ft_rate, line["mean"], yerr=_error_bars(line.assign(std=np.nan)),
+                        color=color, marker="o", ms=3, capsize=2, label=model)  # fmt: skip
+        _symlog(ax, rates)
+        ax.set(title=f"{fraction:g} % of the labels", xlabel="FT-Rate (symlog axis)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test mIoU (%, paper convention),\nmean over frames")
+    handles, labels = axes[0].get_legend_handles_labels()
+    title = "bars: 95 % interval; U-TAE (no FT-Rate) dotted"
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=7,
+               title=title, title_fontsize=7)  # fmt: skip
+    return save_figure(fig, base, note)
+
+
+def cost_pareto(points: pd.DataFrame, unit: str, base: Path, note: str = "") -> list[Path]:
+    """mIoU against compute (``hours``, in ``unit``) and against ``trainable`` parameters, one
+    panel per fraction and axis, one point per (model, FT-Rate) labelled with its FT-Rate, the
+    Pareto front (most mIoU for no more cost) as a grey step line."""
+    fractions = sorted(points.label_percent.unique(), reverse=True)
+    axes_of = (("hours", unit), ("trainable", "trainable parameters"))
+    fig = Figure(figsize=(3.6 * len(fractions), 6.6), layout="constrained")
+    axes = fig.subplots(2, len(fractions), squeeze=False, sharey="col")
+    for row, (column, label) in enumerate(axes_of):
+        for ax, fraction in zip(axes[row], fractions, strict=True):
+            part = points[(points.label_percent == fraction) & points[column].notna()]
+            _pareto_panel(ax, part, column, label)
+            ax.set_title(f"{fraction:g} % of the labels", fontsize=9)
+            ax.set_ylabel("test mIoU (%), mean over frames", fontsize=8)
+    handles = [Line2D([], [], color=c, marker="o", ls="", label=m) for m, c in COLORS.items()
+               if m in set(points.model)]  # fmt: skip
+    handles.append(Line2D([], [], color="gray", ls="-", label="Pareto front"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=7,
+               title="labels: FT-Rate; cost per training run, mean over frames",
+               title_fontsize=7)  # fmt: skip
+    return save_figure(fig, base, note)
+
+
+def _pareto_panel(ax, part: pd.DataFrame, column: str, label: str) -> None:
+    """Points of one panel with their FT-Rates and the front; says so when there are none."""
+    if part.empty:
+        ax.text(0.5, 0.5, "no values (parameters: gfmtune results --params)", ha="center",
+                va="center", fontsize=7, transform=ax.transAxes)  # fmt: skip
+        return
+    for r in part.itertuples():
+        ax.plot(getattr(r, column), r.miou, "o", color=COLORS.get(r.model, "gray"), ms=4)
+        if r.ft_rate >= 0:
+            ax.annotate(ft_text(r.ft_rate), (getattr(r, column), r.miou), fontsize=6,
+                        xytext=(3, 2), textcoords="offset points")  # fmt: skip
+    cost, value = part[column].to_numpy(), part.miou.to_numpy()
+    front = pareto_front(cost, value)
+    ax.step(cost[front], value[front], where="post", color="gray", lw=1, zorder=0)
+    log = bool((cost > 0).all())
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"{label} (log axis)" if log else label, fontsize=8)
+    ax.grid(alpha=0.3)

@@ -2,13 +2,21 @@
 
 Writes under ``--out`` (``results/<run>``)::
 
-    tables/miou.csv                      one row per cell and seed (percent, with intervals)
-    tables/miou_<fractions>.{md,tex,csv} the paper's layout, value [95 % interval], best marked
+    tables/miou.csv                      one row per cell and seed (percent, with intervals;
+                                         validation scores at the selected epoch)
+    tables/miou_<fractions>.{md,tex,csv} the paper's layout, value [95 % interval], best marked;
+                                         with a "<model> tuned" row when the run has more
+                                         FT-Rates than the paper's three
+    tables/ft_tuned.{csv,md}             per model, fraction and t: the FT-Rate picked on
+                                         validation and its test mIoU [interval]
     tables/comparison.{csv,md}           ours [interval], the paper's, the difference, inside?
     tables/cost.csv                      GPU-hours and wall time per model and in total
     tables/split_spread.{csv,md}         how much cells move between label splits and seeds
     figures/miou_vs_frames.{png,pdf}     per fraction, published curves dashed
     figures/heatmaps.{png,pdf}           mIoU over (FT-Rate, frames) per model and fraction
+    figures/miou_vs_ftrate.{png,pdf}     mIoU (mean over frames) against FT-Rate, symlog axis
+    figures/cost_pareto.{png,pdf}        mIoU against compute hours and trainable parameters
+                                         (``--params``), Pareto front drawn
     claims.{json,md}                     the paper's conclusions decided on these results
                                          (and, as point estimates, on the published numbers)
 
@@ -17,7 +25,8 @@ convention (``miou_paper``: mean over 20 classes with void as 0, percent), from 
 label split (``main``); the cost table counts every cell, label-split variants included.
 Intervals and claim verdicts come from the bootstrap over the cells' per-patch test counts
 (:mod:`gfmtune.results.uncertainty`, ``test_patches.npz``); cells without them have no interval
-and claims fall back to point verdicts.
+and claims fall back to point verdicts. The tuned rows pick each FT-Rate on validation only
+(:mod:`gfmtune.results.ftrate`).
 """
 
 from __future__ import annotations
@@ -29,8 +38,9 @@ from pathlib import Path
 import pandas as pd
 
 from gfmtune.fileio import atomic_path, atomic_write_text
-from gfmtune.results import claims, figures, spread, tables, uncertainty
+from gfmtune.results import claims, figures, ftrate, spread, tables, uncertainty
 from gfmtune.results.aggregate import collect
+from gfmtune.results.cost import cost_points, cost_table, read_params
 from gfmtune.results.published import CITATION, published
 
 VALUE = "miou_paper"
@@ -48,17 +58,6 @@ def _markdown(frame: pd.DataFrame) -> str:
         for row in frame.itertuples(index=False)
     )
     return head + body
-
-
-def cost_table(table: pd.DataFrame) -> pd.DataFrame:
-    """GPU-hours, CPU-hours (wall time of the cells that ran without a GPU), wall seconds and
-    cells, per model and in total."""
-    table = table.assign(cpu_hours=table.wall_seconds.where(~(table.gpu_hours > 0), 0) / 3600)
-    sums = ["gpu_hours", "cpu_hours", "wall_seconds"]
-    per_model = table.groupby("model")[sums].sum().reset_index()
-    per_model["cells"] = table.groupby("model").size().to_numpy()
-    total = pd.DataFrame([{"model": "total", **table[sums].sum(), "cells": len(table)}])
-    return pd.concat([per_model, total], ignore_index=True).round(4)
 
 
 def caveat(table: pd.DataFrame, synthetic: bool) -> str:
@@ -81,11 +80,13 @@ def write_results(
     resamples: int = uncertainty.RESAMPLES,
     seed: int = 0,
     synthetic: bool = False,
+    params: Path | None = None,
 ) -> dict:
     """All tables, figures and the claims check, intervals from ``resamples`` bootstrap
     replicates drawn with ``seed``; ``synthetic``: the cells trained on synthetic data, said
-    (with tiny models) at the top of every Markdown file and figure. Returns the paths written,
-    by kind."""
+    (with tiny models) at the top of every Markdown file and figure; ``params``: the run's
+    ``tables/params.csv``, for the cost figure's trainable parameters. Returns the paths
+    written, by kind."""
     out = Path(out)
     table = collect(cells)
     note = caveat(table, synthetic)
@@ -97,8 +98,12 @@ def write_results(
     )
     paper = tables.summarize(published().rename(columns={"miou": VALUE}), VALUE)
     written = {"tables": [out / "tables" / "miou.csv"]}
+    picks = ftrate.tuned(table, ours)
+    rows = ours
+    if len(ftrate.ft_rates(ours)) > len(ftrate.PAPER_FT_RATES):
+        rows = pd.concat([ours, ftrate.tuned_rows(picks)], ignore_index=True)
     for group in tables.fraction_groups(list(ours.label_percent.unique())):
-        grid = tables.layout(ours, group)
+        grid = tables.layout(rows, group)
         base = out / "tables" / ("miou_" + "_".join(f"{f:g}" for f in group))
         for suffix, render in (
             (".md", tables.to_markdown),
@@ -118,6 +123,7 @@ def write_results(
         "without per-patch test counts); paper_inside: whether the published value lies inside "
         "it.\n\n" + _markdown(comparison),
     )
+    written["tables"] += _ft_tuned(picks, out / "tables", head)
     _csv(cost_table(table), out / "tables" / "cost.csv")
     moves = spread.split_spread(table, VALUE)
     _csv(moves, out / "tables" / "split_spread.csv")
@@ -140,6 +146,11 @@ def write_results(
         ours, paper, panels, out / "figures" / "miou_vs_frames", note
     )
     written["figures"] += figures.heatmaps(ours, out / "figures" / "heatmaps", note)
+    written["figures"] += figures.miou_vs_ftrate(
+        ftrate.curves(ours, reps, VALUE), out / "figures" / "miou_vs_ftrate", note
+    )
+    points, unit = cost_points(table, VALUE, read_params(params) if params else None)
+    written["figures"] += figures.cost_pareto(points, unit, out / "figures" / "cost_pareto", note)
     checked = claims.with_published(
         claims.check_claims(ours, reps.cell_matrix(ours, VALUE)), claims.check_claims(paper)
     )
@@ -147,6 +158,21 @@ def write_results(
     atomic_write_text(out / "claims.md", head + claims.to_markdown(checked))
     written["claims"] = [out / "claims.json", out / "claims.md"]
     return written
+
+
+def _ft_tuned(picks: pd.DataFrame, folder: Path, head: str) -> list[Path]:
+    """``ft_tuned.{csv,md}``: the FT-Rate picked on validation per model, fraction and t."""
+    table = ftrate.ft_table(picks)
+    _csv(table, folder / "ft_tuned.csv")
+    atomic_write_text(
+        folder / "ft_tuned.md",
+        f"{head}Per model, label fraction and t: the FT-Rate with the best validation score "
+        "(select_metric at each cell's selected epoch, mean over seeds; ties: the smaller "
+        "FT-Rate), and that cell's test mIoU (%, paper convention) with its 95 % interval "
+        "(test_low, test_high). best_test_ft_rate and best_test_miou_paper: the FT-Rate best on "
+        "test, for reference only (choosing it would select on test).\n\n" + _markdown(table),
+    )
+    return [folder / "ft_tuned.csv", folder / "ft_tuned.md"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -162,6 +188,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bootstrap-seed", type=int, default=0, help="seed of the bootstrap (default 0)"
     )
     parser.add_argument(
+        "--params",
+        type=Path,
+        help="the run's tables/params.csv (gfmtune params): trainable parameters in the cost "
+        "figure (without it, that panel is empty)",
+    )
+    parser.add_argument(
         "--synthetic-data",
         action="store_true",
         help="the cells trained on synthetic data: say so on every table, figure and claim",
@@ -169,5 +201,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    write_results(args.cells, args.out, args.resamples, args.bootstrap_seed, args.synthetic_data)
+    write_results(
+        args.cells, args.out, args.resamples, args.bootstrap_seed, args.synthetic_data, args.params
+    )
     return 0

@@ -1,8 +1,9 @@
-"""The paper's table layout: rows CROMA 0.0/0.1/1.0, DINO 0.0/0.1/1.0, U-TAE; five timestep
-columns per label fraction, two fractions per table ((100, 50) and (10, 1) in the paper); the
-best value of each column marked. Values are means over seeds with their 95 % bootstrap
-interval ``[low, high]`` when the summary has ``low`` and ``high``
-(:mod:`gfmtune.results.uncertainty`), else ± std when several seeds.
+"""The paper's table layout: rows CROMA 0.0/0.1/1.0, DINO 0.0/0.1/1.0, U-TAE (one row per
+FT-Rate of the run, labelled exactly, as ``CROMA 0.01``; a model's ``tuned`` row after them when
+given, :mod:`gfmtune.results.ftrate`); five timestep columns per label fraction, two fractions
+per table ((100, 50) and (10, 1) in the paper); the best value of each column marked. Values
+are means over seeds with their 95 % bootstrap interval ``[low, high]`` when the summary has
+``low`` and ``high`` (:mod:`gfmtune.results.uncertainty`), else ± std when several seeds.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import pandas as pd
 KEYS = ["model", "ft_rate", "label_percent", "timesteps"]
 FAMILIES = ("CROMA", "DINO", "U-TAE")
 MISSING = "–"
+#: The ft_rate of a model's "tuned" row (:mod:`gfmtune.results.ftrate`): after its FT-Rates.
+TUNED = math.inf
 
 
 def summarize(table: pd.DataFrame, value: str = "miou_paper") -> pd.DataFrame:
@@ -24,8 +27,16 @@ def summarize(table: pd.DataFrame, value: str = "miou_paper") -> pd.DataFrame:
     return out.rename(columns={"count": "n"})
 
 
+def ft_text(ft_rate: float) -> str:
+    """An FT-Rate exactly as given, with one decimal at least: 0.0, 0.01, 0.03, 0.1, 1.0."""
+    return str(float(ft_rate))
+
+
 def row_label(model: str, ft_rate: float) -> str:
-    return model if ft_rate < 0 else f"{model} {ft_rate:.1f}"
+    """``CROMA 0.01``; ``U-TAE`` (ft_rate -1); ``CROMA tuned`` (:data:`TUNED`)."""
+    if ft_rate < 0:
+        return model
+    return f"{model} tuned" if ft_rate == TUNED else f"{model} {ft_text(ft_rate)}"
 
 
 def row_order(summary: pd.DataFrame) -> list[tuple[str, float]]:
