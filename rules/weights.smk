@@ -1,5 +1,6 @@
 # Pretrained checkpoints: fetched once into weights.dir (resumable, verified against the
-# published sha256 and size); the per-run stamp is written only after verification.
+# published sha256 and size); the per-run stamp is written only after verification. With
+# weights.offline they must be there already (checked at parse time: check_offline_weights).
 
 
 rule weights:

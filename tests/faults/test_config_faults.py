@@ -195,7 +195,7 @@ def test_settings_stay_as_written_and_the_rest_gets_defaults() -> None:
     del config["weights"]
     validate_config(config)
     assert config["train"]["settings"] == {"epochs": 3}
-    assert config["weights"] == {"dir": "results/weights", "retries": 5}
+    assert config["weights"] == {"dir": "results/weights", "retries": 5, "offline": False}
     assert config["data"]["zenodo"]["record"] == "10908628"
 
 

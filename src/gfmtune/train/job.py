@@ -10,6 +10,7 @@ Cell folder (``metrics.json`` is written last, so a folder without it is never f
     provenance.json     settings, seed, git revision, package versions, device, time, memory
     metrics.json        test and best-validation metrics, cell, epoch of the best checkpoint
     failed.json         after a failure a retry would repeat (bad input, settings, weights)
+    tensorboard/        with setting tensorboard: history.csv's rows as event files
 
 Files are loaded with ``weights_only=True``, so a ``state.pt`` that pickles anything else is
 refused without running it. An unreadable ``state.pt`` is set aside (renamed) and the cell
@@ -63,6 +64,8 @@ from gfmtune.models.registry import REGISTRY, ModelSpec, build_model, get_spec
 from gfmtune.pastis import CLASS_NAMES, TEST_FOLD, VAL_FOLD
 from gfmtune.tensorio import CorruptFileError, load_tensors
 from gfmtune.train import provenance
+from gfmtune.train.board import FOLDER as BOARD
+from gfmtune.train.board import epoch_board, summary_writer
 from gfmtune.train.devices import (
     amp_dtype,
     claimed_device,
@@ -310,11 +313,13 @@ class CellJob:
         configure_backends(self.device, settings.precision, settings.deterministic)
         self.progress = progress
         self.frozen = self.spec.has_encoder and not cell.ft_rate
+        if settings.tensorboard:
+            summary_writer()  # missing package: stop before any work
 
     def fingerprint(self) -> dict:
         """What a resumable state must match."""
         settings = self.s.to_dict()
-        del settings["checkpoint_minutes"]  # when to save changes no result
+        del settings["checkpoint_minutes"], settings["tensorboard"]  # change no result
         return {
             "cell": asdict(self.cell),
             "settings": settings,
@@ -446,7 +451,8 @@ class CellJob:
             disable=not self.progress,
         )
         skip, cadence = _skippable(train_dl), _Cadence(self.s.checkpoint_minutes)
-        with _StopSignals() as stop:
+        board_dir = self.out / BOARD if self.s.tensorboard else None
+        with _StopSignals() as stop, epoch_board(board_dir, state["epoch"]) as board:
             for epoch in range(state["epoch"], self.s.epochs):
                 tick = time.time() - (state["partial"] or {}).get("seconds", 0.0)
                 epoch_order = order.get_state()  # saved when stopped mid-epoch
@@ -478,6 +484,7 @@ class CellJob:
                 row["seconds"] = round(time.time() - tick, 3)
                 state["history"].append(row)
                 log.info("%s", epoch_line(row, self.s.epochs))
+                board(row)
                 state["epoch"], state["seconds"] = epoch + 1, time.time() - origin
                 if stop.is_set():
                     raise self._stop(t, order.get_state(), state, len(train_dl), stop.signum)

@@ -42,6 +42,7 @@ class TrainSettings:
     feature_cache: bool = True  # frozen encoder with a fixed input: compute features once
     dino_eval_resize: str = "direct"  # DINO eval logits 56 -> 128 | via_input: 56 -> 224 -> 128
     frame_draw: str = "none"  # none: the manifest's frames | authors: their seeded 50-frame draw
+    tensorboard: bool = False  # history rows as event files in <cell>/tensorboard/ (extra)
 
     @classmethod
     def from_mapping(cls, values: dict | None) -> TrainSettings:
