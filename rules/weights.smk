@@ -9,10 +9,11 @@ rule weights:
     params:
         folder=config["weights"]["dir"],
         retries=config["weights"]["retries"],
+        offline="--offline" if config["weights"]["offline"] else "",
     log:
         RUN / "logs" / "weights_{ckpt}.log",
     conda:
         CONDA_ENV
     shell:
         "gfmtune weights --checkpoint {wildcards.ckpt} --dir {params.folder}"
-        " --retries {params.retries} --stamp {output} > {log} 2>&1"
+        " --retries {params.retries} {params.offline} --stamp {output} > {log} 2>&1"

@@ -243,3 +243,25 @@ def test_split_variant_and_seeds_end_to_end(tmp_path: Path) -> None:
     moved = pd.read_csv(run / "tables" / "split_spread.csv").set_index("label_percent")
     assert moved.loc[10.0, "runs"] == 4 and moved.loc[10.0, "splits"] == "main, rnd"
     assert moved.loc[100.0, "runs"] == 2 and pd.isna(moved.loc[100.0, "split_range"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_new_encoders_run_through_the_workflow(tmp_path: Path) -> None:
+    """The tiny MoCo and Prithvi models train on the synthetic data and reach the tables."""
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    config |= {"run": "enc", "models": ["moco_tiny", "prithvi_tiny"]}
+    config["manifests"] = {"label_percents": [100], "timesteps": [1]}
+    config["train"] |= {"ft_rates": [0.0, 0.1]}
+    config["train"]["settings"] |= {"epochs": 1}
+    result = run_snakemake(tmp_path, "--cores", "2", "--until", "results",
+                           config=config, timeout=800)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    tables = tmp_path / "results" / "enc" / "tables"
+    miou = pd.read_csv(tables / "miou.csv")
+    assert sorted(zip(miou.model, miou.ft_rate, strict=True)) == [
+        ("MoCo", 0.0), ("MoCo", 0.1), ("Prithvi", 0.0), ("Prithvi", 0.1)
+    ]  # fmt: skip
+    assert miou.miou_paper.between(0, 100).all()
+    params = pd.read_csv(tables / "params.csv")
+    assert params.name.tolist() == ["moco_tiny", "prithvi_tiny"]

@@ -148,7 +148,7 @@ def test_plugin_encoder_through_the_workflow(
     config["train"]["settings"] |= {"epochs": 1}
     paths = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
-    result = run_snakemake(tmp_path, "--cores", "2", "--until", "results", "params",
+    result = run_snakemake(tmp_path, "--cores", "2", "--until", "results",
                            config=config, timeout=800)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     tables = tmp_path / "results" / "plug" / "tables"

@@ -88,6 +88,21 @@ def test_wrong_file_without_network_is_kept_and_named(tmp_path: Path, blob: byte
     assert f"expected {len(blob)} bytes, got {len(wrong)}" in text
 
 
+def test_offline_verifies_and_never_downloads(tmp_path: Path, blob: bytes) -> None:
+    with FileServer({"/toy/CROMA_toy.pt": blob}) as server:  # it would answer: must not be asked
+        ckpt = _ckpt(server, blob)
+        with pytest.raises(CheckpointError, match=r"weights\.offline is set") as err:
+            fetch_checkpoint(ckpt, tmp_path, retries=0, progress=False, offline=True)
+        assert str(tmp_path / "CROMA_toy.pt") in str(err.value) and ckpt.url in str(err.value)
+        assert not (tmp_path / "CROMA_toy.pt").exists() and server.requests() == []
+        (tmp_path / "CROMA_toy.pt").write_bytes(b"x" * len(blob))  # right size, wrong content
+        with pytest.raises(CheckpointError, match="moved aside"):
+            fetch_checkpoint(ckpt, tmp_path, retries=0, progress=False, offline=True)
+        (tmp_path / "CROMA_toy.pt").write_bytes(blob)
+        assert fetch_checkpoint(ckpt, tmp_path, progress=False, offline=True).read_bytes() == blob
+        assert server.requests() == []
+
+
 def test_cli_writes_stamp(tmp_path: Path, blob: bytes, monkeypatch) -> None:
     with FileServer({"/toy/CROMA_toy.pt": blob}) as server:
         ckpt = _ckpt(server, blob)

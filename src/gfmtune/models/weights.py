@@ -4,7 +4,9 @@ The checkpoint lives in ``--dir`` (config ``weights.dir``: a folder of pre-downl
 where downloads go). A file already there is verified and kept; a wrong one is renamed
 ``<file>.rejected-<UTC time>`` (never deleted: it may be a hand-copied file) and the checkpoint
 is downloaded from its published URL and verified against its published size and sha256. The
-stamp JSON (the Snakemake output) is written only after verification.
+stamp JSON (the Snakemake output) is written only after verification. ``--offline`` (config
+``weights.offline``: nodes without internet) verifies and never downloads: a missing or wrong file
+is an error naming it and what to put there.
 """
 
 from __future__ import annotations
@@ -26,10 +28,15 @@ from gfmtune.models.checkpoints import CheckpointError
 
 
 def fetch_checkpoint(
-    ckpt: Checkpoint, folder: Path, retries: int = 5, progress: bool = True
+    ckpt: Checkpoint,
+    folder: Path,
+    retries: int = 5,
+    progress: bool = True,
+    offline: bool = False,
 ) -> Path:
     """The verified checkpoint in ``folder``, downloaded first when absent or wrong (a wrong file
-    is set aside first; the error, if the download fails, says where it went)."""
+    is set aside first; the error, if the download fails, says where it went). ``offline``: never
+    download; a missing or wrong file is a CheckpointError."""
     remote = RemoteFile(ckpt.url, Path(folder) / ckpt.filename, ckpt.size, f"sha256:{ckpt.sha256}")
     rejected = ""
     if remote.dest.is_file():
@@ -37,6 +44,12 @@ def fetch_checkpoint(
         if note is None:
             return remote.dest
         rejected = f"{note}; "
+    if offline:
+        raise CheckpointError(
+            f"{rejected}{remote.dest}: weights.offline is set, so it is not downloaded: fetch "
+            f"{ckpt.url} on a machine with internet (sha256 {ckpt.sha256}, {ckpt.size:,} bytes) "
+            "and put it there"
+        )
     try:
         download_all([remote], workers=1, retries=retries, progress=progress)
     except (DownloadError, ChecksumError, OSError) as err:
@@ -54,11 +67,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", type=Path, required=True, help="folder holding checkpoints")
     parser.add_argument("--stamp", type=Path, required=True, help="JSON written once verified")
     parser.add_argument("--retries", type=int, default=5, help="download retries")
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="verify the file in --dir, never download (nodes without internet)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     ckpt = CHECKPOINTS[args.checkpoint]
-    path = fetch_checkpoint(ckpt, args.dir, args.retries)
+    path = fetch_checkpoint(ckpt, args.dir, args.retries, offline=args.offline)
     stamp = {
         "checkpoint": ckpt.name,
         "path": str(path.resolve()),
