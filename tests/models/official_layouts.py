@@ -22,6 +22,18 @@ def croma_s2_encoder_shapes(dim: int, depth: int, bands: int = 12) -> dict[str, 
     return shapes
 
 
+def vit_block_shapes(prefix: str, dim: int) -> dict[str, tuple[int, ...]]:
+    """timm ``Block`` naming, qkv with bias, MLP ratio 4."""
+    return {
+        f"{prefix}.norm1.weight": (dim,), f"{prefix}.norm1.bias": (dim,),
+        f"{prefix}.attn.qkv.weight": (3 * dim, dim), f"{prefix}.attn.qkv.bias": (3 * dim,),
+        f"{prefix}.attn.proj.weight": (dim, dim), f"{prefix}.attn.proj.bias": (dim,),
+        f"{prefix}.norm2.weight": (dim,), f"{prefix}.norm2.bias": (dim,),
+        f"{prefix}.mlp.fc1.weight": (4 * dim, dim), f"{prefix}.mlp.fc1.bias": (4 * dim,),
+        f"{prefix}.mlp.fc2.weight": (dim, 4 * dim), f"{prefix}.mlp.fc2.bias": (dim,),
+    }  # fmt: skip
+
+
 def dino_vits16_shapes(bands: int = 13, dim: int = 384, depth: int = 12,
                        tokens: int = 197) -> dict[str, tuple[int, ...]]:  # fmt: skip
     """Keys and shapes of the SSL4EO-S12 DINO ViT-S/16 backbone (timm / DINO naming)."""
@@ -31,15 +43,7 @@ def dino_vits16_shapes(bands: int = 13, dim: int = 384, depth: int = 12,
         "norm.weight": (dim,), "norm.bias": (dim,),
     }  # fmt: skip
     for i in range(depth):
-        b = f"blocks.{i}"
-        shapes |= {
-            f"{b}.norm1.weight": (dim,), f"{b}.norm1.bias": (dim,),
-            f"{b}.attn.qkv.weight": (3 * dim, dim), f"{b}.attn.qkv.bias": (3 * dim,),
-            f"{b}.attn.proj.weight": (dim, dim), f"{b}.attn.proj.bias": (dim,),
-            f"{b}.norm2.weight": (dim,), f"{b}.norm2.bias": (dim,),
-            f"{b}.mlp.fc1.weight": (4 * dim, dim), f"{b}.mlp.fc1.bias": (4 * dim,),
-            f"{b}.mlp.fc2.weight": (dim, 4 * dim), f"{b}.mlp.fc2.bias": (dim,),
-        }  # fmt: skip
+        shapes |= vit_block_shapes(f"blocks.{i}", dim)
     return shapes
 
 

@@ -18,20 +18,8 @@ from gfmtune.models.params import parameter_table
 from gfmtune.models.prithvi import PRITHVI_BANDS, PrithviEncoder
 from gfmtune.models.registry import build_model, get_spec
 from gfmtune.pastis import BANDS
-from tests.models.official_layouts import random_state
+from tests.models.official_layouts import random_state, vit_block_shapes
 from tests.workflow_helpers import job_counts, run_snakemake
-
-
-def vit_block_shapes(prefix: str, dim: int) -> dict[str, tuple[int, ...]]:
-    """timm ``Block`` naming, qkv with bias, MLP ratio 4."""
-    return {
-        f"{prefix}.norm1.weight": (dim,), f"{prefix}.norm1.bias": (dim,),
-        f"{prefix}.attn.qkv.weight": (3 * dim, dim), f"{prefix}.attn.qkv.bias": (3 * dim,),
-        f"{prefix}.attn.proj.weight": (dim, dim), f"{prefix}.attn.proj.bias": (dim,),
-        f"{prefix}.norm2.weight": (dim,), f"{prefix}.norm2.bias": (dim,),
-        f"{prefix}.mlp.fc1.weight": (4 * dim, dim), f"{prefix}.mlp.fc1.bias": (4 * dim,),
-        f"{prefix}.mlp.fc2.weight": (dim, 4 * dim), f"{prefix}.mlp.fc2.bias": (dim,),
-    }  # fmt: skip
 
 
 def prithvi_mae_shapes(dim: int = 1024, depth: int = 24, dec_dim: int = 512,
