@@ -278,8 +278,8 @@ class FeatureCache:
         """The partial build's arrays, opened, or created for ``levels``' shapes and dtypes
         (then ``index.json`` is written, after them)."""
         if (self.partial / INDEX).exists():
-            levels_ = self.index(self.partial)["levels"]
-            return [np.load(self.partial / lv["file"], mmap_mode="r+") for lv in levels_]
+            entries = self.index(self.partial)["levels"]
+            return [np.load(self.partial / e["file"], mmap_mode="r+") for e in entries]
         entries, arrays = [], []
         for i, level in enumerate(levels):
             shape = (len(ids), *level.shape[1:])
