@@ -29,7 +29,7 @@ from gfmtune.cli import main
 from gfmtune.data.store import convert
 from gfmtune.results.aggregate import collect
 from gfmtune.results.maps import cell_folder
-from gfmtune.train.feature_cache import store_content_digest
+from gfmtune.train.feature_cache import CachedFeatures, store_content_digest
 from gfmtune.train.job import Cell, CellJob, Inputs
 from tests.train.conftest import (
     FAST,
@@ -254,46 +254,59 @@ def test_bad_best_at_predict_maps_invalidates_the_cell(
 
 
 def cache_copy(reference: dict, tmp_path: Path) -> tuple[Path, Path]:
-    """A copy of the reference feature cache (its root) and its first file."""
+    """A copy of the reference feature cache (its root) and its first level's array."""
     root = tmp_path / "cache"
     shutil.copytree(reference["cache"], root / reference["cache"].name)
-    return root, sorted((root / reference["cache"].name).glob("*.pt"))[0]
+    return root, root / reference["cache"].name / "level0.npy"
 
 
-@pytest.mark.parametrize(
-    "fault", ["truncated", "killed-build-garbage", "killed-build-pickled-payload"]
-)
+@pytest.mark.parametrize("fault", ["truncated", "garbage", "killed-build"])
 def test_bad_cache_file_is_rebuilt(
     fault: str, train_data: Path, reference: dict, tmp_path: Path, caplog
 ) -> None:
     root, bad = cache_copy(reference, tmp_path)
-    good_size, marker = bad.stat().st_size, tmp_path / "payload-ran"
-    if fault == "truncated":  # complete.json records its size: caught without loading it
+    folder, good_size = bad.parent, bad.stat().st_size
+    if fault == "truncated":  # shorter than its header says
         truncate(bad)
-    else:  # no record: the build loads every file it finds
-        (bad.parent / "complete.json").unlink()
-        SPOIL[fault.removeprefix("killed-build-")](bad, marker)
+    elif fault == "garbage":  # same size, the header unreadable
+        garbage(bad, good_size)
+    else:  # a build killed with half of its rows done: resumed, not set aside
+        (folder / "complete.json").unlink()
+        marks = folder / "done.bin"
+        done = marks.read_bytes()
+        marks.write_bytes(bytes(len(done) // 2) + done[len(done) // 2 :])
+        folder.rename(folder.with_name(f"{folder.name}.partial"))
 
     assert cli_train(dino_inputs(train_data, root), DINO, tmp_path / "cell") == 0
-    assert not marker.exists(), "the pickled payload ran"
-    assert warned(caplog, str(bad), "to be rebuilt") and len(aside(bad)) == 1
-    assert bad.stat().st_size == good_size and len(torch.load(bad, weights_only=True)) > 0
+    if fault == "killed-build":
+        assert not aside(folder)
+    else:
+        assert warned(caplog, str(bad), "to be rebuilt") and len(aside(folder)) == 1
+    assert bad.stat().st_size == good_size and np.load(bad).shape[0] > 0
     assert same_result(metrics(tmp_path / "cell"), metrics(reference["dino"]))
 
 
 def test_unreadable_cache_file_in_training_names_it_and_the_next_run_recovers(
-    train_data: Path, reference: dict, tmp_path: Path, caplog
+    train_data: Path, reference: dict, tmp_path: Path, caplog, monkeypatch
 ) -> None:
     root, bad = cache_copy(reference, tmp_path)
-    garbage(bad, bad.stat().st_size)  # same size: the cheap check passes, reading fails
     out, data = tmp_path / "cell", dino_inputs(train_data, root)
     workers = replace(SETTINGS, workers=1)  # the error crosses a DataLoader worker
+    open_arrays, spoiled = CachedFeatures._open, []
 
+    def spoil_first(self) -> list:  # the file spoilt under a running job, after its checks
+        if not spoiled:
+            garbage(bad, bad.stat().st_size)
+            spoiled.append(bad)
+        return open_arrays(self)
+
+    monkeypatch.setattr(CachedFeatures, "_open", spoil_first)
     assert cli_train(data, DINO, out, workers) == 1
     line = error_line(caplog)
     assert str(bad) in line and "rerun" in line
-    assert not (out / "metrics.json").exists() and len(aside(bad)) == 1
+    assert not (out / "metrics.json").exists() and len(aside(bad.parent)) == 1
 
+    monkeypatch.undo()
     assert cli_train(data, DINO, out, workers) == 0
     assert same_result(metrics(out), metrics(reference["dino"]))
 
@@ -303,9 +316,9 @@ def test_cache_of_other_store_content_at_the_same_path_is_not_reused(
 ) -> None:
     (root, _), store = cache_copy(reference, tmp_path), tmp_path / "s2.zarr"
     shutil.copytree(train_data / "s2.zarr", store)
-    built = {p: p.stat().st_mtime_ns for p in root.rglob("*.pt")}
+    built = {p: p.stat().st_mtime_ns for p in root.rglob("*.npy")}
     assert cli_train(dino_inputs(train_data, root, store), DINO, tmp_path / "a") == 0
-    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.pt")} == built  # same content: reused
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.npy")} == built  # same content: reused
     a = metrics(tmp_path / "a")
     assert same_result(a, metrics(reference["dino"]))
 

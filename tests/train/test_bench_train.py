@@ -205,3 +205,10 @@ def test_components_switch_one_choice_of_the_reference(tmp_path: Path) -> None:
         assert c["val_patch_s"] == pytest.approx(row["val_patch_s"] / ref["val_patch_s"])
     assert {c["path"] for c in result["grid"]["cells"]} == {"default", "reference"}
     assert "| croma_tiny | finetune | 1 | stop_early |" in (tmp_path / MD).read_text()
+    read = result["data_path"]["cache_read"]  # the feature cache against the store, one run
+    assert read["t"] == 1 and read["cache"]["samples_per_s"] > 0 < read["store"]["samples_per_s"]
+    assert read["cache"]["bytes_per_sample"] == 4 * 384 * 14 * 14 * 2  # bf16 DINO, 1 frame
+    assert read["ratio"] == pytest.approx(
+        read["cache"]["samples_per_s"] / read["store"]["samples_per_s"]
+    )
+    assert "Feature cache read (t = 1" in (tmp_path / MD).read_text()

@@ -3,20 +3,24 @@ windows are cached, its random training crops not."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from torch.utils.data import DataLoader
 
-from gfmtune.data.dataset import PastisZarrDataset
+from gfmtune.data.dataset import PastisZarrDataset, model_frames
 from gfmtune.models.policies import window_corners
 from gfmtune.models.registry import build_model, get_spec
 from gfmtune.pastis import TEST_FOLD, VAL_FOLD
-from gfmtune.tensorio import load_tensors
-from gfmtune.train import job
-from gfmtune.train.feature_cache import cache_key
+from gfmtune.train import feature_cache, job
+from gfmtune.train.feature_cache import ALL_FOLDS, CachedFeatures, FeatureCache, cache_key
 from gfmtune.train.job import Cell, CellJob
 from tests.train.conftest import FAST, inputs
 
@@ -39,13 +43,15 @@ def test_cache_gives_the_uncached_result(train_data: Path, tmp_path: Path) -> No
     assert a.train_loss.to_numpy() == pytest.approx(b.train_loss.to_numpy(), rel=1e-5)
     caches = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
     assert len(caches) == 1 and (caches[0] / "complete.json").exists()
-    n_files = len(list(caches[0].glob("*.pt")))
-    assert n_files == 40  # every patch of the store, so every label fraction can share it
+    arrays = sorted(caches[0].glob("level*.npy"))
+    assert len(arrays) == 4  # one array per level: dino_tiny's 4 UPerNet levels
+    rows = {np.load(a, mmap_mode="r").shape[0] for a in arrays}
+    assert rows == {40}  # every patch of the store, so every label fraction can share it
 
-    # another label fraction reuses the same cache: no new feature file is written
-    before = {p: p.stat().st_mtime_ns for p in caches[0].glob("*.pt")}
+    # another label fraction reuses the same cache: no array is written again
+    before = {p: p.stat().st_mtime_ns for p in caches[0].iterdir()}
     _job(train_data, tmp_path / "ten", Cell("dino_tiny", 0.0, "10", 6), tmp_path / "cache").run()
-    assert {p: p.stat().st_mtime_ns for p in caches[0].glob("*.pt")} == before
+    assert {p: p.stat().st_mtime_ns for p in caches[0].iterdir()} == before
 
 
 def test_cache_off_when_switched_off_and_for_trainable_encoders(train_data, tmp_path) -> None:
@@ -103,9 +109,10 @@ def test_eval_cache_of_frozen_croma_gives_the_uncached_evaluation(
     (folder,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
     ts = train_data / "timesteps" / "6.csv"
     evaluated = PastisZarrDataset(train_data / "s2.zarr", ts, (VAL_FOLD, TEST_FOLD))
-    assert {p.stem for p in folder.glob("*.pt")} == {str(p) for p in evaluated.patch_ids}
-    levels = load_tensors(folder / f"{evaluated.patch_ids[0]}.pt")
-    assert levels[0].shape[:2] == (4, 6)  # 2 x 2 windows of 6 frames
+    index = json.loads((folder / "index.json").read_text())
+    assert index["patch_ids"] == [int(p) for p in evaluated.patch_ids]
+    first = np.load(folder / index["levels"][0]["file"], mmap_mode="r")
+    assert first.shape[:3] == (len(evaluated), 4, 6)  # 2 x 2 windows of 6 frames
 
 
 def test_eval_cache_key_holds_the_window_geometry(train_data: Path) -> None:
@@ -118,3 +125,143 @@ def test_eval_cache_key_holds_the_window_geometry(train_data: Path) -> None:
         cache_key(*args, window_corners((30, 30), 24)),
     }
     assert len(keys) == 3
+
+
+# ---- the memory-mapped format: resume, corruption, workers, bf16, the old format -------------
+
+
+def _store(train_data: Path) -> PastisZarrDataset:
+    return PastisZarrDataset(train_data / "s2.zarr", train_data / "timesteps" / "6.csv", ALL_FOLDS)
+
+
+def _model() -> torch.nn.Module:
+    """dino_tiny with the same weights at every call."""
+    torch.manual_seed(0)
+    return build_model("dino_tiny", encoder_trainable=False).eval()
+
+
+def _build(cache: FeatureCache, data: PastisZarrDataset) -> None:
+    cache.build(_model(), get_spec("dino_tiny"), data, torch.device("cpu"), None, progress=False)
+
+
+def _arrays(folder: Path) -> list[np.ndarray]:
+    return [np.load(p) for p in sorted(folder.glob("level*.npy"))]
+
+
+@pytest.fixture(scope="module")
+def built(train_data: Path, tmp_path_factory: pytest.TempPathFactory) -> FeatureCache:
+    """An uninterrupted build of every patch's dino_tiny features."""
+    cache = FeatureCache(tmp_path_factory.mktemp("built"), "key")
+    _build(cache, _store(train_data))
+    return cache
+
+
+def test_interrupted_build_resumes_at_the_rows_not_done(
+    train_data: Path, built: FeatureCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache, data, calls = FeatureCache(tmp_path, "key"), _store(train_data), []
+    encode = feature_cache.cached_levels
+
+    def failing_after(k: int) -> Callable:
+        def levels(model, spec, images, *args):
+            calls.append(len(images))
+            if len(calls) > k:
+                raise KeyboardInterrupt  # as a kill between two batches
+            return encode(model, spec, images, *args)
+
+        return levels
+
+    monkeypatch.setattr(feature_cache, "cached_levels", failing_after(3))
+    with pytest.raises(KeyboardInterrupt):
+        _build(cache, data)
+    assert not cache.dir.exists() and not cache.complete
+    done = np.frombuffer((cache.partial / "done.bin").read_bytes(), np.uint8)
+    assert done.sum() == 3 * feature_cache.BUILD_BATCH and done[:12].all()
+
+    calls.clear()
+    monkeypatch.setattr(feature_cache, "cached_levels", failing_after(100))
+    _build(cache, data)
+    assert sum(calls) == len(data) - 12  # only the rows not done are computed
+    assert cache.complete and not cache.partial.exists()
+    for resumed, whole in zip(_arrays(cache.dir), _arrays(built.dir), strict=True):
+        np.testing.assert_array_equal(resumed, whole)
+
+
+def test_row_written_but_not_marked_done_is_computed_again(
+    train_data: Path, built: FeatureCache, tmp_path: Path
+) -> None:
+    """A kill after a row's features but before its mark: the row is recomputed."""
+    cache = FeatureCache(tmp_path, "key")
+    shutil.copytree(built.dir, cache.partial)
+    (cache.partial / "complete.json").unlink()
+    marks = bytearray((cache.partial / "done.bin").read_bytes())
+    marks[5] = 0
+    (cache.partial / "done.bin").write_bytes(bytes(marks))
+    spoiled = cache.partial / "level0.npy"
+    array = np.load(spoiled, mmap_mode="r+")
+    array[5] = 0  # the row as a kill mid-row could leave it
+    array.flush()
+    del array
+    assert not FeatureCache(tmp_path, "key").complete
+    _build(cache, _store(train_data))
+    for resumed, whole in zip(_arrays(cache.dir), _arrays(built.dir), strict=True):
+        np.testing.assert_array_equal(resumed, whole)
+
+
+def test_truncated_array_is_set_aside_named_and_rebuilt(
+    train_data: Path, built: FeatureCache, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = FeatureCache(tmp_path, "key")
+    shutil.copytree(built.dir, cache.dir)
+    bad = cache.dir / "level2.npy"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size - 100])
+    assert not cache.complete
+    _build(cache, _store(train_data))
+    assert any(str(bad) in r.getMessage() and "expected from its header" in r.getMessage()
+               for r in caplog.records if r.levelname == "WARNING")  # fmt: skip
+    (aside,) = tmp_path.glob("key.corrupt-*")
+    assert (aside / "level2.npy").stat().st_size == bad.stat().st_size - 100
+    assert cache.complete
+    for rebuilt, whole in zip(_arrays(cache.dir), _arrays(built.dir), strict=True):
+        np.testing.assert_array_equal(rebuilt, whole)
+
+
+def test_old_per_patch_format_is_not_read(train_data: Path, tmp_path: Path) -> None:
+    """A folder of the old format (a torch file per patch, complete.json of their sizes)."""
+    cache = FeatureCache(tmp_path, "key")
+    cache.dir.mkdir()
+    torch.save([torch.zeros(6, 8, 2, 2)], cache.dir / "1.pt")
+    sizes = {"1": (cache.dir / "1.pt").stat().st_size}
+    (cache.dir / "complete.json").write_text(json.dumps({"patches": 1, "sizes": sizes}))
+    assert not cache.complete
+    spec, encoder = get_spec("dino_tiny"), build_model("dino_tiny").encoder
+    args = (spec, encoder, "digest", train_data / "timesteps" / "6.csv", "paper", "keep", None)
+    assert cache_key(*args) != cache_key(*args, [(0, 0)])
+
+
+def test_workers_read_the_rows_of_the_main_process(train_data: Path, built: FeatureCache) -> None:
+    data = CachedFeatures(_store(train_data), built)
+    assert data._arrays is None  # opened where read: each worker opens its own
+    batches = [list(DataLoader(data, batch_size=8, num_workers=n)) for n in (2, 0)]
+    for a, b in zip(*batches, strict=True):
+        assert a["patch_id"].tolist() == b["patch_id"].tolist()
+        for x, y in zip(a["features"], b["features"], strict=True):
+            assert torch.equal(x, y)
+    levels = feature_cache.cached_levels(
+        _model(),
+        get_spec("dino_tiny"),
+        model_frames(data.base[3]["image"][None], data.base.normalise, torch.device("cpu")),
+        torch.device("cpu"),
+        None,
+    )
+    for read, computed in zip(data[3]["features"], levels, strict=True):
+        assert torch.equal(read, computed[0])
+
+
+def test_bf16_is_stored_as_its_bits() -> None:
+    level = torch.randn(3, 2, 5).to(torch.bfloat16)
+    stored = feature_cache.to_stored(level)
+    assert stored.dtype == np.int16 and stored.shape == (3, 2, 5)
+    back = feature_cache.from_stored(stored, torch.bfloat16)
+    assert back.dtype == torch.bfloat16 and torch.equal(back, level)
+    assert back.data_ptr() == stored.ctypes.data  # a view, no copy

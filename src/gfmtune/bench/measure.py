@@ -42,7 +42,7 @@ from gfmtune.models.croma import SIZES, CromaOpticalEncoder, Transformer
 from gfmtune.models.registry import ModelSpec, build_model
 from gfmtune.pastis import BANDS, N_CLASSES
 from gfmtune.train.devices import amp_dtype, compile_model
-from gfmtune.train.feature_cache import ALL_FOLDS, cached_levels
+from gfmtune.train.feature_cache import ALL_FOLDS, CachedFeatures, FeatureCache, cached_levels
 from gfmtune.train.job import _loader, loader_workers
 from gfmtune.train.loop import build_optimizer, build_scheduler, evaluate, train_epoch
 from gfmtune.train.settings import TrainSettings
@@ -436,14 +436,48 @@ def worker_reuse(store: Path, t: int, batch: int, epochs: int, workers: int) -> 
     return out
 
 
+#: frozen SSL4EO-DINO ViT-S/16 + UPerNet at paper size: 4 levels of 384 x 14 x 14 per frame,
+#: bf16 as computed under CUDA autocast (what the feature cache stores there)
+DINO_LEVELS, DINO_LEVEL, DINO_DTYPE = 4, (384, 14, 14), torch.bfloat16
+
+
+def _dino_features(batch: dict) -> list[torch.Tensor]:
+    """Random levels of frozen DINO's paper shapes for a batch of the store (only read back)."""
+    n, t = batch["image"].shape[:2]
+    return [torch.randn(n, t, *DINO_LEVEL).to(DINO_DTYPE) for _ in range(DINO_LEVELS)]
+
+
+def cache_read(store: Path, t: int, batch: int, epochs: int, workers: int) -> dict[str, Any]:
+    """Samples/s that ``gfmtune train``'s loader (``workers``) delivers reading the feature
+    cache (frozen DINO's paper-size levels, bf16) and reading the Zarr store, in this run,
+    epochs after the first (both files just written: the page cache holds them)."""
+    ds = _store_dataset(store, t)
+    cache = FeatureCache(store.parent / "feature_cache", f"dino-t{t}-n{len(ds)}")
+    cache.fill(ds, _dino_features, progress=False)
+    settings = replace(TrainSettings(), workers=workers)
+    out: dict[str, Any] = {"t": t, "workers": workers, "patches": len(ds)}
+    for name, data in (("cache", CachedFeatures(ds, cache)), ("store", ds)):
+        item = data[0]
+        tensors = item["features"] if name == "cache" else [item["image"]]
+        seconds = _epoch_seconds(_loader(data, batch, settings, False), epochs)
+        out[name] = {"samples_per_s": len(ds) * (epochs - 1) / sum(seconds[1:]),
+                     "bytes_per_sample": sum(x.nbytes for x in tensors)}  # fmt: skip
+    out["ratio"] = out["cache"]["samples_per_s"] / out["store"]["samples_per_s"]
+    return out
+
+
 def data_path(
-    work: Path, size: int, timesteps: list[int], batch: int, epochs: int = 4
+    work: Path, size: int, timesteps: list[int], batch: int, epochs: int = 4, cache: bool = False
 ) -> dict[str, Any]:
-    """Loader delivery per worker at each t and worker reuse at the largest t (>= 2 epochs)."""
+    """Loader delivery per worker at each t and worker reuse at the largest t (>= 2 epochs);
+    with ``cache`` also the feature cache's read rate against the store's at the largest t."""
     store = loader_store(work, size, timesteps, batch)
     workers = max(1, loader_workers(DEFAULT.settings.workers))
-    return {
+    out = {
         "size": size, "batch": batch, "epochs": epochs,
         "rates": [worker_rate(store, t, batch, epochs) for t in timesteps],
         "reuse": worker_reuse(store, max(timesteps), batch, epochs, workers),
     }  # fmt: skip
+    if cache:
+        out["cache_read"] = cache_read(store, max(timesteps), batch, epochs, workers)
+    return out

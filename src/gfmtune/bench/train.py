@@ -221,6 +221,18 @@ def _data_lines(result: dict[str, Any]) -> list[str]:
         f"{_num(_ratio(later[0], later[1]), '.3g')} x the time with workers restarted "
         f"({later[1] - later[0]:.3f} s less per epoch).",
     ]
+    if "cache_read" in d:
+        c = d["cache_read"]
+        cache, store = c["cache"], c["store"]
+        lines += [
+            "",
+            f"Feature cache read (t = {c['t']}, {c['workers']} workers, {c['patches']} patches, "
+            f"frozen DINO's paper-size levels in bf16, {cache['bytes_per_sample'] / 1e6:.3g} MB "
+            f"per sample): {cache['samples_per_s']:.4g} samples/s, against "
+            f"{store['samples_per_s']:.4g} from the Zarr store ({d['size']} px, "
+            f"{store['bytes_per_sample'] / 1e6:.3g} MB per sample int16): "
+            f"{_num(c['ratio'], '.3g')} x.",
+        ]
     return lines
 
 
@@ -299,7 +311,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--components",
         action="store_true",
-        help="also measure the reference with each of its choices switched to the default's",
+        help="also measure the reference with each of its choices switched to the default's, "
+        "and the feature cache's read rate against the Zarr store's",
     )
 
 
@@ -346,7 +359,9 @@ def run(args: argparse.Namespace) -> int:
                     )  # fmt: skip
                     rows.append(row)
     loaders = {p.name: loader_start(p, min(args.steps, 3)) for p in PATHS}
-    data = data_path(args.out / "loader_store", size, args.timesteps, args.batch)
+    data = data_path(
+        args.out / "loader_store", size, args.timesteps, args.batch, cache=args.components
+    )
     result = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {

@@ -11,11 +11,17 @@ Features are stored in the dtype the uncached path computes (fp32 on CPU, bf16 u
 autocast), so training from them gives the uncached result. Its key covers everything the
 features depend on: encoder weights, input policy, window geometry, frames, normalisation, the
 store's content digest (not its path: another dataset converted to the same path gets its own
-cache) and precision. Jobs that share a key build it once, under a file lock. ``complete.json``
-records every file's size: a cache is used only while every file has its recorded size; a build
-keeps the files that do (or, without a record, that load) and recomputes the others. A file
-that fails to load during training is set aside with an error naming it, so the next run
-rebuilds it.
+cache), precision and the storage format. Jobs that share a key build it once, under a file lock.
+
+Layout of ``root/key``: one memory-mapped ``.npy`` array per level, ``level{i}.npy`` of shape
+(patches, [windows,] frames, C, h, w), one row per patch in the order of ``index.json`` (which
+also records each level's shape and torch dtype; bf16 is stored as its raw 16 bits, numpy having
+no bf16, and viewed back without a copy); ``done.bin``, one byte per row, set once the row's
+features are flushed to disk; ``complete.json`` last. A build writes into ``root/key.partial``
+and renames it to ``root/key`` when every row is done; an interrupted build resumes there, at the
+rows not marked done. A cache is used only while each array file has the size its header implies
+and every row is marked done; otherwise the folder is set aside, with a warning naming the file,
+and rebuilt.
 """
 
 from __future__ import annotations
@@ -24,24 +30,36 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import zarr
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from gfmtune.data.dataset import PastisZarrDataset, model_frames
-from gfmtune.fileio import atomic_path, atomic_write_text, set_aside
+from gfmtune.fileio import atomic_write_text, set_aside
 from gfmtune.models.registry import ModelSpec
-from gfmtune.tensorio import CorruptFileError, load_tensors
+from gfmtune.tensorio import CorruptFileError
 from gfmtune.train.loop import autocast
 from gfmtune.verify import file_digest
 
 log = logging.getLogger(__name__)
 ALL_FOLDS = (1, 2, 3, 4, 5)
-COMPLETE = "complete.json"
+FORMAT = "npy-memmap-1"  # in the key and complete.json: a cache of another format is not read
+COMPLETE, INDEX, DONE = "complete.json", "index.json", "done.bin"
+#: torch dtype -> numpy dtype its bits are stored as
+STORED = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16}
+BUILD_BATCH = 4
+#: npy format version -> its header reader
+HEADER = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+#: a batch of the cached dataset -> its levels, (B, ...) each
+Encode = Callable[[dict], list[torch.Tensor]]
 
 
 def store_content_digest(store: Path) -> str | None:
@@ -70,6 +88,7 @@ def cache_key(
     """The cache's name; ``windows``: the corners of an evaluation cache's windows (their side
     is the policy's size)."""
     facts = {
+        "format": FORMAT,
         "model": spec.name,
         "encoder": _module_digest(encoder),
         "policy": repr(spec.policy),
@@ -78,59 +97,102 @@ def cache_key(
         "norm": norm,
         "nodata": nodata,
         "dtype": str(amp or torch.float32),
+        "windows": None if windows is None else [list(corner) for corner in windows],
     }
-    if windows is not None:  # absent from a whole-patch cache's key, which stays as it was
-        facts["windows"] = [list(corner) for corner in windows]
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def to_stored(level: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's values as stored: its own numpy dtype, bf16 as its int16 bits."""
+    if level.dtype == torch.bfloat16:
+        level = level.view(torch.int16)
+    return level.numpy()
+
+
+def from_stored(values: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """Stored values as a tensor of ``dtype`` (bf16: a view of the int16 bits, no copy)."""
+    tensor = torch.from_numpy(values)
+    return tensor.view(dtype) if dtype == torch.bfloat16 else tensor
+
+
+def _dtype(name: str) -> torch.dtype:
+    return getattr(torch, name.removeprefix("torch."))
+
+
+def array_problem(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> str | None:
+    """Why the ``.npy`` array at ``path`` is not ``shape`` of ``dtype``'s storage with the size
+    its header implies (None when it is)."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in HEADER:
+                return f"npy format version {version}, not one numpy writes for open_memmap"
+            found, fortran, stored = HEADER[version](f)
+            offset = f.tell()
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError) as err:
+        return f"unreadable header ({err})"
+    if found != shape or fortran or stored != np.dtype(STORED[dtype]):
+        return f"holds {found} {stored}, {shape} {STORED[dtype].__name__} expected"
+    expected = offset + stored.itemsize * int(np.prod(shape))
+    if size != expected:
+        return f"{size} bytes, {expected} expected from its header"
+    return None
+
+
 class FeatureCache:
-    """Per-patch encoder features under ``root/key``: ``{patch_id}.pt`` (list of levels)."""
+    """Encoder features of a store's patches under ``root/key`` (see the module's docstring)."""
 
     def __init__(self, root: Path, key: str) -> None:
         self.dir = Path(root) / key
+        self.partial = self.dir.with_name(f"{key}.partial")
 
-    def path(self, patch_id: int | str) -> Path:
-        return self.dir / f"{patch_id}.pt"
+    def index(self, folder: Path | None = None) -> dict:
+        """``index.json``: patch ids in row order and each level's file, shape and dtype."""
+        return json.loads(((folder or self.dir) / INDEX).read_text())
 
-    def _recorded(self) -> dict[str, int]:
-        """Patch id -> file size, as recorded on completion (empty when there is no record)."""
+    def problem(self, folder: Path, complete: bool) -> tuple[Path, str] | None:
+        """The first bad file of ``folder`` and what is wrong (None when all are good): the
+        index, each array's size against its header, and (``complete``) every row done."""
+        index_path = folder / INDEX
         try:
-            return dict(json.loads((self.dir / COMPLETE).read_text())["sizes"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return {}
+            index = self.index(folder)
+            levels = [
+                (folder / lv["file"], tuple(lv["shape"]), _dtype(lv["dtype"]))
+                for lv in index["levels"]
+            ]
+            rows = len(index["patch_ids"])
+        except FileNotFoundError:
+            return (index_path, "missing") if complete else None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            return index_path, f"unreadable ({err})"
+        if index.get("format") != FORMAT:
+            return index_path, f"format {index.get('format')}, {FORMAT} expected"
+        for path, shape, dtype in levels:
+            if (why := array_problem(path, shape, dtype)) is not None:
+                return path, why
+        if complete:
+            done = _read_done(folder / DONE)
+            if done.size != rows or not done.all():
+                return folder / DONE, f"{int(done.sum())} of {rows} rows done"
+            if not (folder / COMPLETE).exists():
+                return folder / COMPLETE, "missing"
+        return None
 
     @property
     def complete(self) -> bool:
-        """Completed, and every file still has its recorded size (cheap: one stat per file)."""
-        sizes = self._recorded()
-        return bool(sizes) and all(_size(self.path(p)) == n for p, n in sizes.items())
+        """Built, every array of its header's size and every row done (a few small reads)."""
+        return self.dir.is_dir() and self.problem(self.dir, complete=True) is None
 
-    def discard(self, path: Path, reason: str) -> None:
-        """Set a bad feature file aside so that the next build recomputes it."""
+    def discard(self, folder: Path, path: Path, reason: str) -> None:
+        """Set ``folder`` (a cache or a partial build) aside for its bad file ``path``."""
         try:
-            aside = set_aside(path)
+            aside = set_aside(folder)
         except FileNotFoundError:  # already set aside, by another job or worker
             return
-        log.warning("%s: %s; moved to %s, to be rebuilt", path, reason, aside.name)
-
-    def _usable(self, patch_id: int, recorded: int | None) -> bool:
-        """Whether the patch's file can be kept: its recorded size, or without record, it loads."""
-        path = self.path(patch_id)
-        size = _size(path)
-        if size < 0:
-            return False
-        if recorded is not None:
-            if size == recorded:
-                return True
-            self.discard(path, f"{size} bytes, {recorded} recorded")
-            return False
-        try:
-            load_tensors(path)
-        except CorruptFileError as err:
-            self.discard(path, str(err).split(": ", 1)[-1])
-            return False
-        return True
+        log.warning("%s: %s; cache moved to %s, to be rebuilt", path, reason, aside.name)
 
     def build(
         self,
@@ -141,34 +203,114 @@ class FeatureCache:
         amp: torch.dtype | None,
         progress: bool = True,
     ) -> None:
-        """Compute the missing or bad features of ``dataset``'s patches (whoever asks first)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """Compute the features of ``dataset``'s patches (whoever asks first)."""
+        model.eval()
+
+        def encode(batch: dict) -> list[torch.Tensor]:
+            frames = model_frames(batch["image"], dataset.normalise, device)
+            return cached_levels(model, spec, frames, device, amp)
+
+        self.fill(dataset, encode, progress)
+
+    def fill(self, dataset: Dataset, encode: Encode, progress: bool = True) -> None:
+        """Build the cache of ``dataset``'s patches with ``encode`` unless it is complete:
+        resume a partial build at its rows not done, then publish it by renaming."""
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
         with open(self.dir.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another job may be building the same cache
-            if self.complete:
-                return
-            recorded = self._recorded()
-            model.eval()
+            if self.dir.exists():
+                if (bad := self.problem(self.dir, complete=True)) is None:
+                    return
+                self.discard(self.dir, *bad)
+            ids = [int(p) for p in dataset.patch_ids]
+            done = self._resume(ids)
+            todo = np.flatnonzero(done == 0)
+            row_of = {p: r for r, p in enumerate(ids)}
+            bar = tqdm(
+                total=len(ids),
+                initial=len(ids) - len(todo),
+                desc="feature cache",
+                unit="patch",
+                disable=not progress,
+            )
             # own generator: building must not advance the global RNG (dropout draws)
-            loader = DataLoader(dataset, batch_size=4, shuffle=False, generator=torch.Generator())
-            bar = tqdm(total=len(dataset), desc="feature cache", unit="patch", disable=not progress)
-            sizes = {}
-            for batch in loader:
-                ids = [int(p) for p in batch["patch_id"]]
-                todo = [i for i, p in enumerate(ids) if not self._usable(p, recorded.get(str(p)))]
-                if todo:
-                    frames = model_frames(batch["image"][todo], dataset.normalise, device)
-                    levels = cached_levels(model, spec, frames, device, amp)
-                    for j, i in enumerate(todo):
-                        with atomic_path(self.path(ids[i])) as tmp:
-                            torch.save([level[j].cpu().clone() for level in levels], tmp)
-                sizes |= {str(p): _size(self.path(p)) for p in ids}
-                bar.update(len(batch["patch_id"]))
+            subset = Subset(dataset, todo.tolist())
+            loader = DataLoader(subset, BUILD_BATCH, shuffle=False, generator=torch.Generator())
+            arrays = None
+            with open(self.partial / DONE, "r+b") as marks:
+                for batch in loader:
+                    levels = [level.cpu() for level in encode(batch)]
+                    arrays = arrays or self._arrays(ids, levels)
+                    rows = np.array([row_of[int(p)] for p in batch["patch_id"]])
+                    self._write(arrays, rows, levels, marks)
+                    bar.update(len(levels[0]))
             bar.close()
-            record = {"patches": len(dataset), "sizes": sizes}
-            atomic_write_text(self.dir / COMPLETE, json.dumps(record))
-            total = sum(sizes.values())
-            log.info("feature cache %s: %d patches, %.1f MB", self.dir, len(dataset), total / 1e6)
+            atomic_write_text(self.partial / COMPLETE, json.dumps({"format": FORMAT}))
+            if (bad := self.problem(self.partial, complete=True)) is not None:
+                raise CorruptFileError(f"{bad[0]}: {bad[1]} after building the cache")
+            os.replace(self.partial, self.dir)
+            total = sum(p.stat().st_size for p in self.dir.iterdir())
+            log.info("feature cache %s: %d patches, %.1f MB", self.dir, len(ids), total / 1e6)
+
+    def _resume(self, ids: list[int]) -> np.ndarray:
+        """The done mark of every row of the partial build, started anew (empty) unless it is
+        a sound build of the same patches."""
+        if self.partial.exists():
+            bad = self.problem(self.partial, complete=False)
+            indexed = bad is None and (self.partial / INDEX).exists()
+            if indexed and self.index(self.partial)["patch_ids"] != ids:
+                bad = (self.partial / INDEX, "other patches")
+            done = _read_done(self.partial / DONE)
+            if bad is None and done.size != len(ids):
+                bad = (self.partial / DONE, f"{done.size} rows, {len(ids)} expected")
+            if bad is None:
+                n = int(done.sum())
+                log.info(
+                    "feature cache %s: resuming, %d of %d rows done", self.partial, n, len(ids)
+                )
+                return done
+            self.discard(self.partial, *bad)
+        self.partial.mkdir()
+        (self.partial / DONE).write_bytes(bytes(len(ids)))
+        return np.zeros(len(ids), np.uint8)
+
+    def _arrays(self, ids: list[int], levels: list[torch.Tensor]) -> list[np.memmap]:
+        """The partial build's arrays, opened, or created for ``levels``' shapes and dtypes
+        (then ``index.json`` is written, after them)."""
+        if (self.partial / INDEX).exists():
+            entries = self.index(self.partial)["levels"]
+            return [np.load(self.partial / e["file"], mmap_mode="r+") for e in entries]
+        entries, arrays = [], []
+        for i, level in enumerate(levels):
+            shape = (len(ids), *level.shape[1:])
+            name = f"level{i}.npy"
+            path, dtype = self.partial / name, STORED[level.dtype]
+            arrays.append(np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape))
+            entries.append({"file": name, "shape": list(shape), "dtype": str(level.dtype)})
+        index = {"format": FORMAT, "patch_ids": ids, "levels": entries}
+        atomic_write_text(self.partial / INDEX, json.dumps(index))
+        return arrays
+
+    @staticmethod
+    def _write(arrays: list[np.memmap], rows: np.ndarray, levels: list, marks) -> None:
+        """Rows' features flushed to disk, then their done marks (a kill in between leaves
+        them not done)."""
+        for array, level in zip(arrays, levels, strict=True):
+            array[rows] = to_stored(level)
+            array.flush()
+        for row in rows:
+            marks.seek(int(row))
+            marks.write(b"\x01")
+        marks.flush()
+        os.fsync(marks.fileno())
+
+
+def _read_done(path: Path) -> np.ndarray:
+    """The done marks of ``path`` (empty when missing)."""
+    try:
+        return np.frombuffer(path.read_bytes(), np.uint8)
+    except FileNotFoundError:
+        return np.zeros(0, np.uint8)
 
 
 def cached_levels(
@@ -188,21 +330,35 @@ def cached_levels(
     return levels
 
 
-def _size(path: Path) -> int:
-    """File size in bytes, -1 when missing."""
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return -1
-
-
 class CachedFeatures(Dataset):
-    """A :class:`PastisZarrDataset`'s items with cached encoder features instead of images."""
+    """A :class:`PastisZarrDataset`'s items with cached encoder features instead of images.
+    The arrays are opened in the process that reads (each DataLoader worker), never pickled."""
 
     def __init__(self, base: PastisZarrDataset, cache: FeatureCache) -> None:
         if not cache.complete:
             raise RuntimeError(f"{cache.dir}: feature cache is not complete")
+        index = cache.index()
         self.base, self.cache = base, cache
+        self.row = {int(p): r for r, p in enumerate(index["patch_ids"])}
+        self.levels = [(cache.dir / lv["file"], _dtype(lv["dtype"])) for lv in index["levels"]]
+        self._arrays: list[np.memmap] | None = None
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_arrays": None}
+
+    def _open(self) -> list[np.memmap]:
+        if self._arrays is None:
+            arrays = []
+            for path, _ in self.levels:
+                try:
+                    arrays.append(np.load(path, mmap_mode="r"))
+                except (OSError, ValueError) as err:
+                    self.cache.discard(self.cache.dir, path, "unreadable")
+                    raise CorruptFileError(
+                        f"{path}: {err}; cache moved aside: rerun the job, it rebuilds the cache"
+                    ) from err
+            self._arrays = arrays
+        return self._arrays
 
     def __len__(self) -> int:
         return len(self.base)
@@ -210,14 +366,11 @@ class CachedFeatures(Dataset):
     def __getitem__(self, i: int) -> dict:
         position = int(self.base.positions[i])
         patch_id = int(self.base.reader.patch_ids[position])
-        path = self.cache.path(patch_id)
-        try:
-            features = load_tensors(path)
-        except CorruptFileError as err:
-            self.cache.discard(path, "unreadable")
-            raise CorruptFileError(
-                f"{err}; moved aside: rerun the job, it rebuilds the file and resumes"
-            ) from err
+        row = self.row[patch_id]
+        features = [
+            from_stored(np.array(array[row]), dtype)
+            for array, (_, dtype) in zip(self._open(), self.levels, strict=True)
+        ]
         return {
             "features": features,
             "days": torch.as_tensor(self.base.days[i], dtype=torch.int64),

@@ -85,6 +85,7 @@ from gfmtune.train.feature_cache import (
 from gfmtune.train.loop import Progress, build_optimizer, build_scheduler, evaluate, train_epoch
 from gfmtune.train.metrics import metrics_from_confusion
 from gfmtune.train.patch_counts import PATCH_FILE, counts_from_confusions, save_patch_counts
+from gfmtune.train.resident import resident
 from gfmtune.train.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -420,6 +421,7 @@ class CellJob:
         if self.s.compile:
             compile_model(model, self.spec.has_encoder)
         train_dl, val_dl, test_dl, order = self._loaders(self._cached(model, datasets))
+        val_dl = resident(val_dl, self.s.val_resident, self.device, self.s.frame_draw)
         train_ds, val_ds, _ = datasets
         optimizer = build_optimizer(model, self.spec, self.cell.ft_rate, self.s)
         total_iters = self.s.epochs * len(train_dl)

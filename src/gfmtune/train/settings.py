@@ -41,6 +41,7 @@ class TrainSettings:
     auto_memory: bool = True  # on GPU OOM, switch once to chunks + checkpointing
     feature_cache: bool = True  # frozen encoder with a fixed input: compute features once
     dino_eval_resize: str = "direct"  # DINO eval logits 56 -> 128 | via_input: 56 -> 224 -> 128
+    val_resident: bool | str = "auto"  # validation fold kept on the device | auto: CUDA, if fits
     frame_draw: str = "none"  # none: the manifest's frames | authors: their seeded 50-frame draw
     tensorboard: bool = False  # history rows as event files in <cell>/tensorboard/ (extra)
 
