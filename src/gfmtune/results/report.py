@@ -62,7 +62,7 @@ def _markdown(frame: pd.DataFrame) -> str:
 
 def caveat(table: pd.DataFrame, synthetic: bool) -> str:
     """What the numbers cannot say when the data are synthetic or the models tiny ("" if
-    neither)."""
+    neither); ``table``: any rows with a ``model_name`` column (cells, or their histories)."""
     tiny = table.model_name.str.endswith("_tiny").any()
     if not (synthetic or tiny):
         return ""

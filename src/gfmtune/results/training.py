@@ -16,9 +16,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from gfmtune.results.aggregate import cell_row, collect
+from gfmtune.results.aggregate import cell_row
 from gfmtune.results.figures import save_figure
 from gfmtune.results.report import caveat
+from gfmtune.results.tables import ft_text
 
 HISTORY = "history.csv"
 #: (history column, axis label) of the curves drawn per model.
@@ -86,7 +87,9 @@ def curves_figure(history: pd.DataFrame, base: Path, note: str = "") -> list[Pat
         ax.set_xlabel("epoch", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles = [Line2D([], [], color=color[t], label=f"t = {t}") for t in frames]
-    handles += [Line2D([], [], color="k", ls=style[ft], label=f"FT-Rate {ft:g}") for ft in rates]
+    handles += [
+        Line2D([], [], color="k", ls=style[ft], label=f"FT-Rate {ft_text(ft)}") for ft in rates
+    ]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 8), fontsize=8)
     return save_figure(fig, base, note)
 
@@ -105,6 +108,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     history = histories(args.cells)
-    note = caveat(collect(args.cells), args.synthetic_data)
-    curves_figure(history, args.out, note)
+    curves_figure(history, args.out, caveat(history, args.synthetic_data))
     return 0
