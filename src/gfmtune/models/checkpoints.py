@@ -92,9 +92,14 @@ def prithvi_encoder_state(raw: Mapping, where: str) -> dict[str, torch.Tensor]:
             "%s: dropped the %d tensors of the MAE decoder (%s)",
             where,
             len(decoder),
-            ", ".join(decoder[:3]) + (" ..." if len(decoder) > 3 else ""),
+            _first(decoder, 3),
         )
     return {k.removeprefix("encoder."): v for k, v in raw.items() if k.startswith("encoder.")}
+
+
+def _first(keys: list[str], n: int) -> str:
+    """The first ``n`` of ``keys`` for a log line, `` ...`` when there are more."""
+    return ", ".join(keys[:n]) + (" ..." if len(keys) > n else "")
 
 
 def load_strict(
@@ -138,7 +143,7 @@ def load_strict(
             "%s: dropped %d tensor(s) the model has no place for: %s",
             where,
             len(dropped),
-            ", ".join(dropped[:4]) + (" ..." if len(dropped) > 4 else ""),
+            _first(dropped, 4),
         )
     if kept:
         log.warning(

@@ -91,6 +91,9 @@ def _dino(arch: str, qkv_bias: bool, **kw: object) -> Callable[[], nn.Module]:
     return lambda: DinoEncoder(arch, qkv_bias=qkv_bias, **kw)
 
 
+#: The decoder of every ``*_tiny`` model (the paper's 512 channels and 16 L-TAE heads otherwise).
+TINY_DECODER = {"decoder_channels": 32, "ltae_heads": 4}
+
 REGISTRY: dict[str, ModelSpec] = {
     "croma": ModelSpec(
         "croma", InputPolicy("crop_windows", 120, CROMA_BANDS), _croma("large", (3, 5, 7, 11))
@@ -99,8 +102,7 @@ REGISTRY: dict[str, ModelSpec] = {
         "croma_tiny",
         InputPolicy("crop_windows", 24, CROMA_BANDS),
         _croma("tiny", (0, 1, 2, 3)),
-        decoder_channels=32,
-        ltae_heads=4,
+        **TINY_DECODER,
     ),
     "dino": ModelSpec(
         "dino", InputPolicy("resize", 224, DINO_BANDS), _dino("small", qkv_bias=False)
@@ -136,21 +138,16 @@ REGISTRY: dict[str, ModelSpec] = {
         "dino_tiny",
         InputPolicy("resize", 64, DINO_BANDS),
         _dino("tiny_test", qkv_bias=False, img_size=64, out_indices=(0, 1, 2, 3)),
-        decoder_channels=32,
-        ltae_heads=4,
+        **TINY_DECODER,
     ),
     "moco_tiny": ModelSpec(
         "moco_tiny",
         InputPolicy("resize", 64, DINO_BANDS),
         _dino("tiny_test", qkv_bias=True, img_size=64, out_indices=(0, 1, 2, 3)),
-        decoder_channels=32,
-        ltae_heads=4,
+        **TINY_DECODER,
     ),
-}
-
-# Prithvi-EO-2.0-300M at PASTIS's native 128 px (8 x 8 tokens a frame; the 16 px patches divide
-# it and the position embedding is recomputed for the grid), one frame at a time (T = 1)
-REGISTRY |= {
+    # Prithvi-EO-2.0-300M at PASTIS's native 128 px (8 x 8 tokens a frame; the 16 px patches
+    # divide it and the position embedding is recomputed for the grid), one frame at a time
     "prithvi": ModelSpec(
         "prithvi", InputPolicy("native", 128, PRITHVI_BANDS), partial(PrithviEncoder, "300m")
     ),
@@ -158,8 +155,7 @@ REGISTRY |= {
         "prithvi_tiny",
         InputPolicy("native", 128, PRITHVI_BANDS),
         partial(PrithviEncoder, "tiny", (0, 1, 2, 3)),
-        decoder_channels=32,
-        ltae_heads=4,
+        **TINY_DECODER,
     ),
 }
 
