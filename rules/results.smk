@@ -4,10 +4,10 @@
 # the paper-size models.
 from gfmtune.results.tables import fraction_groups
 
-#: The paper-layout tables' names: two label fractions each, most labels first ("100_50").
 #: Where the report shows them: the Results section's tables and figures.
 RESULTS_TABLE = {"category": "Results", "subcategory": "Tables"}
 RESULTS_FIGURE = {"category": "Results", "subcategory": "Figures"}
+#: The paper-layout tables' names: two label fractions each, most labels first ("100_50").
 LAYOUTS = ["_".join(f"{p:g}" for p in group) for group in fraction_groups(map(float, PERCENTS))]
 
 

@@ -437,7 +437,8 @@ def worker_reuse(store: Path, t: int, batch: int, epochs: int, workers: int) -> 
 
 
 #: frozen SSL4EO-DINO ViT-S/16 + UPerNet at paper size: 4 levels of 384 x 14 x 14 per frame,
-#: bf16 as computed under CUDA autocast (what the feature cache stores there)
+#: in bf16, as the cache stores levels an encoder returns in bf16 (DINO's own stay fp32 under
+#: CUDA autocast, docs/performance.md, so its cache reads twice these bytes)
 DINO_LEVELS, DINO_LEVEL, DINO_DTYPE = 4, (384, 14, 14), torch.bfloat16
 
 
