@@ -41,6 +41,7 @@ def _described(holder: str) -> str:
 
 
 def _alive(pid: int) -> bool:
+    """Whether the process ``pid`` of this host is running (or a zombie)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -77,14 +78,26 @@ def _acquire(fd: int, path: Path, what: str, wait: bool) -> None:
     fcntl.flock(fd, fcntl.LOCK_EX)
 
 
+def _open(path: Path, what: str) -> int:
+    """The lock file ``path`` opened for writing (created, with its folder, if missing); an
+    :class:`OSError` naming it and ``what`` when that fails (a read-only file system)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise OSError(
+            err.errno,
+            f"{path}: cannot write the lock of {what} ({err.strerror}); make its folder "
+            "writable, or move it to a writable file system",
+        ) from err
+
+
 @contextmanager
 def held(path: Path, what: str, wait: bool = False) -> Iterator[None]:
     """Hold the exclusive lock of the file ``path`` (created if missing) inside the block;
     ``what``: what it guards, for messages. Held by another process: wait (``wait``) or raise
     :class:`LockedError`; left by a dead process: taken over with a warning."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open(Path(path), what)
     try:
         _acquire(fd, path, what, wait)
         if left := _holder(fd):
