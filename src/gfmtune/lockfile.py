@@ -67,7 +67,11 @@ def _acquire(fd: int, path: Path, what: str, wait: bool) -> None:
         return
     except OSError as err:
         if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise
+            raise OSError(
+                err.errno,
+                f"{path}: cannot lock {what} ({err.strerror}); its file system may not "
+                "support flock (docs/training.md)",
+            ) from err
     holder = _described(_holder(fd))
     if not wait:
         raise LockedError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import errno
+import fcntl
 import io
 import json
 import logging
@@ -353,6 +354,33 @@ def test_lock_of_a_killed_conversion_is_taken_over(raw: Path, tmp_path: Path, ca
     assert warned(caplog, str(lock_path(store)), f"taken over from dead pid {proc.pid}")
     assert "resuming" in caplog.text and lock_path(store).read_text() == ""
     assert_store_equals_source(store, raw)
+
+
+def no_flock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``flock`` failing as on a file system without it (Lustre mounted without ``flock``)."""
+
+    def flock(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+
+
+@pytest.mark.parametrize("target", ["cell folder", "store"])
+def test_file_system_without_flock_names_the_lock(
+    target: str, train_data: Path, raw: Path, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    out, store = tmp_path / "cell", tmp_path / "s2.zarr"
+    no_flock(monkeypatch)
+    if target == "cell folder":
+        assert cli_train(utae_inputs(train_data), UTAE, out) == 1
+        lock, left = out / LOCK, [out / "metrics.json", out / "state.pt"]
+    else:
+        assert cli_convert(raw, store) == 1
+        lock, left = lock_path(store), [store, partial_path(store), progress_path(store)]
+    line = error_line(caplog)
+    where = out if target == "cell folder" else store
+    assert f"{lock}: cannot lock {target} {where} (Function not implemented)" in line
+    assert "may not support flock" in line and not any(p.exists() for p in left)
 
 
 # §4: a complete feature cache is read without its lock ----------------------------------------
