@@ -7,7 +7,8 @@ holder was left by a process that died (SIGKILL, a node failure): it is taken ov
 warning. A flock is seen by every process of one machine; on NFS, Linux takes it as a lock
 on the server (NFSv4, or v3 with lockd), but a mount with ``local_lock=flock``,
 ``local_lock=all`` or ``nolock`` keeps it on each client, so jobs on two hosts do not see each
-other's locks there (docs/troubleshooting.md).
+other's locks there; a file system without flock (Lustre mounted without ``flock``) fails with
+an :class:`OSError` naming the lock file (docs/training.md, docs/troubleshooting.md).
 """
 
 from __future__ import annotations

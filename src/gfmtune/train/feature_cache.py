@@ -85,8 +85,11 @@ def _module_digest(module: nn.Module) -> str:
 
 
 def _source(module_name: str) -> str:
-    """The source text of a module (its file's bytes, hex, when the source is not at hand)."""
-    module = sys.modules[module_name]
+    """The source text of a module (its file's bytes, hex, when the source is not at hand;
+    empty for a module not imported under that name)."""
+    module = sys.modules.get(module_name)
+    if module is None:
+        return ""
     try:
         return inspect.getsource(module)
     except (OSError, TypeError):
