@@ -48,6 +48,18 @@ def check_free_space(folder: Path, needed: int) -> None:
         )
 
 
+def disk_full(path: Path, needed: int | None = None) -> DiskFullError:
+    """The error for a write of ``path`` that lacks space (``needed`` bytes, when known)."""
+    return DiskFullError(f"disk full while writing {path}: {space_message(path, needed)}")
+
+
+def require_space(path: Path, needed: int) -> None:
+    """Raise :class:`DiskFullError` naming ``path`` before writing it if under ``needed`` bytes
+    are free."""
+    if needed > free_bytes(path):
+        raise disk_full(path, needed)
+
+
 @contextmanager
 def disk_full_reported(path: Path, needed: int | None = None) -> Iterator[None]:
     """Re-raise ``ENOSPC`` raised inside as :class:`DiskFullError` naming ``path``."""
@@ -56,9 +68,7 @@ def disk_full_reported(path: Path, needed: int | None = None) -> Iterator[None]:
     except OSError as err:
         if err.errno != errno.ENOSPC:
             raise
-        raise DiskFullError(
-            f"disk full while writing {path}: {space_message(path, needed)}"
-        ) from err
+        raise disk_full(path, needed) from err
 
 
 @contextmanager

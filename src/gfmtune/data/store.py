@@ -11,10 +11,11 @@ Layout of ``s2.zarr`` (dimensions patch, time, band, y, x)::
 
 ``reflectance`` has one chunk per frame (all bands) and one shard per patch, so reading k frames
 of a patch reads about k frames' bytes from one file. The store is built in ``s2.zarr.partial``
-and renamed when complete; a killed conversion resumes from its progress log, which records each
-source file's size, mtime and sha256: a partial store whose source files changed since is started
-over. The group attribute ``content_digest`` (sha256 over every source file's sha256) changes
-whenever the source content does.
+and renamed when complete, under the lock ``s2.zarr.lock`` (:func:`lock_path`); a killed
+conversion resumes from its progress log, which records each source file's size, mtime and
+sha256: a partial store whose source files changed since is started over. The group attribute
+``content_digest`` (sha256 over every source file's sha256) changes whenever the source content
+does.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from zarr.codecs import BloscCodec
 from gfmtune import pastis
 from gfmtune.data.inventory import provenance, read_inventory
 from gfmtune.fileio import check_free_space, disk_full_reported
+from gfmtune.lockfile import held
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,13 @@ DIMS = ("patch", "time", "band", "y", "x")
 def partial_path(store: Path) -> Path:
     """Where the store is built until it is complete."""
     return Path(str(store) + ".partial")
+
+
+def lock_path(store: Path) -> Path:
+    """The lock a conversion into ``store`` holds: beside the store, not in it nor in its
+    partial store, so that deleting either (as Snakemake does with a failed job's output)
+    leaves the lock of a conversion under way."""
+    return Path(str(store) + ".lock")
 
 
 def progress_path(store: Path) -> Path:
@@ -375,11 +384,22 @@ def convert(
 ) -> dict:
     """Build (or resume building) ``store`` from the PASTIS folder ``raw_root``; return a report.
 
-    Free space is checked first (raw S2 bytes x ``ESTIMATED_RATIO``); a write that fails for
-    lack of space raises :class:`~gfmtune.fileio.DiskFullError` naming the partial store.
+    The conversion holds the store's lock (:func:`lock_path`) throughout: a second conversion
+    into the same store stops at once with :class:`~gfmtune.lockfile.LockedError`, naming the
+    process converting, and leaves its partial store alone. Free space is checked first (raw S2
+    bytes x ``ESTIMATED_RATIO``); a write that fails for lack of space raises
+    :class:`~gfmtune.fileio.DiskFullError` naming the partial store.
     """
+    with held(lock_path(Path(store)), f"store {store}"):
+        return _convert(raw_root, Path(store), threads, source, progress)
+
+
+def _convert(
+    raw_root: Path, store: Path, threads: int, source: dict | None, progress: bool
+) -> dict:
+    """:func:`convert` under the store's lock."""
     root = pastis.find_dataset_root(raw_root)
-    store, partial = Path(store), partial_path(Path(store))
+    partial = partial_path(store)
     table = pastis.read_metadata(root)
     for pid, dates in zip(table.frame.patch_id, table.frame.dates, strict=True):
         pastis.check_dates(dates, f"{root / pastis.METADATA_FILE} (ID_PATCH {pid})")

@@ -9,9 +9,12 @@ for every validation and test patch, the levels of its sliding windows (one more
 windows, before the frames), so validation and test decode them while training encodes its crops.
 Features are stored in the dtype the uncached path computes (fp32 on CPU, bf16 under CUDA
 autocast), so training from them gives the uncached result. Its key covers everything the
-features depend on: encoder weights, input policy, window geometry, frames, normalisation, the
-store's content digest (not its path: another dataset converted to the same path gets its own
-cache), precision and the storage format. Jobs that share a key build it once, under a file lock.
+features depend on: encoder weights and code (the source of the modules defining its classes and
+its input policy's, gfmtune's and torch's versions), input policy, window geometry, frames,
+normalisation, the store's content digest (not its path: another dataset converted to the same
+path gets its own cache), precision and the storage format. Jobs that share a key build it once,
+under a file lock (``root/key.lock``, :mod:`gfmtune.lockfile`); a complete cache is read
+without it, so a cache on a read-only file system is used as it is.
 
 Layout of ``root/key``: one memory-mapped ``.npy`` array per level, ``level{i}.npy`` of shape
 (patches, [windows,] frames, C, h, w), one row per patch in the order of ``index.json`` (which
@@ -26,11 +29,14 @@ and rebuilt.
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import hashlib
+import importlib.metadata
+import inspect
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,8 +47,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+import gfmtune
 from gfmtune.data.dataset import PastisZarrDataset, model_frames
-from gfmtune.fileio import atomic_write_text, set_aside
+from gfmtune.fileio import atomic_write_text, disk_full, require_space, set_aside
+from gfmtune.lockfile import held
+from gfmtune.models.policies import InputPolicy
 from gfmtune.models.registry import ModelSpec
 from gfmtune.tensorio import CorruptFileError
 from gfmtune.train.loop import autocast
@@ -75,6 +84,40 @@ def _module_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _source(module_name: str) -> str:
+    """The source text of a module (its file's bytes, hex, when the source is not at hand;
+    empty for a module not imported under that name)."""
+    module = sys.modules.get(module_name)
+    if module is None:
+        return ""
+    try:
+        return inspect.getsource(module)
+    except (OSError, TypeError):
+        file = getattr(module, "__file__", None)  # none for ``python -c``'s classes
+        return Path(file).read_bytes().hex() if file else ""
+
+
+def code_digest(encoder: nn.Module, policy: InputPolicy) -> str:
+    """A digest of the source of every module defining a class of the encoder, of its
+    submodules (their bases included) and of the input policy; torch's own are left out (its
+    version is in the key)."""
+    classes = [type(policy), *(type(m) for m in encoder.modules())]
+    names = {c.__module__ for cls in classes for c in cls.__mro__}
+    names = sorted(n for n in names if n.partition(".")[0] not in ("torch", "builtins"))
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(f"{name}\n{_source(name)}\n".encode())
+    return digest.hexdigest()
+
+
+def package_version() -> str:
+    """gfmtune's version: ``gfmtune.__version__``, else the installed distribution's."""
+    try:
+        return getattr(gfmtune, "__version__", None) or importlib.metadata.version("gfmtune")
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"  # run from a source tree: the code digest still applies
+
+
 def cache_key(
     spec: ModelSpec,
     encoder: nn.Module,
@@ -85,13 +128,16 @@ def cache_key(
     amp: torch.dtype | None,
     windows: list[tuple[int, int]] | None = None,
 ) -> str:
-    """The cache's name; ``windows``: the corners of an evaluation cache's windows (their side
+    """The cache's name: a digest of everything the features depend on, the encoder's weights
+    and code included; ``windows``: the corners of an evaluation cache's windows (their side
     is the policy's size)."""
     facts = {
         "format": FORMAT,
         "model": spec.name,
         "encoder": _module_digest(encoder),
+        "code": code_digest(encoder, spec.policy),
         "policy": repr(spec.policy),
+        "versions": [package_version(), torch.__version__],
         "timesteps": file_digest(timesteps, "sha256"),
         "store": content_digest,
         "norm": norm,
@@ -214,10 +260,13 @@ class FeatureCache:
 
     def fill(self, dataset: Dataset, encode: Encode, progress: bool = True) -> None:
         """Build the cache of ``dataset``'s patches with ``encode`` unless it is complete:
-        resume a partial build at its rows not done, then publish it by renaming."""
+        resume a partial build at its rows not done, then publish it by renaming. A complete
+        cache is read without its lock (it may be on a read-only file system)."""
+        if self.complete:
+            return
         self.dir.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.dir.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # another job may be building the same cache
+        # another job may be building the same cache: wait for it
+        with held(self.dir.with_suffix(".lock"), f"feature cache {self.dir}", wait=True):
             if self.dir.exists():
                 if (bad := self.problem(self.dir, complete=True)) is None:
                     return
@@ -278,14 +327,17 @@ class FeatureCache:
         """The partial build's arrays, opened, or created for ``levels``' shapes and dtypes
         (then ``index.json`` is written, after them)."""
         if (self.partial / INDEX).exists():
-            entries = self.index(self.partial)["levels"]
-            return [np.load(self.partial / e["file"], mmap_mode="r+") for e in entries]
+            paths = [self.partial / e["file"] for e in self.index(self.partial)["levels"]]
+            for path in paths:
+                preallocate(path)  # also a build begun before files were preallocated
+            return [np.load(path, mmap_mode="r+") for path in paths]
         entries, arrays = [], []
         for i, level in enumerate(levels):
             shape = (len(ids), *level.shape[1:])
             name = f"level{i}.npy"
             path, dtype = self.partial / name, STORED[level.dtype]
             arrays.append(np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape))
+            preallocate(path)
             entries.append({"file": name, "shape": list(shape), "dtype": str(level.dtype)})
         index = {"format": FORMAT, "patch_ids": ids, "levels": entries}
         atomic_write_text(self.partial / INDEX, json.dumps(index))
@@ -303,6 +355,24 @@ class FeatureCache:
             marks.write(b"\x01")
         marks.flush()
         os.fsync(marks.fileno())
+
+
+def preallocate(path: Path) -> None:
+    """Allocate the blocks of the file ``path`` (created sparse by ``open_memmap``): a full disk
+    then raises :class:`~gfmtune.fileio.DiskFullError` naming it, not a SIGBUS at a write into
+    the memory map. A file system without ``fallocate`` gets a free-space check instead."""
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise disk_full(path, size) from err
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        require_space(path, size - os.fstat(fd).st_blocks * 512)
+    finally:
+        os.close(fd)
 
 
 def _read_done(path: Path) -> np.ndarray:

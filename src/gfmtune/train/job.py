@@ -10,6 +10,7 @@ Cell folder (``metrics.json`` is written last, so a folder without it is never f
     provenance.json     settings, seed, git revision, package versions, device, time, memory
     metrics.json        test and best-validation metrics, cell, epoch of the best checkpoint
     failed.json         after a failure a retry would repeat (bad input, settings, weights)
+    train.lock          held by the job training the cell (names its pid and host)
     tensorboard/        with setting tensorboard: history.csv's rows as event files
 
 Files are loaded with ``weights_only=True``, so a ``state.pt`` that pickles anything else is
@@ -58,11 +59,12 @@ from tqdm import tqdm
 
 from gfmtune.data.dataset import PastisZarrDataset, frame_draw
 from gfmtune.fileio import atomic_path, atomic_write_text, set_aside
+from gfmtune.lockfile import held
 from gfmtune.models.checkpoints import CheckpointError
 from gfmtune.models.policies import window_corners
 from gfmtune.models.registry import REGISTRY, ModelSpec, build_model, get_spec
 from gfmtune.pastis import CLASS_NAMES, TEST_FOLD, VAL_FOLD
-from gfmtune.tensorio import CorruptFileError, load_tensors
+from gfmtune.tensorio import CorruptFileError, load_tensors, save_tensors
 from gfmtune.train import provenance
 from gfmtune.train.board import FOLDER as BOARD
 from gfmtune.train.board import epoch_board, summary_writer
@@ -91,6 +93,7 @@ from gfmtune.train.settings import TrainSettings
 log = logging.getLogger(__name__)
 STATE, BEST, METRICS = "state.pt", "best.pt", "metrics.json"
 FAILED = "failed.json"  # the last attempt's error, when a retry would repeat it
+LOCK = "train.lock"  # held by the job training the cell (gfmtune.lockfile)
 #: ``workers: auto`` starts at most this many (the SLURM profile grants a training job 8 CPUs);
 #: each worker holds PREFETCH batches in /dev/shm, 92 MB each at t = 35, 128 px, batch 8.
 MAX_AUTO_WORKERS = 8
@@ -182,11 +185,6 @@ def _load_trained(model: torch.nn.Module, tensors: dict, frozen: bool, path: Pat
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if unexpected or any(not (frozen and k.startswith("encoder.")) for k in missing):
         raise RuntimeError(f"{path}: does not fit the model")
-
-
-def _save(obj: object, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
 
 
 def invalidate_cell(folder: Path, err: CorruptFileError) -> CorruptFileError:
@@ -405,8 +403,14 @@ class CellJob:
         return train, evals[0], evals[1], order  # order: the shuffling generator
 
     def run(self) -> dict:
-        origin = time.time()  # moved back by the time of earlier attempts once resumed
+        """Trains and tests the cell, holding its folder's lock (``train.lock``) throughout:
+        a second job on the folder stops at once, naming the process that holds it."""
         self.out.mkdir(parents=True, exist_ok=True)
+        with held(self.out / LOCK, f"cell folder {self.out}"):
+            return self._train()
+
+    def _train(self) -> dict:
+        origin = time.time()  # moved back by the time of earlier attempts once resumed
         seed_everything(self.cell.seed)
         datasets = self._datasets()
         model = build_model(
@@ -523,7 +527,7 @@ class CellJob:
             score = val[self.s.select_metric]
             if score > state["best_score"]:
                 state |= {"best_score": score, "best_epoch": epoch + 1, "best_val": val}
-                _save(_trained_state(t.model, self.frozen), self.out / BEST)
+                save_tensors(_trained_state(t.model, self.frozen), self.out / BEST)
             bar.set_postfix(loss=f"{loss:.3f}", val=f"{score:.3f}")
         return row
 
@@ -542,7 +546,7 @@ class CellJob:
     def _checkpoint(self, t: _Training, order: torch.Tensor, state: dict) -> None:
         """Saves ``state.pt``; ``order``: the shuffling generator's state where training goes on
         (the epoch's start when stopped mid-epoch: the resumed pass redraws the same order)."""
-        _save(
+        save_tensors(
             {
                 "fingerprint": self.fingerprint(),
                 "model": _trained_state(t.model, self.frozen),
