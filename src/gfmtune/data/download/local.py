@@ -170,8 +170,9 @@ def _verdict(entry: Path, target: Path, owned: list[int] | None) -> str | None:
         return None if entry.is_dir() else MOVE
     if entry.is_dir():
         return None if target.is_dir() else "a folder member would replace the existing file"
-    if not target.is_file() or target.is_symlink():
-        return "a file member would replace the existing folder or link"
+    if target.is_symlink() or not target.is_file():
+        kind = "link" if target.is_symlink() else "folder" if target.is_dir() else "special file"
+        return f"a file member would replace the existing {kind}"
     if owned == _stamp(target):  # an earlier extraction of this archive wrote it, unchanged
         return MOVE
     if filecmp.cmp(entry, target, shallow=False):
