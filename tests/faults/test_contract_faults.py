@@ -13,17 +13,33 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tarfile
+import textwrap
 import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 from gfmtune.cli import main
 from gfmtune.data.download import local
+from gfmtune.models import catalog, registry
+from gfmtune.models.contract import LEVEL_DTYPES, EncoderContractError, check_output
+from gfmtune.models.plugins import PLUGINS_ENV
+from gfmtune.models.policies import InputPolicy
+from gfmtune.models.registry import build_model, register_model
+from gfmtune.train import job
+from gfmtune.train.feature_cache import STORED
+from gfmtune.train.job import Cell
 from tests.data.fake_servers import write_small_dataset
+from tests.train.conftest import FAST, inputs, train_argv
+from tests.train.conftest import train_data as train_data  # the fixture, for this module
 
 # --------------------------------------------------------------------------------------------
 # §5: nothing of the user's is ever deleted
@@ -291,3 +307,333 @@ def test_newer_archive_replaces_only_its_own_files(
         assert download(archive, dest) == 1
     assert f"-> {dest / 'notes'}: the existing file differs" in error_of(caplog)
     assert snapshot(dest) == before
+
+
+# --------------------------------------------------------------------------------------------
+# §8: the plug-in encoder contract is checked once, with one clear line per violation
+
+#: what a test encoder's forward pass makes of its 4 good levels (each (2, 8, 8, 8) here)
+Break = Callable[[list[torch.Tensor]], object]
+#: the dummy batch of the test models: 2 frames of the 10 PASTIS bands at the policy's 32 px
+DUMMY = (2, 10, 32, 32)
+
+
+class ConvEncoder(nn.Module):
+    """A 4-level conv encoder (stride 4, 8 channels) honouring the contract, unless ``broken``
+    rewrites its levels."""
+
+    out_dims = (8, 8, 8, 8)
+
+    def __init__(self, broken: Break | None = None) -> None:
+        super().__init__()
+        self.broken = broken
+        self.stem = nn.Conv2d(10, 8, 4, stride=4)
+        self.norm = nn.BatchNorm2d(8)
+        self.levels = nn.ModuleList(nn.Conv2d(8, 8, 3, padding=1) for _ in range(4))
+
+    def truncate(self) -> None:
+        pass
+
+    def forward(self, x: torch.Tensor) -> object:
+        torch.rand(1)  # draws: the check must leave the global random state as it was
+        h, out = self.norm(self.stem(x)), []
+        for conv in self.levels:
+            h = torch.relu(conv(h))
+            out.append(h)
+        return out if self.broken is None else self.broken(out)
+
+
+def _raise(levels: list[torch.Tensor]) -> object:
+    raise RuntimeError("mat1 and mat2 shapes cannot be multiplied\n(16x8 and 4x4)")
+
+
+def _pyramid(levels: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [F.avg_pool2d(level, 2**i) for i, level in enumerate(levels)]
+
+
+def _several(levels: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Three levels, the first float64, the second of 16 channels, the third halved."""
+    return [levels[0].double(), torch.cat([levels[1]] * 2, 1), F.avg_pool2d(levels[2], 2)]
+
+
+ENCODER = f"{__name__}:ConvEncoder"
+BROKEN: dict[str, tuple[Break, list[str]]] = {
+    "3 levels for 4 out_dims": (
+        lambda lv: lv[:3],
+        ["forward returned 3 level(s), out_dims and the decoder need 4"],
+    ),
+    "5 levels": (lambda lv: [*lv, lv[0]], ["forward returned 5 level(s)"]),
+    "wrong channels": (
+        lambda lv: [*lv[:2], torch.cat([lv[2]] * 2, 1), lv[3]],
+        ["level 2 has 16 channels, out_dims[2] is 8"],
+    ),
+    "wrong batch": (
+        lambda lv: [lv[0], lv[1][:1], *lv[2:]],
+        ["level 1 has 1 frame(s) for the 2 given: batch and time dimensions must be kept"],
+    ),
+    "frames averaged away": (
+        lambda lv: [level.mean(0, keepdim=True) for level in lv],
+        [f"level {i} has 1 frame(s) for the 2 given" for i in range(4)],
+    ),
+    "tokens not folded back (time/space dim dropped)": (
+        lambda lv: [level.flatten(2) for level in lv],
+        [f"level {i} has shape (2, 8, 64), not 4 dimensions" for i in range(4)],
+    ),
+    "batch and time split": (
+        lambda lv: [*lv[:3], lv[3].unflatten(0, (1, 2))],
+        ["level 3 has shape (1, 2, 8, 8, 8), not 4 dimensions (frames, channels, h, w)"],
+    ),
+    "float64 levels": (
+        lambda lv: [level.double() for level in lv],
+        [f"level {i} is float64, not one of float32, float16, bfloat16" for i in range(4)],
+    ),
+    "int64 level": (
+        lambda lv: [lv[0], lv[1].long(), *lv[2:]],
+        ["level 1 is int64, not one of float32, float16, bfloat16"],
+    ),
+    "mixed resolution (a pyramid)": (
+        _pyramid,
+        ["levels of mixed resolution (level 0 8 x 8, level 1 4 x 4, level 2 2 x 2, level 3 1 x 1)"],
+    ),
+    "levels too small for the neck": (
+        lambda lv: [F.adaptive_avg_pool2d(level, 1) for level in lv],
+        ["levels of 1 x 1: at least 2 x 2 needed (the neck halves them)"],
+    ),
+    "one stacked tensor instead of a list": (
+        torch.stack,
+        ["forward must return a list of 4 maps, got a Tensor"],
+    ),
+    "a level that is not a tensor": (
+        lambda lv: [*lv[:2], lv[2].numpy(), lv[3]],
+        ["level 2 is a ndarray, not a tensor"],
+    ),
+    "forward raises": (
+        _raise,
+        [
+            f"forward on a dummy batch {DUMMY} raised RuntimeError: mat1 and mat2 shapes cannot "
+            "be multiplied (16x8 and 4x4)"
+        ],
+    ),
+    "several violations at once": (
+        _several,
+        [
+            "forward returned 3 level(s)",
+            "level 0 is float64",
+            "level 1 has 16 channels, out_dims[1] is 8",
+            "levels of mixed resolution (level 0 8 x 8, level 1 8 x 8, level 2 4 x 4)",
+        ],
+    ),
+}
+
+
+@pytest.fixture
+def unregister() -> Iterator[None]:
+    """Remove the models (and checkpoints) a test registers."""
+    before = set(registry.REGISTRY), set(catalog.CHECKPOINTS)
+    yield
+    for name in set(registry.REGISTRY) - before[0]:
+        del registry.REGISTRY[name], catalog.MODELS[name]
+    for name in set(catalog.CHECKPOINTS) - before[1]:
+        del catalog.CHECKPOINTS[name]
+
+
+def register(name: str, build: Callable[[], nn.Module], **kwargs: object) -> None:
+    """A test model at 32 px (the dummy batch (2, 10, 32, 32)) with the tiny decoder."""
+    policy = InputPolicy("native", 32)
+    kwargs = {"decoder_channels": 16, "ltae_heads": 4} | kwargs
+    register_model(name, family="Test", policy=policy, build_encoder=build, **kwargs)
+
+
+def contract_lines(err: pytest.ExceptionInfo, model: str, encoder: str = ENCODER) -> list[str]:
+    """The violation lines of a contract error, after checking its first line names the model
+    and the encoder's module:class and counts the lines."""
+    first, *lines = str(err.value).splitlines()
+    assert first == (
+        f"model {model!r}: encoder {encoder} breaks the encoder contract "
+        f"(docs/add-an-encoder.md) in {len(lines)} way(s):"
+    )
+    return [line.strip() for line in lines]
+
+
+@pytest.mark.parametrize(("broken", "expected"), BROKEN.values(), ids=BROKEN)
+def test_encoder_breaking_the_contract_is_refused_when_built(
+    unregister: None, broken: Break, expected: list[str]
+) -> None:
+    register("broken_enc", partial(ConvEncoder, broken))
+    with pytest.raises(EncoderContractError) as err:
+        build_model("broken_enc", encoder_trainable=False)
+    lines = contract_lines(err, "broken_enc")
+    assert len(lines) == len(expected)  # one line per violation, none twice
+    for line, start in zip(lines, expected, strict=True):
+        assert line.startswith(start), (line, start)
+
+
+class ThreeDims(ConvEncoder):
+    out_dims = (8, 8, 8)
+
+
+class OddChannels(ConvEncoder):
+    out_dims = (6, 6, 6, 6)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(10, 6, 4, stride=4)
+        self.norm = nn.BatchNorm2d(6)
+        self.levels = nn.ModuleList(nn.Conv2d(6, 6, 3, padding=1) for _ in range(4))
+
+
+class NoTruncate(nn.Module):
+    out_dims = (8, 8, 8, 8)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x[:, :8, ::4, ::4]] * 4
+
+
+class TruncatesTooMuch(ConvEncoder):
+    def truncate(self) -> None:
+        self.broken = lambda levels: levels[:2]
+
+
+DECLARED = {
+    "3 out_dims": (
+        ThreeDims,
+        {},
+        ["out_dims must list 4 equal positive channel counts (one per output level), got "
+         "(8, 8, 8)"],
+    ),
+    "channels not divisible by ltae_heads": (
+        OddChannels, {}, ["out_dims channels 6 are not divisible by the decoder's ltae_heads 4"]
+    ),
+    "no truncate()": (
+        NoTruncate, {}, ["no method truncate()"]
+    ),
+    "checkpoint without load_encoder_state()": (
+        ConvEncoder, {"checkpoint": catalog.CROMA_BASE}, ["no method load_encoder_state()"]
+    ),
+    "truncate() that drops levels": (
+        TruncatesTooMuch, {}, ["forward returned 2 level(s), out_dims and the decoder need 4"]
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "expected"), DECLARED.values(), ids=DECLARED)
+def test_what_the_encoder_declares_is_checked(
+    unregister: None, cls: type, kwargs: dict, expected: list[str]
+) -> None:
+    register("declared_enc", cls, **kwargs)
+    with pytest.raises(EncoderContractError) as err:
+        build_model("declared_enc")
+    assert contract_lines(err, "declared_enc", f"{__name__}:{cls.__qualname__}") == expected
+
+
+def test_encoder_meeting_the_contract_builds_and_the_check_changes_nothing(
+    unregister: None,
+) -> None:
+    """A conforming plug-in builds and trains; the check draws no random number and leaves
+    training flags and BatchNorm statistics as they were."""
+    register("good_enc", ConvEncoder)
+    model = build_model("good_enc")
+    assert model(torch.randn(2, 3, 10, 32, 32)).shape == (2, 20, 32, 32)
+
+    encoder, spec = ConvEncoder(), registry.get_spec("good_enc")
+    encoder.levels[1].eval()  # a flag of its own, kept
+    flags = [m.training for m in encoder.modules()]
+    rng, stats = torch.get_rng_state(), encoder.norm.running_mean.clone()
+    check_output(encoder, spec)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert [m.training for m in encoder.modules()] == flags
+    assert torch.equal(encoder.norm.running_mean, stats)
+
+
+def test_level_dtypes_are_what_the_feature_cache_stores() -> None:
+    assert set(LEVEL_DTYPES) == set(STORED)
+
+
+#: A plug-in module whose encoder returns float64 levels (``KeyError: torch.float64`` from the
+#: feature cache of a frozen encoder before) or, as ``mixed_plugin``, a pyramid (exit 0 before).
+PLUGIN = textwrap.dedent(
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from gfmtune.models.policies import InputPolicy
+    from gfmtune.models.registry import register_model
+
+
+    class Float64Encoder(nn.Module):
+        out_dims = (8, 8, 8, 8)
+
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(10, 8, 4, stride=4)
+
+        def truncate(self):
+            pass
+
+        def forward(self, x):
+            h = self.stem(x)
+            return [h.double()] * 4
+
+
+    class PyramidEncoder(Float64Encoder):
+        def forward(self, x):
+            h = self.stem(x)
+            return [F.avg_pool2d(h, 2**i) for i in range(4)]
+
+
+    kw = {"family": "Bad", "policy": InputPolicy("native", 32), "decoder_channels": 16,
+          "ltae_heads": 4}
+    register_model("float64_plugin", build_encoder=Float64Encoder, **kw)
+    register_model("mixed_plugin", build_encoder=PyramidEncoder, **kw)
+    """
+)
+
+CLI_CASES = {
+    "float64 levels, frozen": (
+        "float64_plugin", "Float64Encoder", 0.0, [f"level {i} is float64" for i in range(4)]
+    ),
+    "mixed resolution, trained": (
+        "mixed_plugin", "PyramidEncoder", 1.0, ["levels of mixed resolution (level 0 8 x 8"]
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("model", "cls", "ft_rate", "expected"), CLI_CASES.values(), ids=CLI_CASES)
+def test_gfmtune_train_stops_before_reading_data(
+    train_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    unregister: None,
+    model: str,
+    cls: str,
+    ft_rate: float,
+    expected: list[str],
+) -> None:
+    """``gfmtune train`` of a plug-in breaking the contract: exit 1, the error in the log and
+    in ``failed.json``, no state or metrics, and not one patch read."""
+    (tmp_path / "bad_plugin_mod.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(PLUGINS_ENV, "bad_plugin_mod")
+    monkeypatch.delitem(sys.modules, "bad_plugin_mod", raising=False)
+
+    def no_data(*args: object, **kwargs: object) -> None:
+        raise AssertionError("data read before the encoder contract was checked")
+
+    monkeypatch.setattr(job.CellJob, "_datasets", no_data)
+    data = replace(inputs(train_data, "100", 1), feature_cache=tmp_path / "feature_cache")
+    out = tmp_path / "cell"
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps(FAST.to_dict()))
+    with caplog.at_level(logging.ERROR):
+        code = main(train_argv(data, Cell(model, ft_rate, "100", 1), settings, out))
+    assert code == 1
+    message = error_of(caplog)
+    assert message.startswith(f"model {model!r}: encoder bad_plugin_mod:{cls} breaks the encoder")
+    for line in expected:
+        assert f"\n  {line}" in message
+    assert json.loads((out / "failed.json").read_text())["error"] == message
+    assert sorted(p.name for p in out.iterdir()) == ["failed.json"]  # no state, no metrics
+    assert not (tmp_path / "feature_cache").exists()
+    monkeypatch.delitem(sys.modules, "bad_plugin_mod", raising=False)
