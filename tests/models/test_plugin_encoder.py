@@ -17,6 +17,7 @@ import yaml
 
 from gfmtune.config import ConfigError, validate_config
 from gfmtune.models import catalog, registry
+from gfmtune.models.contract import EncoderContractError
 from gfmtune.models.plugins import PluginError, load_plugins
 from gfmtune.models.policies import InputPolicy
 from gfmtune.models.registry import build_model, register_model
@@ -124,9 +125,12 @@ def test_register_model_names_the_problem(kwargs: dict, message: str, plugin: st
 
 def test_encoder_breaking_the_contract_is_named_when_built(plugin: str) -> None:
     register_model("two_levels", family="Bad", policy=InputPolicy(), build_encoder=TwoLevels)
-    with pytest.raises(ValueError, match="'two_levels': encoder TwoLevels breaks the encoder "
-                                         r"contract.*4 output levels, got \(8, 8\)"):  # fmt: skip
+    with pytest.raises(EncoderContractError) as err:
         build_model("two_levels")
+    first, *lines = str(err.value).splitlines()
+    assert first.startswith(f"model 'two_levels': encoder {__name__}:TwoLevels breaks the encoder")
+    assert lines[0].strip().startswith("out_dims must list 4 equal positive channel counts")
+    assert "got (8, 8)" in lines[0]
 
 
 def test_missing_plugin_module_is_named(tmp_path: Path) -> None:

@@ -16,9 +16,11 @@ Encoder contract (what :class:`TemporalUPerNet` and the training loop rely on):
 - Size: ``InputPolicy.kind``: ``native`` (128 x 128 as stored), ``crop_windows`` (random
   ``size`` crops in training, 2 x 2 sliding windows averaged at evaluation) or ``resize``
   (bilinear to ``size``, logits resized back). The encoder's patch size must divide the size.
-- Output: a list of 4 maps (N, C_l, h, w) of one resolution; ``out_dims`` (attribute) lists the
-  4 C_l, all equal (one L-TAE is shared by the levels). The neck rescales them by x4, x2, x1 and
-  x0.5 for the UPerNet head, so h = H / 16 (a ViT-16's grid) gives the paper's pyramid.
+- Output: a list of 4 float32 (fp16/bf16 under autocast) maps (N, C_l, h, w) of one
+  resolution, at least 2 x 2; ``out_dims`` (attribute) lists the 4 C_l, all equal and divisible
+  by ``ltae_heads`` (one L-TAE is shared by the levels). The neck rescales them by x4, x2, x1
+  and x0.5 for the UPerNet head, so h = H / 16 (a ViT-16's grid) gives the paper's pyramid.
+  ``gfmtune.models.contract`` checks all of it on a dummy batch when the model is built.
 - ``truncate()``: drop what the forward pass never uses (called after loading weights).
 - ``load_encoder_state(state, where)``: only with a checkpoint; load the dict read by
   :func:`gfmtune.models.checkpoints.read_checkpoint` for ``Checkpoint.layout`` strictly
@@ -40,6 +42,7 @@ from torch import nn
 
 from gfmtune.models.catalog import CHECKPOINTS, MODELS, Checkpoint, ModelFacts, facts
 from gfmtune.models.checkpoints import locate, read_checkpoint
+from gfmtune.models.contract import check_declaration, check_output
 from gfmtune.models.croma import CROMA_BANDS, CromaOpticalEncoder
 from gfmtune.models.dino import DINO_BANDS, DinoEncoder
 from gfmtune.models.policies import InputPolicy
@@ -221,23 +224,6 @@ def _registration_problems(
     return problems
 
 
-def check_encoder(encoder: nn.Module, spec: ModelSpec) -> None:
-    """A ValueError naming the model if ``encoder`` lacks what the contract asks of it."""
-    dims = getattr(encoder, "out_dims", None)
-    problems = []
-    if not isinstance(dims, list | tuple) or len(dims) != 4:
-        problems.append(f"out_dims must list the channels of 4 output levels, got {dims!r}")
-    elif len(set(dims)) != 1 or not all(isinstance(d, int) and d > 0 for d in dims):
-        problems.append(f"out_dims must be 4 equal positive channel counts, got {list(dims)}")
-    needed = ["truncate"] + (["load_encoder_state"] if spec.checkpoint else [])
-    problems += [f"no method {m}()" for m in needed if not callable(getattr(encoder, m, None))]
-    if problems:
-        raise ValueError(
-            f"model {spec.name!r}: encoder {type(encoder).__name__} breaks the encoder contract "
-            f"(docs/add-an-encoder.md): {'; '.join(problems)}"
-        )
-
-
 def get_spec(name: str, *, eval_resize: str = "direct") -> ModelSpec:
     """The registered model; ``eval_resize`` (``direct`` | ``via_input``, the training setting
     ``dino_eval_resize``) sets how a ``resize`` policy (DINO) brings its evaluation logits to
@@ -251,7 +237,7 @@ def get_spec(name: str, *, eval_resize: str = "direct") -> ModelSpec:
 def build_encoder(spec: ModelSpec, weights_dir: Path | None) -> nn.Module:
     """The encoder, with pretrained weights loaded when ``weights_dir`` is given."""
     encoder = spec.build_encoder()
-    check_encoder(encoder, spec)
+    check_declaration(encoder, spec)
     if weights_dir is not None:
         if spec.checkpoint is None:
             raise ValueError(f"model {spec.name!r} has no pretrained checkpoint to load")
@@ -259,6 +245,7 @@ def build_encoder(spec: ModelSpec, weights_dir: Path | None) -> nn.Module:
         encoder.load_encoder_state(read_checkpoint(path, spec.checkpoint.layout), str(path))
         log.info("loaded %s from %s", spec.checkpoint.name, path)
     encoder.truncate()
+    check_output(encoder, spec)
     return encoder
 
 

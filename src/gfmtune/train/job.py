@@ -412,14 +412,14 @@ class CellJob:
     def _train(self) -> dict:
         origin = time.time()  # moved back by the time of earlier attempts once resumed
         seed_everything(self.cell.seed)
-        datasets = self._datasets()
-        model = build_model(
+        model = build_model(  # first: the encoder contract is checked before data are read
             self.cell.model,
             weights_dir=self.inputs.weights_dir,
             encoder_trainable=not self.frozen,
             temporal=self.s.temporal,
             n_frames=self.cell.timesteps,
         ).to(self.device)
+        datasets = self._datasets()
         if self.spec.has_encoder:
             model.set_memory_plan(self.s.encoder_frames_per_call, self.s.activation_checkpointing)
         if self.s.compile:

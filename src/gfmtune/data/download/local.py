@@ -3,13 +3,18 @@
 Archives (.zip, .tar, .tar.gz, .tgz) are extracted into a hidden temporary folder, member by member
 (any member that would land outside the folder, and any link or device, is refused), and only
 then moved into the destination; a marker file records which archive version was extracted, so
-a rerun skips it. A corrupt or truncated archive raises :class:`ArchiveError` and leaves nothing.
+a rerun skips it, and the files it moved (size and mtime), so a rerun or a new version of the
+archive may replace them while they are unchanged. Nothing else in the destination is removed or
+overwritten: a member that would replace a folder, a file, or a file of other content that no
+extraction of this archive wrote raises :class:`ExtractionConflictError` naming both paths, before
+anything is moved. A corrupt or truncated archive raises :class:`ArchiveError` and leaves nothing.
 :func:`source_fingerprint` is what the workflow's ``download`` rule watches to rerun when local
 data change in place.
 """
 
 from __future__ import annotations
 
+import filecmp
 import gzip
 import hashlib
 import json
@@ -49,6 +54,10 @@ MAX_MISSING_SHOWN = 5
 
 class ArchiveError(ValueError):
     """An archive is corrupt, truncated or unsafe; the message names it."""
+
+
+class ExtractionConflictError(ArchiveError):
+    """Extracting would replace a folder or file the extraction did not create; names both."""
 
 
 class MissingFilesError(pastis.PastisFormatError):
@@ -121,26 +130,97 @@ def _extract_into(archive: Path, folder: Path) -> None:
                 shutil.copyfileobj(src, dst, CHUNK_SIZE)
 
 
-def _merge_into(src: Path, dest: Path) -> None:
-    """Move the entries of ``src`` into ``dest``, merging folders that exist in both."""
-    for entry in src.iterdir():
-        target = dest / entry.name
-        if entry.is_dir() and target.is_dir():
-            _merge_into(entry, target)
-            continue
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(entry, target)
+#: a file's (size, mtime_ns), by its path relative to the destination (the marker's "files")
+Stamps = dict[str, list[int]]
+
+
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _read_marker(marker: Path) -> tuple[str | None, Stamps]:
+    """The fingerprint the marker records as extracted (None: none or unfinished) and the files
+    extractions of this archive moved; an older plain-text marker holds a fingerprint only."""
+    if not marker.is_file():
+        return None, {}
+    text = marker.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return text, {}
+    if not isinstance(data, dict):
+        return text, {}
+    return data.get("fingerprint"), dict(data.get("files") or {})
+
+
+def _write_marker(marker: Path, fingerprint: str | None, files: Stamps) -> None:
+    atomic_write_text(marker, json.dumps({"fingerprint": fingerprint, "files": files}))
+
+
+#: what :func:`_verdict` returns for an extracted file to move into the destination
+MOVE = "move"
+
+
+def _verdict(entry: Path, target: Path, owned: list[int] | None) -> str | None:
+    """:data:`MOVE` when the extracted file ``entry`` is to be moved onto ``target``, None when
+    ``target`` stays as it is (a folder, or a file of the same content), else why moving
+    ``entry`` there would destroy what the extraction did not create."""
+    if not os.path.lexists(target):
+        return None if entry.is_dir() else MOVE
+    if entry.is_dir():
+        return None if target.is_dir() else "a folder member would replace the existing file"
+    if target.is_symlink() or not target.is_file():
+        kind = "link" if target.is_symlink() else "folder" if target.is_dir() else "special file"
+        return f"a file member would replace the existing {kind}"
+    if owned == _stamp(target):  # an earlier extraction of this archive wrote it, unchanged
+        return MOVE
+    if filecmp.cmp(entry, target, shallow=False):
+        return None
+    return "the existing file differs and no extraction of this archive wrote it"
+
+
+def _files_to_move(tmp: Path, dest: Path, archive: Path, owned: Stamps) -> list[str]:
+    """The extracted files to move into ``dest``; an :class:`ExtractionConflictError` listing
+    each entry that would replace a path the extraction did not create (both paths named)."""
+    moves, lines = [], []
+    for entry in sorted(tmp.rglob("*")):
+        rel = entry.relative_to(tmp).as_posix()
+        problem = _verdict(entry, dest / rel, owned.get(rel))
+        if problem == MOVE:
+            moves.append(rel)
+        elif problem is not None:
+            lines.append(f"member {rel!r} of {archive} -> {dest / rel}: {problem}")
+    if lines:
+        shown = lines[:MAX_MISSING_SHOWN]
+        if len(lines) > MAX_MISSING_SHOWN:
+            shown.append(f"and {len(lines) - MAX_MISSING_SHOWN} more")
+        raise ExtractionConflictError(
+            f"{archive}: extracting into {dest} would replace {len(lines)} path(s) it did not "
+            "create; nothing was moved (move them aside or choose another folder):\n  "
+            + "\n  ".join(shown)
+        )
+    return moves
+
+
+def _merge_into(tmp: Path, dest: Path, moves: list[str]) -> None:
+    """Create the extracted folders in ``dest`` and move the files ``moves`` there."""
+    for entry in sorted(tmp.rglob("*")):
+        if entry.is_dir():
+            (dest / entry.relative_to(tmp)).mkdir(parents=True, exist_ok=True)
+    for rel in moves:
+        os.replace(tmp / rel, dest / rel)
 
 
 def extract_archive(archive: Path, dest: Path, fingerprint: str) -> None:
-    """Safely extract ``archive`` into ``dest``, unless this ``fingerprint`` was extracted."""
+    """Safely extract ``archive`` into ``dest``, unless this ``fingerprint`` was extracted;
+    an :class:`ExtractionConflictError` (nothing moved) if it would replace what is not ours."""
     archive, dest = Path(archive), Path(dest)
     marker = dest / f".{archive.name}.extracted"
-    if marker.is_file() and marker.read_text() == fingerprint:
+    extracted, owned = _read_marker(marker)
+    if extracted == fingerprint:
         log.info("%s: already extracted into %s", archive, dest)
         return
-    marker.unlink(missing_ok=True)
     tmp = dest / f".{archive.name}.extracting"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -153,8 +233,11 @@ def extract_archive(archive: Path, dest: Path, fingerprint: str) -> None:
             raise ArchiveError(
                 f"{archive}: corrupt or truncated archive ({err}); nothing was extracted"
             ) from err
-        _merge_into(tmp, dest)
-        atomic_write_text(marker, fingerprint)
+        moves = _files_to_move(tmp, dest, archive, owned)
+        owned |= {rel: _stamp(tmp / rel) for rel in moves}  # a rename keeps size and mtime
+        _write_marker(marker, None, owned)  # claimed before moving: an interrupted merge resumes
+        _merge_into(tmp, dest, moves)
+        _write_marker(marker, fingerprint, owned)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
