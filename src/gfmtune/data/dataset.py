@@ -288,6 +288,7 @@ class PastisZarrDataset(Dataset):
             where = f" of {label_split}" if label_split is not None else ""
             raise ManifestError(f"{store}: no patches{where} in folds {self.folds}")
         self.positions = positions
+        self._check_scored(label_split)
         self.frames, self.days = read_timesteps(self.reader, timesteps, positions)
         self.draw = draw
         long = (i for i in positions if self.reader.n_frames(i) > DRAWN_FRAMES)
@@ -295,6 +296,18 @@ class PastisZarrDataset(Dataset):
             check_timesteps(
                 "paper", self.timesteps, DRAWN_FRAMES, int(self.reader.patch_ids[first])
             )
+
+    def _check_scored(self, label_split: Path | None) -> None:
+        """A :class:`ManifestError` if no pixel of these patches is labelled (all void): they
+        would train nothing, or score nothing (a NaN mIoU)."""
+        if any((self.reader.label(int(i)) != pastis.VOID_CLASS).any() for i in self.positions):
+            return
+        where = f"{label_split}'s {len(self)} patches" if label_split else f"{len(self)} patches"
+        raise ManifestError(
+            f"{self.reader.store}: no labelled pixel in the {where} of folds {self.folds}: "
+            f"every label is void ({pastis.VOID_CLASS}), so there is nothing to train on or "
+            "score; check the store's labels (gfmtune convert) or choose other patches"
+        )
 
     @classmethod
     def training(

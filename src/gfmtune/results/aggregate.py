@@ -11,6 +11,7 @@ validation metric that selected the epoch), best_epoch, wall_seconds, gpu_hours.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from gfmtune.pastis import CLASS_NAMES, VOID_CLASS
 from gfmtune.train.settings import TrainSettings
 
 SELECT_METRIC = TrainSettings().select_metric  # of cells whose metrics.json does not say
+TEST_METRICS = ("miou", "miou_paper", "oa")  # every cell has them
 
 
 def _pct(value: float | None) -> float | None:
@@ -28,7 +30,7 @@ def _pct(value: float | None) -> float | None:
 
 
 def cell_row(path: Path) -> dict:
-    """The table row of one ``metrics.json``."""
+    """The table row of one ``metrics.json`` (:func:`check_finite`)."""
     try:
         metrics = json.loads(Path(path).read_text())
         cell, test = metrics["cell"], metrics["test"]
@@ -42,10 +44,7 @@ def cell_row(path: Path) -> dict:
         "timesteps": int(cell["timesteps"]),
         "seed": int(cell["seed"]),
         "split": cell.get("split", "main"),
-        "miou": _pct(test["miou"]),
-        "miou_paper": _pct(test["miou_paper"]),
-        "oa": _pct(test["oa"]),
-    }
+    } | {name: _pct(test[name]) for name in TEST_METRICS}
     val = metrics.get("val_best") or {}
     row |= {f"val_{name}": _pct(val.get(name)) for name in ("miou", "miou_paper", "oa")}
     for c, name in enumerate(CLASS_NAMES):
@@ -57,7 +56,24 @@ def cell_row(path: Path) -> dict:
         "wall_seconds": metrics["wall_seconds"],
         "gpu_hours": metrics["gpu_hours"],
     }
+    check_finite(row, path)
     return row
+
+
+def check_finite(row: dict, path: Path) -> None:
+    """A :class:`ValueError` naming ``path`` and the keys whose value is NaN or infinite, or
+    missing for a test metric (an older gfmtune wrote ``NaN`` for a test fold without a
+    labelled pixel), so that no table, figure or claim renders one as a number."""
+    bad = [
+        k
+        for k, v in row.items()
+        if (isinstance(v, float) and not math.isfinite(v)) or (k in TEST_METRICS and v is None)
+    ]
+    if bad:
+        raise ValueError(
+            f"{path}: {', '.join(bad)} not a finite number ({row[bad[0]]}), so the cell has no "
+            "result to show: retrain it (delete this metrics.json and rerun snakemake)"
+        )
 
 
 def collect(paths: Iterable[Path]) -> pd.DataFrame:

@@ -74,11 +74,12 @@ def _claim(
     text: str, rule: tuple[str, str, float], stat: np.ndarray | None, evidence: dict
 ) -> dict:
     """A claim decided on ``stat`` (column 0 the point value, then the replicates); ``rule``:
-    (what the statistic is, ">" or "<=", threshold)."""
+    (what the statistic is, ">" or "<=", threshold); undetermined without it, or when a value
+    of it is not finite (it decides nothing)."""
     name, side, threshold = rule
     claim = {"claim": text, "rule": f"{name} {side} {threshold:g}"}
     point, inside, outside = SIDES[side]
-    if stat is None:
+    if stat is None or not np.isfinite(stat).all():
         verdict, basis, value, bounds = "undetermined", None, None, None
     elif len(stat) > 1:
         basis, value = BOOTSTRAP, round(float(stat[0]), 2)

@@ -125,7 +125,7 @@ def heatmaps(ours: pd.DataFrame, base: Path, note: str = "") -> list[Path]:
             ax.set_xticks(range(grid.shape[1]), [str(t) for t in grid.columns])
             ax.set_yticks(range(grid.shape[0]), [f"{f:g}" for f in grid.index])
             for (r, c), v in np.ndenumerate(grid.to_numpy()):
-                if not np.isnan(v):
+                if np.isfinite(v):
                     ax.text(c, r, f"{v:.1f}", ha="center", va="center", fontsize=7, color="w")
             ax.set_title(f"{model}, {fraction:g} %", fontsize=9)
             ax.set_xlabel("frames", fontsize=8)

@@ -74,12 +74,13 @@ def _best(grid: pd.DataFrame) -> pd.DataFrame:
 
 
 def _text(mean: float, std: float, bounds: tuple[float, float] | None) -> str:
-    """``mean [low, high]`` with an interval (``bounds``), else ``mean ± std`` or ``mean``."""
-    if math.isnan(mean):
+    """``mean [low, high]`` with an interval (``bounds``), else ``mean ± std`` or ``mean``; a
+    value that is not finite is not shown (:data:`MISSING`, or no interval or std)."""
+    if not math.isfinite(mean):
         return MISSING
-    if bounds is not None and not math.isnan(bounds[0]):
+    if bounds is not None and all(map(math.isfinite, bounds)):
         return f"{mean:.2f} [{bounds[0]:.2f}, {bounds[1]:.2f}]"
-    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+    return f"{mean:.2f}" if not math.isfinite(std) else f"{mean:.2f} ± {std:.2f}"
 
 
 def _cells(grid: pd.DataFrame, mark: tuple[str, str], bounds: bool = True) -> pd.DataFrame:

@@ -62,7 +62,7 @@ def _read_runs(paths: Iterable[Path]) -> dict[tuple, np.ndarray]:
             raise ValueError(f"{file}: its test patches differ from the other cells'")
         stacked = counts.stacked()[order]
         for name, value in zip(METRICS, miou_from_counts(*stacked.sum(0)), strict=True):
-            if row[name] is not None and abs(100 * value - row[name]) > AGREEMENT:
+            if row[name] is not None and not abs(100 * value - row[name]) <= AGREEMENT:  # NaN
                 raise ValueError(
                     f"{file}: its counts give {name} {100 * value:.4f} %, metrics.json "
                     f"{row[name]} %"

@@ -9,7 +9,8 @@ Cell folder (``metrics.json`` is written last, so a folder without it is never f
     test_patches.npz    per test patch and class: tp, fp, fn (gfmtune.train.patch_counts)
     provenance.json     settings, seed, git revision, package versions, device, time, memory
     metrics.json        test and best-validation metrics, cell, epoch of the best checkpoint
-    failed.json         after a failure a retry would repeat (bad input, settings, weights)
+    failed.json         after a failure a retry would repeat (bad input, settings, weights,
+                        a diverged training: gfmtune.train.divergence)
     train.lock          held by the job training the cell (names its pid and host)
     tensorboard/        with setting tensorboard: history.csv's rows as event files
 
@@ -77,6 +78,7 @@ from gfmtune.train.devices import (
     refuse_cpu_fallback,
     select_device,
 )
+from gfmtune.train.divergence import DivergenceError, LossWatch, check_loss, check_weights
 from gfmtune.train.feature_cache import (
     ALL_FOLDS,
     CachedFeatures,
@@ -457,6 +459,7 @@ class CellJob:
             disable=not self.progress,
         )
         skip, cadence = _skippable(train_dl), _Cadence(self.s.checkpoint_minutes)
+        watch = LossWatch(self.device)
         board_dir = self.out / BOARD if self.s.tensorboard else None
         with _StopSignals() as stop, epoch_board(board_dir, state["epoch"]) as board:
             for epoch in range(state["epoch"], self.s.epochs):
@@ -478,12 +481,18 @@ class CellJob:
                     auto_memory=self.s.auto_memory,
                     progress=progress,
                     stop=stop.is_set,
+                    watch=watch,
                 )
+                self._check_finite(t, watch, epoch + 1, progress.steps)
                 if stop.is_set():  # mid-epoch (or before validating): resumes at this step
                     now = time.time()
                     state["seconds"] = now - origin
-                    state["partial"] = {"step": progress.steps, "seconds": now - tick}
-                    state["partial"]["loss_sum"] = progress.loss_sum.cpu()
+                    state["partial"] = {
+                        "step": progress.steps,
+                        "scored": progress.scored,
+                        "seconds": now - tick,
+                        "loss_sum": progress.loss_sum.cpu(),
+                    }
                     raise self._stop(t, epoch_order, state, progress.steps, stop.signum)
                 state["partial"] = None
                 row = self._validate(t, val_dl, epoch, loss, state, bar)
@@ -507,7 +516,15 @@ class CellJob:
         if partial is None:
             return Progress(torch.zeros((), dtype=torch.float64, device=self.device))
         skip.skip = partial["step"] * self.s.batch_size
-        return Progress(partial["loss_sum"].to(self.device), partial["step"])
+        scored = partial.get("scored", partial["step"])  # states saved before it was counted
+        return Progress(partial["loss_sum"].to(self.device), partial["step"], scored)
+
+    def _check_finite(self, t: _Training, watch: LossWatch, epoch: int, steps: int) -> None:
+        """Stop with :class:`DivergenceError` after a pass with a non-finite loss or weights,
+        before anything is validated or saved (:mod:`gfmtune.train.divergence`)."""
+        where = f"{self.out}: {self.cell}"
+        check_loss(watch, where, epoch)
+        check_weights(t.model, t.optimizer, where, epoch, steps)
 
     def _validate(
         self, t: _Training, val_dl: DataLoader, epoch: int, loss: float, state: dict, bar: tqdm
@@ -684,7 +701,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def not_failed_before(out: Path, attempt: int) -> None:
     """Snakemake's retries are for what a retry can fix (time-outs, preemption, out of
     memory). A retry (``attempt`` > 1) of a cell whose last attempt failed in a way that repeats
-    (``failed.json``: bad input, settings or weights) stops at once; a new Snakemake run
+    (``failed.json``: bad input, settings or weights, divergence) stops at once; a new Snakemake run
     (attempt 1) tries again."""
     marker = Path(out) / FAILED
     if attempt <= 1:
@@ -702,7 +719,7 @@ def run(args: argparse.Namespace) -> int:
     not_failed_before(args.out, args.attempt)
     try:
         return _run(args)
-    except (ValueError, CheckpointError) as err:  # bad input, settings or weights: repeats
+    except (ValueError, CheckpointError, DivergenceError) as err:  # a retry repeats these
         if args.out.is_dir():  # the job had started (bad settings stop before, writing nothing)
             failed = {"type": type(err).__name__, "error": str(err)}
             atomic_write_text(args.out / FAILED, json.dumps(failed, indent=1) + "\n")

@@ -2,7 +2,9 @@
 
 AdamW with two parameter groups (decoder at ``lr``, encoder at FT-Rate x ``lr``; a frozen
 encoder is in no group and runs without autograd), MultiStepLR stepped per iteration at
-fractions of all iterations, cross-entropy ignoring the void class.
+fractions of all iterations, cross-entropy ignoring the void class. A batch without a labelled
+pixel contributes no loss (not cross-entropy's NaN of an empty mean) and no update; a
+non-finite loss stops training (:mod:`gfmtune.train.divergence`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from gfmtune.data.dataset import model_frames
 from gfmtune.models.policies import Forward
 from gfmtune.models.registry import ModelSpec
 from gfmtune.pastis import VOID_CLASS
+from gfmtune.train.divergence import LossWatch
 from gfmtune.train.metrics import ConfusionMatrix
 from gfmtune.train.settings import TrainSettings
 
@@ -89,16 +92,26 @@ Inputs = torch.Tensor | list[torch.Tensor]  # frames (B, T, C, H, W) or cached e
 def _batches(loader: DataLoader, device: torch.device) -> Iterator[tuple[Inputs, ...]]:
     """(inputs, days, labels) on ``device``; int16 frames normalised there by the loader's
     dataset's normaliser (:func:`~gfmtune.data.dataset.model_frames`)."""
+    for x, days, y, _ in _labelled_batches(loader, device):
+        yield x, days, y
+
+
+def _labelled_batches(loader: DataLoader, device: torch.device) -> Iterator[tuple]:
+    """:func:`_batches` with whether each batch holds a labelled pixel, told from its labels
+    before they leave the host (so without waiting for the device)."""
     normalise = getattr(getattr(loader, "dataset", None), "normalise", None)
     for batch in loader:
         if "features" in batch:
             x = [level.to(device, non_blocking=True) for level in batch["features"]]
         else:
             x = model_frames(batch["image"], normalise, device)
+        labels = batch["label"]
+        labelled = labels.device.type != "cpu" or bool((labels != VOID_CLASS).any())
         yield (
             x,
             batch["days"].to(device, non_blocking=True),
-            batch["label"].to(device, non_blocking=True),
+            labels.to(device, non_blocking=True),
+            labelled,
         )
 
 
@@ -131,17 +144,26 @@ def _backward(
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, amp):
         logits = _logits(model, spec, x, days, tuple(y.shape[-2:]), train=True)
-    loss = F.cross_entropy(logits.float(), y, ignore_index=VOID_CLASS)
+    loss = labelled_loss(logits.float(), y)
     loss.backward()
     return loss
 
 
+def labelled_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy's mean over the labelled (non-void) pixels, 0 with a zero gradient when
+    there is none (the mean's NaN, else); the same bits as its ``mean`` reduction otherwise."""
+    labelled = (y != VOID_CLASS).sum().clamp(min=1)
+    return F.cross_entropy(logits, y, ignore_index=VOID_CLASS, reduction="sum") / labelled
+
+
 @dataclass
 class Progress:
-    """A training pass so far: its steps and their loss sum (float64, kept on the device)."""
+    """A training pass so far: its steps, those of batches with a labelled pixel (``scored``)
+    and their loss sum (float64, kept on the device)."""
 
     loss_sum: torch.Tensor
     steps: int = 0
+    scored: int = 0
 
 
 def train_epoch(
@@ -157,11 +179,15 @@ def train_epoch(
     auto_memory: bool = True,
     progress: Progress | None = None,
     stop: Callable[[], bool] = lambda: False,
+    watch: LossWatch | None = None,
 ) -> float:
-    """One pass over the training loader; returns the mean loss. The running loss stays on the
-    device (one host sync per epoch, not per step); ``on_step`` is called after every step.
-    ``progress`` (updated in place) continues a pass resumed mid-epoch; the pass ends early
-    when ``stop()`` is true after a step.
+    """One pass over the training loader; returns the mean loss of its batches with a labelled
+    pixel (a batch without one is skipped: no loss, no update; the scheduler still steps). The
+    running loss stays on the device (one host sync per epoch, not per step); ``on_step`` is
+    called after every step. ``progress`` (updated in place) continues a pass resumed
+    mid-epoch; the pass ends early when ``stop()`` is true after a step. ``watch`` records each
+    loss's finiteness on the device and is read with the loss sum at the end (the caller
+    checks it: :func:`~gfmtune.train.divergence.check_loss`).
 
     On a GPU out-of-memory error, a model with an encoder switches once to chunked encoder
     calls with activation checkpointing and redoes the step (``auto_memory``); a second one
@@ -169,39 +195,63 @@ def train_epoch(
     """
     model.train()
     done = progress or Progress(torch.zeros((), dtype=torch.float64, device=device))
-    for x, days, y in _batches(loader, device):
-        if not isinstance(x, list):
-            x, y = spec.policy.train_view(x, y, crops)
-        batch = (model, spec, optimizer, x, days, y, device, amp)
-        frames = y.shape[0] * days.shape[1]
-        try:
-            loss = _backward(*batch)
-        except torch.OutOfMemoryError as err:
-            if not (auto_memory and spec.has_encoder and not model.checkpointing):
-                raise out_of_memory(frames) from err
-            loss = None
-        if loss is None:
-            # retried outside the except block: there, the traceback still holds the failed
-            # step's activations, which empty_cache() then cannot free
-            optimizer.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
-            model.set_memory_plan(max(1, frames // 4), True)
-            log.warning(
-                "out of memory at %d frames: chunked encoder calls with activation "
-                "checkpointing from now on",
-                frames,
-            )
-            try:
-                loss = _backward(*batch)
-            except torch.OutOfMemoryError as again:
-                raise out_of_memory(frames) from again
-        optimizer.step()
+    watch = watch or LossWatch(device)
+    watch.start_pass()
+    for x, days, y, labelled in _labelled_batches(loader, device):
+        if labelled:
+            loss = _step(model, spec, optimizer, x, days, y, device, amp, crops, auto_memory)
+            lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
+            watch.update(done.steps + 1, loss, lrs)
+            done.loss_sum, done.scored = done.loss_sum + loss, done.scored + 1
         scheduler.step()
-        done.loss_sum, done.steps = done.loss_sum + loss.detach(), done.steps + 1
+        done.steps += 1
         on_step()
         if stop():
             break
-    return float(done.loss_sum) / max(done.steps, 1)
+    return watch.read(done.loss_sum) / max(done.scored, 1)
+
+
+def _step(
+    model: nn.Module,
+    spec: ModelSpec,
+    optimizer: torch.optim.Optimizer,
+    x: Inputs,
+    days: torch.Tensor,
+    y: torch.Tensor,
+    device: torch.device,
+    amp: torch.dtype | None,
+    crops: torch.Generator,
+    auto_memory: bool,
+) -> torch.Tensor:
+    """One optimiser step on a batch (out-of-memory handling: :func:`train_epoch`); its loss,
+    detached."""
+    if not isinstance(x, list):
+        x, y = spec.policy.train_view(x, y, crops)
+    batch = (model, spec, optimizer, x, days, y, device, amp)
+    frames = y.shape[0] * days.shape[1]
+    try:
+        loss = _backward(*batch)
+    except torch.OutOfMemoryError as err:
+        if not (auto_memory and spec.has_encoder and not model.checkpointing):
+            raise out_of_memory(frames) from err
+        loss = None
+    if loss is None:
+        # retried outside the except block: there, the traceback still holds the failed
+        # step's activations, which empty_cache() then cannot free
+        optimizer.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        model.set_memory_plan(max(1, frames // 4), True)
+        log.warning(
+            "out of memory at %d frames: chunked encoder calls with activation "
+            "checkpointing from now on",
+            frames,
+        )
+        try:
+            loss = _backward(*batch)
+        except torch.OutOfMemoryError as again:
+            raise out_of_memory(frames) from again
+    optimizer.step()
+    return loss.detach()
 
 
 def out_of_memory(frames: int) -> RuntimeError:
