@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import json
+import sys
 
 import pandas as pd
 from snakemake.exceptions import WorkflowError
@@ -67,13 +68,16 @@ def split_dir(split):
     return RUN / "manifests" / name
 
 
+#: A number as file names write it (Python's ``:g``): 1, 0.5, 1e-05.
+NUMBER = r"\d+(\.\d+)?(e[-+]\d+)?"
+
+
 wildcard_constraints:
-    percent=r"\d+(\.\d+)?",
     t=r"\d+",
     ckpt=r"[a-z0-9_]+",
     model=r"[a-z0-9_]+",
-    ft_rate=r"none|\d+(\.\d+)?",
-    label_percent=r"\d+(\.\d+)?",
+    ft_rate=rf"none|{NUMBER}",
+    label_percent=NUMBER,
     timesteps=r"\d+",
     seed=r"\d+",
     split=r"[a-z0-9_]+",
@@ -84,30 +88,31 @@ def download_dir():
 
 
 def download_args():
-    """Command-line arguments of `gfmtune download` for the configured source."""
+    """Arguments of `gfmtune download` for the configured source, one list item per argument
+    (the rule quotes each: a value never becomes shell code)."""
     source = DATA["source"]
-    args = [f"--source {source}", f"--dest {download_dir()}"]
+    args = ["--source", source, "--dest", download_dir()]
     if source == "local":
         if not DATA["root"]:
-            raise ValueError("data.source is 'local' but data.root is not set in the config")
-        args.append(f"--root {DATA['root']}")
+            raise WorkflowError("data.source is 'local' but data.root is not set in the config")
+        args += ["--root", DATA["root"]]
     elif source == "huggingface":
         hf = DATA["huggingface"]
-        args += [f"--repo-id {hf['repo_id']}", f"--lock-file {hf['lock_file']}"]
-        args += [f"--revision {hf['revision']}"] if hf["revision"] else []
-        args += [f"--hf-endpoint {hf['endpoint']}"] if hf["endpoint"] else []
+        args += ["--repo-id", hf["repo_id"], "--lock-file", hf["lock_file"]]
+        args += ["--revision", hf["revision"]] if hf["revision"] else []
+        args += ["--hf-endpoint", hf["endpoint"]] if hf["endpoint"] else []
     elif source == "zenodo":
         zen = DATA["zenodo"]
-        args += [f"--record {zen['record']}", f"--zenodo-api {zen['api']}"]
-        args += ["--files " + " ".join(zen["files"])] if zen["files"] else []
+        args += ["--record", str(zen["record"]), "--zenodo-api", zen["api"]]
+        args += ["--files", *zen["files"]] if zen["files"] else []
     else:
         syn = DATA["synthetic"]
-        frames = " ".join(str(f) for f in syn["frames_per_tile"])
-        args += [f"--patches {syn['patches']}", f"--size {syn['size']}", f"--frames {frames}",
-                 f"--seed {syn['seed']}"]
+        args += ["--patches", str(syn["patches"]), "--size", str(syn["size"]), "--frames"]
+        args += [str(f) for f in syn["frames_per_tile"]]
+        args += ["--seed", str(syn["seed"])]
     if source in ("huggingface", "zenodo"):
-        args += [f"--workers {DATA['workers']}", f"--retries {DATA['retries']}"]
-    return " ".join(args)
+        args += ["--workers", str(DATA["workers"]), "--retries", str(DATA["retries"])]
+    return args
 
 
 def checkpoints():
@@ -173,7 +178,8 @@ def weights_stamp(wildcards):
 
 
 def weights_args(wildcards):
-    return f"--weights-dir {config['weights']['dir']}" if weights_stamp(wildcards) else ""
+    """``--weights-dir DIR`` for a model with a pretrained checkpoint, as separate arguments."""
+    return ["--weights-dir", config["weights"]["dir"]] if weights_stamp(wildcards) else []
 
 
 def train_runtime(wildcards, attempt):
@@ -202,11 +208,21 @@ def cell_metrics():
     return main + variants
 
 
+#: Prediction maps need each cell's best.pt: none with keep_checkpoint none, so no maps then.
+MAPS = config["train"]["settings"].get("keep_checkpoint", "best") != "none"
+if not MAPS:
+    print(
+        "train.settings.keep_checkpoint is none: no cell keeps best.pt, so the run makes no "
+        "prediction maps (maps/, figures/predictions.png)",
+        file=sys.stderr,
+    )
+
+
 def all_targets():
+    maps = [RUN / "maps", RUN / "figures" / "predictions.png"] if MAPS else []
     return [
         RUN / "tables" / "miou.csv",
-        RUN / "maps",
-        RUN / "figures" / "predictions.png",
+        *maps,
         RUN / "tables" / "params.csv",
         RUN / "tables" / "params_paper.csv",
         RUN / "figures" / "training_curves.png",

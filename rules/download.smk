@@ -27,4 +27,4 @@ rule download:
     conda:
         CONDA_ENV
     shell:
-        "gfmtune download {params.args} --inventory {output} > {log} 2>&1"
+        "gfmtune download {params.args:q} --inventory {output:q} > {log:q} 2>&1"

@@ -21,7 +21,7 @@ rule label_splits:
             category="Data",
         ),
     params:
-        percents=" ".join(PERCENTS),
+        percents=PERCENTS,
         strategy=MANIFESTS["label_strategy"],
         seed=MANIFESTS["seed"],
         argsort=MANIFESTS["argsort"],
@@ -31,9 +31,10 @@ rule label_splits:
     conda:
         CONDA_ENV
     shell:
-        "gfmtune manifests labels --store {input} --out {params.out} --percents {params.percents}"
-        " --strategy {params.strategy} --seed {params.seed} --argsort {params.argsort}"
-        " > {log} 2>&1"
+        "gfmtune manifests labels --store {input:q} --out {params.out:q}"
+        " --percents {params.percents:q}"
+        " --strategy {params.strategy:q} --seed {params.seed:q} --argsort {params.argsort:q}"
+        " > {log:q} 2>&1"
 
 
 # A label-split variant (manifests.split_variants): its own manifests at VARIANT_PERCENTS.
@@ -42,7 +43,7 @@ use rule label_splits as label_split_variant with:
         splits=[split_dir("{split}") / f"{p}.csv" for p in VARIANT_PERCENTS],
         summary=split_dir("{split}") / "summary.csv",
     params:
-        percents=" ".join(VARIANT_PERCENTS),
+        percents=VARIANT_PERCENTS,
         strategy=lambda wildcards: split_option(wildcards.split, "label_strategy"),
         seed=lambda wildcards: split_option(wildcards.split, "seed"),
         argsort=lambda wildcards: split_option(wildcards.split, "argsort"),
@@ -65,5 +66,6 @@ rule timestep_manifest:
     conda:
         CONDA_ENV
     shell:
-        "gfmtune manifests timesteps --store {input} --out {params.out} --timesteps {wildcards.t}"
-        " --strategy {params.strategy} --seed {params.seed} > {log} 2>&1"
+        "gfmtune manifests timesteps --store {input:q} --out {params.out:q}"
+        " --timesteps {wildcards.t:q}"
+        " --strategy {params.strategy:q} --seed {params.seed:q} > {log:q} 2>&1"

@@ -1,11 +1,22 @@
 # Stage 5: GeoTIFF prediction maps of the test fold from each model family's best cell (by the
 # paper's mIoU in tables/miou.csv), the labels on the same grid, and a figure of a few patches.
+# Not part of the run with keep_checkpoint none (MAPS): asked for by name, it stops at once.
+
+
+def maps_cells(wildcards):
+    """The cells' metrics, or the reason maps cannot be made (keep_checkpoint none)."""
+    if not MAPS:
+        raise WorkflowError(
+            "predict_maps needs each cell's best.pt, but train.settings.keep_checkpoint is none; "
+            "set it to best to make prediction maps"
+        )
+    return cell_metrics()
 
 
 rule predict_maps:
     input:
         table=RUN / "tables" / "miou.csv",
-        cells=cell_metrics(),
+        cells=maps_cells,
         store=RUN / "data" / "s2.zarr",
         timesteps=[RUN / "manifests" / "timesteps" / f"{t}.csv" for t in TIMESTEPS],
     output:
@@ -27,5 +38,5 @@ rule predict_maps:
     conda:
         CONDA_ENV
     shell:
-        "gfmtune predict-maps --run {params.run} --weights-dir {params.weights}"
-        " --device {params.device} --threads {threads} --no-progress > {log} 2>&1"
+        "gfmtune predict-maps --run {params.run:q} --weights-dir {params.weights:q}"
+        " --device {params.device:q} --threads {threads:q} --no-progress > {log:q} 2>&1"

@@ -29,11 +29,11 @@ rule training_curves:
         RUN / "figures" / "training_curves.pdf",
     params:
         base=RUN / "figures" / "training_curves",
-        synthetic="--synthetic-data" if DATA["source"] == "synthetic" else "",
+        synthetic=["--synthetic-data"] if DATA["source"] == "synthetic" else [],
     log:
         RUN / "logs" / "training_curves.log",
     conda:
         CONDA_ENV
     shell:
-        "gfmtune training-curves --cells {input.cells} --out {params.base} {params.synthetic}"
-        " > {log} 2>&1"
+        "gfmtune training-curves --cells {input.cells:q} --out {params.base:q} {params.synthetic:q}"
+        " > {log:q} 2>&1"

@@ -62,15 +62,15 @@ rule results:
         out=RUN,
         resamples=config["results"]["bootstrap"]["resamples"],
         seed=config["results"]["bootstrap"]["seed"],
-        synthetic="--synthetic-data" if DATA["source"] == "synthetic" else "",
+        synthetic=["--synthetic-data"] if DATA["source"] == "synthetic" else [],
     log:
         RUN / "logs" / "results.log",
     conda:
         CONDA_ENV
     shell:
-        "gfmtune results --cells {input.cells} --params {input.params} --out {params.out} "
-        "--resamples {params.resamples} --bootstrap-seed {params.seed} {params.synthetic}"
-        " > {log} 2>&1"
+        "gfmtune results --cells {input.cells:q} --params {input.params:q} --out {params.out:q} "
+        "--resamples {params.resamples:q} --bootstrap-seed {params.seed:q} {params.synthetic:q}"
+        " > {log:q} 2>&1"
 
 
 rule params:
@@ -82,11 +82,11 @@ rule params:
             category="Cost",
         ),
     params:
-        models=" ".join(config["models"]),
+        models=config["models"],
     log:
         RUN / "logs" / "params.log",
     conda:
         CONDA_ENV
     shell:
-        "{{ gfmtune params --models {params.models} --out {output.run}"
-        " && gfmtune params --out {output.paper}; }} > {log} 2>&1"
+        "{{ gfmtune params --models {params.models:q} --out {output.run:q}"
+        " && gfmtune params --out {output.paper:q}; }} > {log:q} 2>&1"

@@ -13,4 +13,5 @@ rule zarr_store:
     conda:
         CONDA_ENV
     shell:
-        "gfmtune convert --inventory {input} --out {output} --threads {threads} > {log} 2>&1"
+        "gfmtune convert --inventory {input:q} --out {output:q} --threads {threads:q}"
+        " > {log:q} 2>&1"

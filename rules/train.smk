@@ -37,12 +37,13 @@ rule train:
         # Under SLURM the log's first line names the job and the GPU SLURM gave it.
         '{{ if [ -n "${{SLURM_JOB_ID:-}}" ]; then echo "slurm job $SLURM_JOB_ID'
         ' CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-unset}}"; fi;'
-        " gfmtune train --store {input.store} --label-split {input.split}"
-        " --timesteps {input.timesteps} --model {wildcards.model} --ft-rate {wildcards.ft_rate}"
-        " --seed {wildcards.seed} --split-name {params.split} --settings-json '{params.settings}' {params.weights}"
-        " --device {params.device} --feature-cache {params.cache} --out {params.out}"
-        " --threads {threads} --attempt {resources.attempt}"
-        " --no-progress; }} > {log} 2>&1"
+        " gfmtune train --store {input.store:q} --label-split {input.split:q}"
+        " --timesteps {input.timesteps:q} --model {wildcards.model:q}"
+        " --ft-rate {wildcards.ft_rate:q} --seed {wildcards.seed:q} --split-name {params.split:q}"
+        " --settings-json {params.settings:q} {params.weights:q}"
+        " --device {params.device:q} --feature-cache {params.cache:q} --out {params.out:q}"
+        " --threads {threads:q} --attempt {resources.attempt:q}"
+        " --no-progress; }} > {log:q} 2>&1"
 
 
 # The grid's cells again on a label-split variant (manifests.split_variants, at VARIANT_PERCENTS).

@@ -9,11 +9,11 @@ rule weights:
     params:
         folder=config["weights"]["dir"],
         retries=config["weights"]["retries"],
-        offline="--offline" if config["weights"]["offline"] else "",
+        offline=["--offline"] if config["weights"]["offline"] else [],
     log:
         RUN / "logs" / "weights_{ckpt}.log",
     conda:
         CONDA_ENV
     shell:
-        "gfmtune weights --checkpoint {wildcards.ckpt} --dir {params.folder}"
-        " --retries {params.retries} {params.offline} --stamp {output} > {log} 2>&1"
+        "gfmtune weights --checkpoint {wildcards.ckpt:q} --dir {params.folder:q}"
+        " --retries {params.retries:q} {params.offline:q} --stamp {output:q} > {log:q} 2>&1"

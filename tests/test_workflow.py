@@ -93,7 +93,7 @@ def test_split_variants_retrain_the_scarce_cells(tmp_path: Path) -> None:
     assert "--strategy paper --seed 0 --argsort avx2" in result.stdout
     for percent in (1, 10):
         assert f"cells/split~rnd/model~croma/ft_rate~0.1/label_percent~{percent}/" in result.stdout
-        assert f"manifests/label_split~x2/{percent}.csv --timesteps" in result.stdout
+        assert f"manifests/label_split~x2/{percent}.csv' --timesteps" in result.stdout
     assert "split~rnd/model~croma/ft_rate~0.1/label_percent~50/" not in result.stdout
     assert "--split-name x2" in result.stdout and "--split-name main" in result.stdout
 

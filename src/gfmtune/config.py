@@ -97,8 +97,8 @@ _TYPES = {
 def coerce_strings(value: object, schema: dict) -> object:
     """``value`` with strings read as YAML where the schema expects no string: nested
     ``snakemake --config key='{timesteps: [1, 6]}'`` values arrive as strings ('1', '6'), and
-    YAML 1.1 reads ``1e-3`` as one. A string that does not parse to an allowed type is kept,
-    for validation to report."""
+    YAML 1.1 reads ``1e-3`` as one. ``anyOf`` options count (``workers: '0'`` is 0). A string
+    that does not parse to an allowed type is kept, for validation to report."""
     if isinstance(value, dict):
         props, extra = schema.get("properties", {}), schema.get("additionalProperties")
         return {
@@ -107,8 +107,7 @@ def coerce_strings(value: object, schema: dict) -> object:
         }
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         return [coerce_strings(v, schema["items"]) for v in value]
-    types = schema.get("type")
-    types = [types] if isinstance(types, str) else types or []
+    types = _types(schema)
     if not isinstance(value, str) or not types or "string" in types:
         return value
     for parse in (yaml.safe_load, float):
@@ -119,6 +118,14 @@ def coerce_strings(value: object, schema: dict) -> object:
         if any(_TYPES[t](parsed) for t in types if t in _TYPES):
             return coerce_strings(parsed, schema)
     return value
+
+
+def _types(schema: dict) -> list[str]:
+    """The JSON types a schema admits, its ``anyOf`` options' included (a ``const`` option
+    adds none: a string equal to it parses to no other type and is kept)."""
+    types = schema.get("type")
+    types = [types] if isinstance(types, str) else list(types or [])
+    return types + [t for option in schema.get("anyOf", []) for t in _types(option)]
 
 
 def validate_settings(values: dict) -> None:

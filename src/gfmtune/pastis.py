@@ -124,6 +124,14 @@ def _crs_name(collection: dict) -> str | None:
     return name
 
 
+def _whole(value: object) -> int:
+    """``value`` as an int when it is a whole number (30000, 30000.0, "30000"); a fraction
+    (30000.5) or a boolean is an error instead of being cut to an integer."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{value!r} is not a whole number")
+    return int(value)  # type: ignore[arg-type]  # int(), str() and float() take it or raise
+
+
 def read_metadata(root: Path) -> PatchTable:
     """Read ``metadata.geojson`` into a :class:`PatchTable` (patch order as in the file)."""
     path = Path(root) / METADATA_FILE
@@ -136,7 +144,7 @@ def read_metadata(root: Path) -> PatchTable:
         props = feature.get("properties", {})
         where = f"{path} feature {i}"
         try:
-            patch_id, fold = int(props["ID_PATCH"]), int(props["Fold"])
+            patch_id, fold = _whole(props["ID_PATCH"]), _whole(props["Fold"])
         except (KeyError, TypeError, ValueError) as err:
             raise PastisFormatError(f"{where}: missing or invalid ID_PATCH/Fold ({err})") from err
         if fold not in (1, 2, 3, 4, 5):

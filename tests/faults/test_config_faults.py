@@ -83,6 +83,18 @@ CONFIG_FAULTS = [
     pytest.param({"data": {"source": "ftp"}}, "data.source", "'local', 'synthetic'",
                  id="data-source"),
     pytest.param({"run": "my run"}, "run", "matching ^[A-Za-z0-9._-]+$", id="run-name"),
+    pytest.param({"train": {"seeds": [-1]}}, "train.seeds[0]", "integer >= 0 and <= 4294967295",
+                 id="seed-negative"),
+    pytest.param({"train": {"seeds": [1e20]}}, "train.seeds[0]", "<= 4294967295",
+                 id="seed-huge"),
+    pytest.param({"train": {"extra_seeds": [-3]}}, "train.extra_seeds[0]", "integer >= 0",
+                 id="extra-seed-negative"),
+    pytest.param({"manifests": {"seed": -2}}, "manifests.seed", "integer >= 0",
+                 id="manifest-seed-negative"),
+    pytest.param({"train": {"device": "gpu"}}, "train.device",
+                 "matching ^(auto|cpu|cuda(:[0-9]+)?)$", id="device-gpu"),
+    pytest.param({"train": {"device": "cuda:x"}}, "train.device",
+                 "matching ^(auto|cpu|cuda(:[0-9]+)?)$", id="device-cuda-x"),
 ]  # fmt: skip
 
 

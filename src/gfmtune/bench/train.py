@@ -41,7 +41,7 @@ from gfmtune.bench.measure import (
 )
 from gfmtune.fileio import atomic_write_text
 from gfmtune.models.registry import REGISTRY, get_spec
-from gfmtune.train.devices import select_device
+from gfmtune.train.devices import device_name, select_device
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steps", type=int, default=10, help="timed calls per measurement")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (>= 1)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--device", default="auto", type=device_name, help="auto | cpu | cuda | cuda:N"
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder for the .md and .json")
     parser.add_argument(
         "--size",

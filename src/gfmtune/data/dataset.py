@@ -98,13 +98,28 @@ def model_frames(
     return normalise.tensor(x)
 
 
-def store_normaliser(attrs: dict[str, Any], norm: str, nodata: str = "keep") -> Normaliser:
-    """The :class:`Normaliser` for the store attributes ``attrs`` (``norm_{norm}``)."""
+def store_normaliser(
+    attrs: dict[str, Any], norm: str, nodata: str = "keep", store: Path | str = "the store"
+) -> Normaliser:
+    """The :class:`Normaliser` for the attributes ``attrs`` of ``store`` (``norm_{norm}``).
+    A band whose std is not positive (constant, or without a valid pixel, in the training
+    folds) is an error naming the store, the band and the remedy."""
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose from {NORMS}")
     if nodata not in NODATA_MODES:
         raise ValueError(f"unknown nodata mode {nodata!r}; choose from {NODATA_MODES}")
     stats = attrs[f"norm_{norm}"]
+    flat = [
+        f"{band} (std {std})"
+        for band, std in zip(pastis.BANDS, stats["std"], strict=True)
+        if not std > 0
+    ]
+    if flat:
+        raise ManifestError(
+            f"{store}: norm_{norm} cannot normalise band(s) {', '.join(flat)}: constant or "
+            "without a valid pixel in the folds the statistics cover; "
+            + ("use train.settings.norm: paper" if norm == "train_folds" else "rebuild the store")
+        )
     zero = int(attrs.get("nodata", pastis.NODATA)) if nodata == "zero" else None
     return Normaliser(stats["mean"], stats["std"], zero)
 
@@ -280,7 +295,7 @@ class PastisZarrDataset(Dataset):
     ) -> None:
         self.reader = FrameReader(store, backend, threads)
         self.folds = _as_folds(folds)
-        self.normalise = store_normaliser(self.reader.attrs, norm, nodata)
+        self.normalise = store_normaliser(self.reader.attrs, norm, nodata, store)
         positions = np.flatnonzero(np.isin(self.reader.folds, self.folds))
         if label_split is not None:
             positions = np.intersect1d(positions, read_label_split(self.reader, label_split))

@@ -51,7 +51,7 @@ from gfmtune.fileio import atomic_path
 from gfmtune.models.registry import ModelSpec, build_model, get_spec
 from gfmtune.pastis import BANDS, CLASS_NAMES, N_CLASSES, NODATA, TEST_FOLD, VOID_CLASS
 from gfmtune.tensorio import CorruptFileError, load_tensors
-from gfmtune.train.devices import amp_dtype, claimed_device
+from gfmtune.train.devices import amp_dtype, claimed_device, device_name
 from gfmtune.train.job import BEST, invalidate_cell, seed_everything
 from gfmtune.train.loop import autocast, forward_fn
 from gfmtune.train.settings import TrainSettings
@@ -380,7 +380,9 @@ def _figure_base(dataset: PastisZarrDataset, count: int) -> dict[int, dict]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", type=Path, required=True, help="run folder (results/<run>)")
     parser.add_argument("--weights-dir", type=Path, help="folder of pretrained checkpoints")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--device", default="auto", type=device_name, help="auto | cpu | cuda | cuda:N"
+    )
     parser.add_argument("--batch-size", type=int, default=1, help="patches per forward pass")
     parser.add_argument("--figure-patches", type=int, default=4, help="test patches in the figure")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all)")

@@ -8,9 +8,11 @@ process ends, even when killed). A preset ``CUDA_VISIBLE_DEVICES`` (SLURM sets i
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,6 +24,8 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 LOCK_DIR_ENV = "GFMTUNE_GPU_LOCK_DIR"
+#: The device names gfmtune accepts (the schema's ``train.device`` pattern is the same).
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 #: ``CUBLAS_WORKSPACE_CONFIG`` values under which cuBLAS is deterministic (CUDA >= 10.2).
 DETERMINISTIC_CUBLAS = (":4096:8", ":16:8")
 
@@ -34,6 +38,13 @@ def select_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available here")
     return device
+
+
+def device_name(value: str) -> str:
+    """``--device`` argument type: ``value`` when it is auto, cpu, cuda or cuda:N."""
+    if re.fullmatch(DEVICE_PATTERN, value) is None:
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of auto, cpu, cuda, cuda:N")
+    return value
 
 
 def describe_device(device: torch.device) -> str:

@@ -75,6 +75,7 @@ from gfmtune.train.devices import (
     compile_model,
     configure_backends,
     describe_device,
+    device_name,
     refuse_cpu_fallback,
     select_device,
 )
@@ -401,6 +402,14 @@ class CellJob:
                 f"{self.inputs.label_split}: {len(train_ds)} training patches make no batch of "
                 f"{self.s.batch_size} with drop_last; lower train.batch_size or set drop_last false"
             )
+        if len(train_ds) < self.s.batch_size:
+            log.warning(
+                "%s: %d training patches, fewer than one batch of %d: each epoch is one step "
+                "on a smaller batch",
+                self.inputs.label_split,
+                len(train_ds),
+                self.s.batch_size,
+            )
         evals = [_loader(ds, self.s.eval_batch_size, self.s, False) for ds in (val_ds, test_ds)]
         return train, evals[0], evals[1], order  # order: the shuffling generator
 
@@ -685,7 +694,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"training settings as a JSON string; keys and their defaults: {defaults}",
     )
     parser.add_argument("--weights-dir", type=Path, help="folder of pretrained checkpoints")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument(
+        "--device", default="auto", type=device_name, help="auto | cpu | cuda | cuda:N"
+    )
     parser.add_argument("--feature-cache", type=Path, help="folder for frozen-encoder features")
     parser.add_argument("--out", type=Path, required=True, help="cell folder")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: all)")
