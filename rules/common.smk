@@ -89,7 +89,7 @@ def download_dir():
 
 def download_args():
     """Arguments of `gfmtune download` for the configured source, one list item per argument
-    (the rule quotes each: a value never becomes shell code)."""
+    (quoted one by one in the shell command: a value never becomes shell code)."""
     source = DATA["source"]
     args = ["--source", source, "--dest", download_dir()]
     if source == "local":
@@ -216,6 +216,16 @@ if not MAPS:
         "prediction maps (maps/, figures/predictions.png)",
         file=sys.stderr,
     )
+
+
+def maps_cells(wildcards):
+    """The cells' metrics for predict_maps, or the reason maps cannot be made."""
+    if not MAPS:
+        raise WorkflowError(
+            "predict_maps needs each cell's best.pt, but train.settings.keep_checkpoint is none; "
+            "set it to best to make prediction maps"
+        )
+    return cell_metrics()
 
 
 def all_targets():

@@ -3,16 +3,6 @@
 # Not part of the run with keep_checkpoint none (MAPS): asked for by name, it stops at once.
 
 
-def maps_cells(wildcards):
-    """The cells' metrics, or the reason maps cannot be made (keep_checkpoint none)."""
-    if not MAPS:
-        raise WorkflowError(
-            "predict_maps needs each cell's best.pt, but train.settings.keep_checkpoint is none; "
-            "set it to best to make prediction maps"
-        )
-    return cell_metrics()
-
-
 rule predict_maps:
     input:
         table=RUN / "tables" / "miou.csv",
