@@ -41,7 +41,7 @@ from gfmtune.data.synthetic import SyntheticSpec
 from gfmtune.models.croma import SIZES, CromaOpticalEncoder, Transformer
 from gfmtune.models.registry import ModelSpec, build_model
 from gfmtune.pastis import BANDS, N_CLASSES
-from gfmtune.train.devices import amp_dtype, compile_model
+from gfmtune.train.devices import amp_dtype, compile_model, configure_backends
 from gfmtune.train.feature_cache import ALL_FOLDS, CachedFeatures, FeatureCache, cached_levels
 from gfmtune.train.job import _loader, loader_workers
 from gfmtune.train.loop import build_optimizer, build_scheduler, evaluate, train_epoch
@@ -71,6 +71,8 @@ class BenchPath:
     settings: TrainSettings
     all_blocks: bool
     persistent_workers: bool = True  # DataLoader workers kept alive across epochs
+    tf32: bool = False  # TF32 allowed in matrix products and convolutions, whatever precision
+    compile_backend: str = "inductor"  # torch.compile's backend with settings.compile
 
 
 DEFAULT = BenchPath("default", TrainSettings(), all_blocks=False)
@@ -252,10 +254,13 @@ def measure(
     """Training step, validation per patch, memory and FLOPs of one (model, regime, t, path)."""
     s = path.settings
     amp = amp_dtype(device, s.precision)
+    configure_backends(device, s.precision, s.deterministic)  # as gfmtune train does
+    if path.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model, note = bench_model(spec, regime, path, shape.t)
     model.to(device)
     if s.compile:
-        compile_model(model, spec.has_encoder)
+        compile_model(model, spec.has_encoder, path.compile_backend)
     train_batch = synthetic_batch(shape.batch, shape, device)
     eval_batch = synthetic_batch(s.eval_batch_size, shape, device)
     cached, eval_cached = uses_cache(spec, regime, s), uses_eval_cache(spec, regime, s)

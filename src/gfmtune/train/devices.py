@@ -111,15 +111,16 @@ def configure_backends(device: torch.device, precision: str, deterministic: bool
     )
 
 
-def compile_model(model: nn.Module, has_encoder: bool) -> None:
+def compile_model(model: nn.Module, has_encoder: bool, backend: str = "inductor") -> None:
     """``torch.compile`` in place (parameters and state-dict keys unchanged): a model with an
     encoder gets its encoder and its ``decode`` compiled apart, so that chunked, checkpointed and
-    cached-feature calls run compiled code too; a model without one (U-TAE) is compiled whole."""
+    cached-feature calls run compiled code too; a model without one (U-TAE) is compiled whole.
+    ``backend``: torch.compile's (``eager`` traces without generating code, for tests)."""
     if has_encoder:
-        model.encoder.compile()
-        model.decode = torch.compile(model.decode)
+        model.encoder.compile(backend=backend)
+        model.decode = torch.compile(model.decode, backend=backend)
     else:
-        model.compile()
+        model.compile(backend=backend)
     log.info("torch.compile: %s", "encoder and decoder" if has_encoder else "whole model")
 
 
