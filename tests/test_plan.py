@@ -19,7 +19,7 @@ from gfmtune.bench.measure import REGIMES, Shape, counted, synthetic_batch
 from gfmtune.cli import main
 from gfmtune.config import ConfigError, validate_config
 from gfmtune.models.registry import build_model, get_spec
-from gfmtune.plan import command, cost
+from gfmtune.plan import command, cost, report
 from gfmtune.plan.data import PASTIS, data_facts
 from gfmtune.plan.flop_table import shipped
 from gfmtune.plan.flops import FlopKey, count
@@ -264,3 +264,9 @@ def test_bad_model_in_an_overlay_and_bad_seed_fractions(
     assert "models[1]: 'cromma' is not a registered model (did you mean 'croma'?)" in messages[0]
     # what the workflow says (tests/test_workflow.py::test_extra_seeds_train_only_the_scarce_cells)
     assert messages[1].startswith("train.extra_seed_percents: 20 is not one of label_percents")
+
+
+def test_performance_docs_show_the_paper_plan() -> None:
+    """docs/performance.md quotes the command's output for the paper preset verbatim."""
+    docs = (REPO / "docs" / "performance.md").read_text()
+    assert f"```\n$ gfmtune plan\n{report.text(command.build(plan_args()))}```" in docs
