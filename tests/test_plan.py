@@ -226,6 +226,10 @@ def test_cli_prints_the_totals(tmp_path: Path, capsys: pytest.CaptureFixture) ->
     total = next(line for line in text.splitlines() if line.startswith("total  "))
     assert total.split()[1:7] == ["140", "5", "10.5", "12.9", "0.00191", "8.12"]
     assert "feature caches" in text and "kept after the run" in text
+    assert "fp32" not in text.split("disk")[0]  # bf16 autocast: the bf16 peak applies
+    authors = str(REPO / "config" / "authors.yaml")
+    assert main(["plan", "--preset", str(PRESET), "--configfile", authors]) == 0
+    assert "precision fp32 (no TF32): give the GPU's fp32 rate as --peak" in capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["totals"][-1]["jobs"] == 140
     assert result["totals"][-1]["limit_h"] == pytest.approx(8.12, abs=0.005)

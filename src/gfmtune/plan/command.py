@@ -80,6 +80,7 @@ def build(args: argparse.Namespace) -> report.Plan:
         epochs=s.epochs,
         batch=s.batch_size,
         passes=cost.val_passes(s),
+        precision=s.precision,
         peak=args.peak * 1e12,
         mfu=args.mfu,
         measured_on=measured.device if measured else None,

@@ -23,6 +23,7 @@ class Plan:
     epochs: int
     batch: int
     passes: int
+    precision: str  # train.settings.precision
     peak: float  # FLOP/s
     mfu: float
     measured_on: str | None
@@ -80,6 +81,8 @@ def text(plan: Plan) -> str:
         "evaluation (docs/performance.md).",
         "",
     ]
+    if plan.precision == "fp32":
+        lines[-1:-1] = ["precision fp32 (no TF32): give the GPU's fp32 rate as --peak."]
     kept = sum(s.bytes for s in plan.disk if s.kept)
     disk = [["disk", "GB", ""]] + [
         [s.name, f"{s.bytes / GB:.3g}", s.note] for s in plan.disk if s.kept
