@@ -8,6 +8,14 @@ import pandas as pd
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import Paramspace
 
+from gfmtune.cells import (
+    Cell,
+    percents,
+    study_cells,
+    timesteps,
+    training_grid,
+    variant_percents,
+)
 from gfmtune.config import ConfigError, validate_config
 from gfmtune.models.catalog import CHECKPOINTS, facts
 from gfmtune.models.plugins import PluginError, export_plugins, load_plugins
@@ -29,32 +37,18 @@ MANIFESTS = config["manifests"]
 CONDA_ENV = "../envs/gfmtune.yaml"
 
 
-def fmt_percent(percent):
-    """Label fraction as written in file names: 1, 10, 50, 100, 0.5."""
-    return f"{float(percent):g}"
-
-
-PERCENTS = [fmt_percent(p) for p in MANIFESTS["label_percents"]]
-TIMESTEPS = [int(t) for t in MANIFESTS["timesteps"]]
-#: Label-split variants (manifests.split_variants), trained again at VARIANT_PERCENTS.
-VARIANTS = MANIFESTS["split_variants"]
-
-
-def scarce_percents(key, chosen):
-    """``chosen`` label fractions (as in file names), or those of at most 10 % when None; each
-    must be one of label_percents (``key`` names the setting in the error)."""
-    if chosen is None:
-        return [p for p in PERCENTS if float(p) <= 10]
-    percents = [fmt_percent(p) for p in chosen]
-    for p in percents:
-        if p not in PERCENTS:
-            raise WorkflowError(f"{key}: {p} is not one of label_percents {PERCENTS}")
-    return percents
-
-
-VARIANT_PERCENTS = (
-    scarce_percents("manifests.variant_percents", MANIFESTS["variant_percents"]) if VARIANTS else []
-)
+#: Label fractions as file names write them, series lengths, label-split variants and the
+#: fractions each variant trains again, and the grid's cells (gfmtune.cells, which
+#: `gfmtune plan` prices too); a bad fraction list ends the run with one line.
+try:
+    PERCENTS = percents(config)
+    TIMESTEPS = timesteps(config)
+    VARIANTS = MANIFESTS["split_variants"]
+    VARIANT_PERCENTS = variant_percents(config)
+    GRID = training_grid(config)
+    STUDY_CELLS = study_cells(config)
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
 
 
 def split_option(split, key):
@@ -153,23 +147,7 @@ if config["weights"]["offline"]:
     check_offline_weights(config["weights"]["dir"])
 
 
-def training_grid():
-    """The study's grid as a table: one row per (model, FT-Rate, fraction, frames, seed)."""
-    train = config["train"]
-    extra = scarce_percents("train.extra_seed_percents", train["extra_seed_percents"])
-    rows = [
-        (model, ft if ft == "none" else f"{float(ft):g}", p, str(t), str(seed))
-        for model in config["models"]
-        for ft in (["none"] if facts(model).from_scratch else train["ft_rates"])
-        for p in PERCENTS
-        for t in TIMESTEPS
-        for seed in train["seeds"] + (train["extra_seeds"] if p in extra else [])
-    ]
-    columns = ["model", "ft_rate", "label_percent", "timesteps", "seed"]
-    return pd.DataFrame(sorted(set(rows)), columns=columns)
-
-
-CELLS = Paramspace(training_grid(), filename_params=None)
+CELLS = Paramspace(pd.DataFrame(GRID, columns=Cell._fields), filename_params=None)
 
 
 def weights_stamp(wildcards):
@@ -198,14 +176,12 @@ def train_runtime(wildcards, attempt):
 def cell_metrics():
     """Every cell's metrics.json: the grid on the main split, then each variant's cells (the
     grid's cells at VARIANT_PERCENTS) under cells/split~<variant>/."""
-    main = [RUN / "cells" / instance / "metrics.json" for instance in CELLS.instance_patterns]
-    variants = [
-        RUN / "cells" / f"split~{split}" / instance / "metrics.json"
-        for split in VARIANTS
-        for instance in CELLS.instance_patterns
-        if instance.split("label_percent~", 1)[1].split("/", 1)[0] in VARIANT_PERCENTS
+    instance = dict(zip(GRID, CELLS.instance_patterns, strict=True))
+    return [
+        RUN / "cells" / ("" if split == "main" else f"split~{split}") / instance[cell]
+        / "metrics.json"
+        for split, cell in STUDY_CELLS
     ]
-    return main + variants
 
 
 #: Prediction maps need each cell's best.pt: none with keep_checkpoint none, so no maps then.

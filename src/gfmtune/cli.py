@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "argsort-orders": ("gfmtune.data.argsort_orders", "generate the paper split's argsort orders"),
     "bench-data": ("gfmtune.data.bench", "benchmark the Zarr reader against raw .npy reads"),
     "bench-train": ("gfmtune.bench.train", "training speed: gfmtune's path against the authors'"),
+    "plan": ("gfmtune.plan.command", "FLOPs, GPU-hours and disk of the configured grid"),
     "params": ("gfmtune.models.params", "parameter table of the paper-size models"),
     "weights": ("gfmtune.models.weights", "fetch and verify a pretrained checkpoint"),
     "train": ("gfmtune.train.job", "train and evaluate one grid cell"),
