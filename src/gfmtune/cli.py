@@ -29,6 +29,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "results": ("gfmtune.results.report", "tables, figures and claims from finished cells"),
     "training-curves": ("gfmtune.results.training", "training loss and validation per epoch"),
     "predict-maps": ("gfmtune.results.maps", "GeoTIFF test maps of each family's best cell"),
+    "bench-validation": (
+        "gfmtune.bench.validation",
+        "what the non-paper validation switches change",
+    ),
     "gpu-check": ("gfmtune.bench.gpu_check", "what gfmtune does on a GPU, in about 8 minutes"),
     "gpu-wheels": ("gfmtune.bench.wheels", "wheels a bare, offline GPU machine needs"),
 }

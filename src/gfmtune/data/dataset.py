@@ -35,6 +35,7 @@ NORMS = ("paper", "train_folds")
 NODATA_MODES = ("keep", "zero")
 FRAME_DRAWS = ("none", "authors")
 DRAWN_FRAMES = 50  # the authors' draw keeps this many frames of a longer series
+SAMPLE_SEED = 0  # draws a dataset's ``sample`` of patches: the same for every cell and run
 
 
 class ManifestError(ValueError):
@@ -277,7 +278,8 @@ class PastisZarrDataset(Dataset):
     :meth:`evaluation`. ``norm``: ``"paper"`` or ``"train_folds"`` statistics; ``nodata``:
     ``"keep"`` or ``"zero"``; ``backend`` and ``threads``: see :class:`FrameReader`; ``draw``:
     an :class:`AuthorsDraw` for series longer than 50 frames (None: the manifest's frames).
-    ``normalise`` turns the images into the model's input (:func:`model_frames`).
+    ``normalise`` turns the images into the model's input (:func:`model_frames`). ``sample``:
+    only this many of the patches, drawn once with :data:`SAMPLE_SEED` (None: all).
     """
 
     def __init__(
@@ -292,6 +294,7 @@ class PastisZarrDataset(Dataset):
         backend: str | None = None,
         threads: int | None = None,
         draw: AuthorsDraw | None = None,
+        sample: int | None = None,
     ) -> None:
         self.reader = FrameReader(store, backend, threads)
         self.folds = _as_folds(folds)
@@ -302,6 +305,9 @@ class PastisZarrDataset(Dataset):
         if len(positions) == 0:
             where = f" of {label_split}" if label_split is not None else ""
             raise ManifestError(f"{store}: no patches{where} in folds {self.folds}")
+        if sample is not None and sample < len(positions):  # the same patches for every cell
+            picked = np.random.default_rng(SAMPLE_SEED).choice(positions, sample, replace=False)
+            positions = np.sort(picked)
         self.positions = positions
         self._check_scored(label_split)
         self.frames, self.days = read_timesteps(self.reader, timesteps, positions)

@@ -336,7 +336,9 @@ class CellJob:
         draw = functools.partial(frame_draw, self.s.frame_draw, self.cell.seed)
         return [
             PastisZarrDataset.training(store, split, ts, draw=draw("train"), **kw),
-            PastisZarrDataset.evaluation(store, ts, VAL_FOLD, draw=draw("val"), **kw),
+            PastisZarrDataset.evaluation(
+                store, ts, VAL_FOLD, draw=draw("val"), sample=self.s.val_patches, **kw
+            ),
             PastisZarrDataset.evaluation(store, ts, TEST_FOLD, draw=draw("test"), **kw),
         ]
 

@@ -24,6 +24,7 @@ class TrainSettings:
     milestones: tuple[float, ...] = (0.6, 0.9)  # fractions of all iterations
     gamma: float = 0.1
     val_every: int = 1
+    val_patches: int | None = None  # validate on this many patches of fold 4 (None: all of it)
     eval_batch_size: int = 8  # validation and test; metrics do not depend on it (CROMA: x 4)
     eval_cache: bool = False  # frozen CROMA: validation/test window features computed once
     select_metric: str = "miou_paper"  # validation metric that picks the best checkpoint
