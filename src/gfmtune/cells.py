@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from gfmtune.config import ConfigError
+from gfmtune.data.manifests import PAPER_BASE_FRAMES
 from gfmtune.models.catalog import facts
 
 #: The split every run trains on; ``manifests.split_variants`` name the others.
@@ -38,8 +39,19 @@ def percents(config: dict[str, Any]) -> list[str]:
 
 
 def timesteps(config: dict[str, Any]) -> list[int]:
-    """``manifests.timesteps``: the series lengths."""
-    return [int(t) for t in config["manifests"]["timesteps"]]
+    """``manifests.timesteps``: the series lengths; with the paper's strategy none above its
+    base grid (known from the configuration alone, so refused before any work; a length above
+    the data's series is refused when the manifests are written)."""
+    chosen = [int(t) for t in config["manifests"]["timesteps"]]
+    if config["manifests"]["timestep_strategy"] == "paper":
+        for i, t in enumerate(chosen):
+            if t > PAPER_BASE_FRAMES:
+                raise ConfigError(
+                    f"manifests.timesteps[{i}]: {t} exceeds the {PAPER_BASE_FRAMES} frames of "
+                    "timestep_strategy 'paper' (frames would repeat); use t <= "
+                    f"{PAPER_BASE_FRAMES}, or timestep_strategy 'uniform' or 'random'"
+                )
+    return chosen
 
 
 def scarce_percents(key: str, chosen: list[float] | None, allowed: list[str]) -> list[str]:

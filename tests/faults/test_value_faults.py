@@ -133,3 +133,30 @@ def test_a_split_smaller_than_one_batch_is_said(
     else:
         assert code == 0 and "fewer than one batch of 64" in said[0]
         assert (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "manifests, named",
+    [
+        pytest.param({"timesteps": [6, 40]}, "manifests.timesteps[1]: 40 exceeds the 35 frames",
+                     id="paper-40"),
+        pytest.param({"timesteps": [36], "label_percents": [10]},
+                     "manifests.timesteps[0]: 36 exceeds", id="paper-36"),
+    ],
+)  # fmt: skip
+def test_paper_timesteps_above_35_stop_the_dry_run(
+    tmp_path: Path, manifests: dict, named: str
+) -> None:
+    """Known from the configuration alone: refused before the download, not after it."""
+    code, out, err = dry_run(tmp_path, config={"manifests": manifests})
+    assert code != 0 and named in out + err and "'uniform' or 'random'" in out + err
+    assert len((out + err).strip().splitlines()) < 10, out + err
+    assert not (tmp_path / "results").exists()
+
+
+def test_uniform_timesteps_above_35_plan(tmp_path: Path) -> None:
+    overlay = {"manifests": {"timesteps": [40], "timestep_strategy": "uniform",
+                             "label_percents": [10]}}  # fmt: skip
+    code, out, err = dry_run(tmp_path, config=overlay)
+    assert code == 0, err[-2000:]
+    assert "/timesteps~40/" in out
