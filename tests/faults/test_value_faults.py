@@ -160,3 +160,18 @@ def test_uniform_timesteps_above_35_plan(tmp_path: Path) -> None:
     code, out, err = dry_run(tmp_path, config=overlay)
     assert code == 0, err[-2000:]
     assert "/timesteps~40/" in out
+
+
+def test_a_failed_job_shows_its_cause_on_the_terminal(tmp_path: Path) -> None:
+    """The workflow profile (profiles/default) prints a failed job's log: the one line that
+    says why is on the terminal, not only in the file."""
+    config = {"run": "fail", "models": ["utae_tiny"],
+              "data": {"source": "synthetic",
+                       "synthetic": {"patches": 10, "size": 16, "frames_per_tile": [5, 7]}},
+              "manifests": {"label_percents": [100], "timesteps": [6]}}  # fmt: skip
+    result = run_snakemake(tmp_path, "--cores", "1", "--until", "timestep_manifest",
+                           config=config)  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Logfile results/fail/logs/timesteps_6.log:" in output
+    assert "ERROR gfmtune: timesteps t=6 with strategy 'paper' exceeds the 5 frames" in output
