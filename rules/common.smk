@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import json
+import os
 import sys
 
 import pandas as pd
@@ -35,6 +36,9 @@ RUN = Path("results") / config["run"]
 DATA = config["data"]
 MANIFESTS = config["manifests"]
 CONDA_ENV = "../envs/gfmtune.yaml"
+# Where that env and its post-deploy script find the lock and this project: Snakemake copies
+# them to its conda prefix before conda's pip runs them (docs/install.md, "conda").
+os.environ.update(GFMTUNE_WORKFLOW=workflow.basedir)  # set here, not read: no envvars directive
 
 
 #: Label fractions as file names write them, series lengths, label-split variants and the

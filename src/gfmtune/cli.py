@@ -11,6 +11,7 @@ import importlib
 import logging
 import sys
 
+from gfmtune import __version__
 from gfmtune.models.plugins import load_plugins, plugins_from_env
 
 #: subcommand -> (module, one-line help)
@@ -42,12 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="gfmtune", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"gfmtune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0
+    if argv[0] == "--version":
+        parser.parse_args(argv[:1])  # prints the version and exits
     verbose = argv[0] in ("-v", "--verbose")
     argv = argv[1:] if verbose else argv
     name = argv[0]

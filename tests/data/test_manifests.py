@@ -15,7 +15,7 @@ from gfmtune import pastis
 from gfmtune.cli import main
 from gfmtune.config import ConfigError, validate_config
 from gfmtune.data import manifests as mf
-from tests.workflow_helpers import REPO, run_snakemake
+from tests.workflow_helpers import REPO, job_counts, run_snakemake
 
 
 def _floor_linspace(stop: int, num: int) -> list[int]:
@@ -212,8 +212,6 @@ def test_review_overlaps_cover_every_variant() -> None:
 
 @pytest.mark.parametrize("variant", list(mf.ARGSORT_VARIANTS))
 def test_shipped_orders_reproduce_the_review_overlaps(variant: str) -> None:
-    if not (mf.ARGSORT_DIR / f"{variant}.csv").is_file():
-        pytest.skip(f"{variant}.csv not shipped: needs `gfmtune argsort-orders` on an AVX-512 CPU")
     fold, labels = _paper_store()
     train = np.concatenate([np.flatnonzero(fold == f) for f in pastis.TRAIN_FOLDS])
     assert len(train) == mf.PAPER_N_TRAIN
@@ -279,11 +277,21 @@ def test_config_argsort_defaults_to_identity_and_is_an_enum() -> None:
         validate_config(config)
 
 
-def test_workflow_refuses_an_ungenerated_variant_before_any_job(tmp_path: Path) -> None:
-    if (mf.ARGSORT_DIR / "avx512.csv").is_file():
-        pytest.skip("avx512.csv has been generated")
-    done = run_snakemake(tmp_path, "-n", config={"manifests": {"argsort": "avx512"}})
-    output = done.stdout + done.stderr
-    assert done.returncode != 0
-    assert "avx512.csv: argsort variant 'avx512'" in output
-    assert "run `gfmtune argsort-orders` on a CPU with AVX-512" in output
+def test_shipped_provenance_matches_each_order() -> None:
+    for variant in mf.ARGSORT_VARIANTS:
+        meta = yaml.safe_load((mf.ARGSORT_DIR / f"{variant}.yaml").read_text())
+        assert meta["variant"] == variant and meta["n"] == mf.PAPER_N_TRAIN
+        assert tuple(meta["first_k_in_fold_order"].values()) == REVIEW_OVERLAPS[variant]
+        assert meta["generated"]["cpu_avx512"] == (variant == "avx512")
+
+
+def test_workflow_plans_every_variant_as_main_split_and_as_split_variant(tmp_path: Path) -> None:
+    variants = {name: {"argsort": name} for name in mf.ARGSORT_VARIANTS if name != "identity"}
+    config = {"manifests": {"argsort": "avx512", "split_variants": variants}}
+    done = run_snakemake(tmp_path, "-n", "-p", "--cores", "1", config=config)
+    assert done.returncode == 0, done.stderr
+    assert "--strategy paper --seed 0 --argsort avx512" in done.stdout
+    for name in variants:
+        assert f"manifests/label_split~{name}/1.csv' --timesteps" in done.stdout, name
+    counts = job_counts(done.stdout)
+    assert counts["train"] == 140 and counts["train_variant"] == len(variants) * 70
