@@ -21,18 +21,28 @@ def test_cpu_fallback_and_precision() -> None:
 
 
 @pytest.fixture
-def three_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+def current(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A fake CUDA with three GPUs; the returned list holds the current device, last."""
+    current = [0]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[-1])
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: current.append(index))
+    return current
+
+
+@pytest.fixture
+def three_gpus(current: list[int], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv(devices.LOCK_DIR_ENV, str(tmp_path))
     return tmp_path
 
 
-def test_concurrent_jobs_claim_distinct_gpus(three_gpus: Path) -> None:
+def test_concurrent_jobs_claim_distinct_gpus(three_gpus: Path, current: list[int]) -> None:
     with devices.claimed_device() as a, devices.claimed_device() as b:
         with devices.claimed_device() as c:
             assert [a.index, b.index, c.index] == [0, 1, 2]
+            assert current[-3:] == [0, 1, 2]  # each claim made its GPU the current device
         # a and b still hold GPUs 0 and 1; two more jobs: one gets GPU 2, the other times out
         claim = devices.claimed_device(poll_s=0.01, timeout_s=0.05)
         with devices.claimed_device() as c2, pytest.raises(RuntimeError, match="no free GPU"):
@@ -45,10 +55,23 @@ def test_concurrent_jobs_claim_distinct_gpus(three_gpus: Path) -> None:
 
 def test_preset_visible_devices_are_respected(three_gpus: Path, monkeypatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
-    monkeypatch.setattr(devices, "select_device", lambda name: torch.device("cuda"))
     with devices.claimed_device() as device:
-        assert device == torch.device("cuda")
+        assert device == torch.device("cuda", 0)  # the one visible GPU
     assert not list(three_gpus.iterdir()), "no lock taken when the scheduler chose the GPU"
+
+
+@pytest.mark.parametrize(("name", "index"), [("cuda:2", 2), ("cuda", 1), ("auto", 1)])
+def test_the_jobs_gpu_becomes_the_current_device(
+    current: list[int], monkeypatch: pytest.MonkeyPatch, name: str, index: int
+) -> None:
+    """Else the DataLoader's pin-memory thread, and all that runs on the current device, opens
+    a CUDA context on GPU 0 too. ``cuda`` and a scheduler's one GPU: the current device."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,6,7")
+    current.append(1)  # as torch.cuda.set_device(1) earlier in the process would leave it
+    with devices.claimed_device(name) as device:
+        assert device == torch.device("cuda", index) and current[-1] == index
+    with devices.claimed_device("cpu") as device:
+        assert device == torch.device("cpu") and current[-1] == index
 
 
 @pytest.fixture

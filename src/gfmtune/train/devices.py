@@ -4,6 +4,7 @@ deterministic algorithms and ``torch.compile`` as the training settings ask.
 On a workstation with several GPUs Snakemake does not set ``CUDA_VISIBLE_DEVICES``, so each
 training job claims a free GPU through an exclusive lock file per device (released when the
 process ends, even when killed). A preset ``CUDA_VISIBLE_DEVICES`` (SLURM sets it) is respected.
+The job's GPU is made the current CUDA device (:func:`make_current`).
 """
 
 from __future__ import annotations
@@ -127,13 +128,25 @@ def lock_dir() -> Path:
     return Path(os.environ.get(LOCK_DIR_ENV, Path(tempfile.gettempdir()) / "gfmtune-gpu-locks"))
 
 
+def make_current(device: torch.device) -> torch.device:
+    """``device``, made the current CUDA device (with its index; ``cuda`` is the current one):
+    what torch puts on ``cuda`` without an index, the DataLoader's pin-memory thread included,
+    then goes there, not to GPU 0. The CPU is returned as it is."""
+    if device.type != "cuda":
+        return device
+    index = torch.cuda.current_device() if device.index is None else device.index
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
 @contextmanager
 def claimed_device(name: str = "auto", poll_s: float = 5.0, timeout_s: float | None = None
                    ) -> Iterator[torch.device]:  # fmt: skip
-    """The device for this job; with ``auto`` and several visible GPUs, one claimed exclusively."""
+    """The device for this job, made current (:func:`make_current`); with ``auto`` and several
+    visible GPUs, one claimed exclusively."""
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if name != "auto" or count <= 1 or "CUDA_VISIBLE_DEVICES" in os.environ:
-        yield select_device(name)
+        yield make_current(select_device(name))
         return
     folder = lock_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -148,7 +161,7 @@ def claimed_device(name: str = "auto", poll_s: float = 5.0, timeout_s: float | N
                 continue
             log.info("claimed GPU %d of %d (lock %s)", index, count, handle.name)
             try:
-                yield torch.device("cuda", index)
+                yield make_current(torch.device("cuda", index))
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
                 handle.close()
