@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -72,6 +75,47 @@ def test_the_jobs_gpu_becomes_the_current_device(
         assert device == torch.device("cuda", index) and current[-1] == index
     with devices.claimed_device("cpu") as device:
         assert device == torch.device("cpu") and current[-1] == index
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.fixture
+def lock_folder(current: list[int], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The GPU lock folder of three fake GPUs, not yet created."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv(devices.LOCK_DIR_ENV, str(tmp_path / "shared" / "locks"))
+    return tmp_path / "shared" / "locks"
+
+
+def claim(claimed: AbstractContextManager[torch.device]) -> torch.device:
+    """The device a job claims (released at once)."""
+    with claimed as device:
+        return device
+
+
+def test_lock_folder_and_files_serve_every_user_whatever_the_umask(lock_folder: Path) -> None:
+    """A folder of mode 1777 (like /tmp) and lock files of 0666: under a umask of 0022 or 0077
+    they were 0755 / 0644, so another user's job failed with PermissionError."""
+    with umask(0o077):
+        with devices.claimed_device(), devices.claimed_device():
+            assert mode(lock_folder) == 0o1777
+        lock_folder.joinpath("gpu2.lock").touch(mode=0o644)  # ours, by an older gfmtune
+        with devices.claimed_device(), devices.claimed_device(), devices.claimed_device():
+            pass
+    assert {p.name: mode(p) for p in lock_folder.iterdir()} == dict.fromkeys(
+        ["gpu0.lock", "gpu1.lock", "gpu2.lock"], 0o666
+    )
 
 
 @pytest.fixture

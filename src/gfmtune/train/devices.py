@@ -3,7 +3,8 @@ deterministic algorithms and ``torch.compile`` as the training settings ask.
 
 On a workstation with several GPUs Snakemake does not set ``CUDA_VISIBLE_DEVICES``, so each
 training job claims a free GPU through an exclusive lock file per device (released when the
-process ends, even when killed). A preset ``CUDA_VISIBLE_DEVICES`` (SLURM sets it) is respected.
+process ends, even when killed), in a folder shared by every user's jobs (mode 1777, lock files
+0666). A preset ``CUDA_VISIBLE_DEVICES`` (SLURM sets it) is respected.
 The job's GPU is made the current CUDA device (:func:`make_current`).
 """
 
@@ -14,6 +15,7 @@ import fcntl
 import logging
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -128,6 +130,59 @@ def lock_dir() -> Path:
     return Path(os.environ.get(LOCK_DIR_ENV, Path(tempfile.gettempdir()) / "gfmtune-gpu-locks"))
 
 
+def shared_folder(folder: Path) -> Path:
+    """``folder``, created for every user's jobs if missing: mode 1777 like ``/tmp`` (anyone
+    creates lock files there; only its owner removes one), whatever the umask."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return folder
+    folder.chmod(0o1777)
+    return folder
+
+
+def open_lock(path: Path) -> int:
+    """A read-write descriptor of the GPU lock file ``path``, of mode 0666 whatever the umask,
+    so that other users' jobs can lock it too (one of ours made with the umask's mode by an
+    older gfmtune is changed). An existing file is opened without ``O_CREAT``, which
+    ``fs.protected_regular`` refuses for another user's file in a sticky folder."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        fd = _create_lock(path)
+    except PermissionError as err:
+        raise lock_permission_error(path, "open") from err
+    if os.fstat(fd).st_uid == os.geteuid():
+        os.fchmod(fd, 0o666)
+    return fd
+
+
+def _create_lock(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:  # another job created it meanwhile
+        return open_lock(path)
+    except PermissionError as err:
+        raise lock_permission_error(path.parent, "create a lock file in") from err
+
+
+def lock_permission_error(path: Path, action: str) -> PermissionError:
+    """What to do about a GPU lock file or folder this user may not use (another user's,
+    made by an older gfmtune with the umask's mode)."""
+    try:
+        info = path.stat()
+        found = f"owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}"
+    except OSError as err:
+        found = str(err)
+    wanted = "1777" if path.is_dir() else "0666"
+    return PermissionError(
+        f"cannot {action} {path} ({found}): GPU lock files are shared by every user's jobs; "
+        f"ask its owner to chmod {wanted} it (or remove it), or set {LOCK_DIR_ENV} to a "
+        "folder of your own (then jobs of other users may share your GPUs)"
+    )
+
+
 def make_current(device: torch.device) -> torch.device:
     """``device``, made the current CUDA device (with its index; ``cuda`` is the current one):
     what torch puts on ``cuda`` without an index, the DataLoader's pin-memory thread included,
@@ -148,23 +203,23 @@ def claimed_device(name: str = "auto", poll_s: float = 5.0, timeout_s: float | N
     if name != "auto" or count <= 1 or "CUDA_VISIBLE_DEVICES" in os.environ:
         yield make_current(select_device(name))
         return
-    folder = lock_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = shared_folder(lock_dir())
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         for index in range(count):
-            handle = open(folder / f"gpu{index}.lock", "w")  # noqa: SIM115 (held until release)
+            path = folder / f"gpu{index}.lock"
+            fd = open_lock(path)
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                handle.close()
+                os.close(fd)
                 continue
-            log.info("claimed GPU %d of %d (lock %s)", index, count, handle.name)
+            log.info("claimed GPU %d of %d (lock %s)", index, count, path)
             try:
                 yield make_current(torch.device("cuda", index))
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
             return
         if deadline is not None and time.monotonic() > deadline:
             raise RuntimeError(f"no free GPU among {count} after {timeout_s} s (locks in {folder})")
