@@ -156,6 +156,18 @@ def test_tf32_only_under_autocast(
     assert torch.backends.cudnn.allow_tf32 is cudnn_tf32
 
 
+@pytest.mark.parametrize(
+    ("device", "deterministic", "benchmark"),
+    [("cuda", False, True), ("cuda", True, False), ("cpu", False, False)],
+)
+def test_cudnn_benchmarks_the_static_shapes_on_cuda_unless_deterministic(
+    backend_flags, device: str, deterministic: bool, benchmark: bool
+) -> None:
+    torch.backends.cudnn.benchmark = not benchmark
+    devices.configure_backends(torch.device(device), "auto", deterministic)
+    assert torch.backends.cudnn.benchmark is benchmark
+
+
 def test_deterministic_warns_where_torch_has_no_deterministic_kernel(backend_flags) -> None:
     torch.backends.cudnn.benchmark = True
     devices.configure_backends(torch.device("cpu"), "auto", deterministic=True)

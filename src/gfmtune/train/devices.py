@@ -97,20 +97,21 @@ def configure_backends(device: torch.device, precision: str, deterministic: bool
     torch's defaults hold. ``deterministic``: torch's deterministic algorithms wherever one
     exists; an op with none runs as it is, with torch's warning naming it (``warn_only``: four
     of ours on CUDA, docs/performance.md); cuBLAS gets the fixed workspace this requires and
-    cuDNN no benchmarking.
+    cuDNN no benchmarking. Otherwise on CUDA cuDNN benchmarks its convolution algorithms once
+    per input shape, which a job repeats all along (a pass's last, smaller batch adds one).
     """
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = amp_dtype(device, precision) is not None
-    if deterministic:
-        if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in DETERMINISTIC_CUBLAS:
-            os.environ["CUBLAS_WORKSPACE_CONFIG"] = DETERMINISTIC_CUBLAS[0]
-        torch.backends.cudnn.benchmark = False
+    if deterministic and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in DETERMINISTIC_CUBLAS:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = DETERMINISTIC_CUBLAS[0]
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=deterministic)
     log.info(
-        "precision %s, TF32 %s, deterministic algorithms %s",
+        "precision %s, TF32 %s, deterministic algorithms %s, cuDNN benchmark %s",
         precision,
         "off" if not torch.backends.cudnn.allow_tf32 else "cuDNN only",
         "on" if deterministic else "off",
+        "on" if torch.backends.cudnn.benchmark else "off",
     )
 
 
