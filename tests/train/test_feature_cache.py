@@ -4,6 +4,7 @@ windows are cached, its random training crops not."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,7 +23,8 @@ from gfmtune.pastis import TEST_FOLD, VAL_FOLD
 from gfmtune.train import feature_cache, job
 from gfmtune.train.feature_cache import ALL_FOLDS, CachedFeatures, FeatureCache, cache_key
 from gfmtune.train.job import Cell, CellJob
-from tests.train.conftest import FAST, inputs
+from gfmtune.train.loop import evaluate
+from tests.train.conftest import FAST, inputs, out_of_memory_once
 
 
 def _job(base: Path, out: Path, cell: Cell, cache: Path | None, settings=FAST) -> CellJob:
@@ -185,6 +187,38 @@ def test_interrupted_build_resumes_at_the_rows_not_done(
     assert cache.complete and not cache.partial.exists()
     for resumed, whole in zip(_arrays(cache.dir), _arrays(built.dir), strict=True):
         np.testing.assert_array_equal(resumed, whole)
+
+
+def test_build_out_of_memory_encodes_fewer_patches_to_the_same_features(
+    train_data: Path, built: FeatureCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    cache, sizes, encode = FeatureCache(tmp_path, "key"), [], feature_cache.cached_levels
+
+    def levels(model, spec, images, *args):
+        sizes.append(len(images))
+        if len(sizes) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return encode(model, spec, images, *args)
+
+    monkeypatch.setattr(feature_cache, "cached_levels", levels)
+    with caplog.at_level(logging.WARNING):
+        _build(cache, _store(train_data))
+    assert sizes == [4] + [2] * 20  # the failed call, then halves of every batch of 4
+    assert "out of GPU memory encoding 4 samples at a time: 2 at a time" in caplog.text
+    for halved, whole in zip(_arrays(cache.dir), _arrays(built.dir), strict=True):
+        np.testing.assert_array_equal(halved, whole)
+
+
+def test_evaluation_from_cached_features_out_of_memory_halves_to_the_same_result(
+    train_data: Path, built: FeatureCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, spec, cpu = _model(), get_spec("dino_tiny"), torch.device("cpu")
+    loader = DataLoader(CachedFeatures(_store(train_data), built), batch_size=8)
+    whole = evaluate(model, spec, loader, cpu, None, per_sample=True)
+    sizes = out_of_memory_once(monkeypatch, model, "decode")
+    halved = evaluate(model, spec, loader, cpu, None, per_sample=True)
+    assert sizes == [8] + [4] * 10
+    np.testing.assert_array_equal(halved.per_sample_numpy(), whole.per_sample_numpy())
 
 
 def test_row_written_but_not_marked_done_is_computed_again(

@@ -30,6 +30,7 @@ and rebuilt.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import importlib.metadata
 import inspect
@@ -54,7 +55,7 @@ from gfmtune.lockfile import held
 from gfmtune.models.policies import InputPolicy
 from gfmtune.models.registry import ModelSpec
 from gfmtune.tensorio import CorruptFileError
-from gfmtune.train.loop import autocast
+from gfmtune.train.loop import HalvingParts, autocast
 from gfmtune.verify import file_digest
 
 log = logging.getLogger(__name__)
@@ -249,12 +250,17 @@ class FeatureCache:
         amp: torch.dtype | None,
         progress: bool = True,
     ) -> None:
-        """Compute the features of ``dataset``'s patches (whoever asks first)."""
+        """Compute the features of ``dataset``'s patches (whoever asks first); after a CUDA
+        out-of-memory error in fewer patches per encoder call (:class:`HalvingParts`), to the
+        same features."""
         model.eval()
+        halving = HalvingParts("encoding")
 
         def encode(batch: dict) -> list[torch.Tensor]:
             frames = model_frames(batch["image"], dataset.normalise, device)
-            return cached_levels(model, spec, frames, device, amp)
+            run = functools.partial(_levels_of, model, spec, frames, device, amp)
+            parts = [levels for _, levels in halving.parts(len(frames), run)]
+            return [torch.cat(level) for level in zip(*parts, strict=True)]
 
         self.fill(dataset, encode, progress)
 
@@ -398,6 +404,18 @@ def cached_levels(
     if spec.policy.windowed:
         levels = [level.unflatten(0, (len(images), -1)) for level in levels]
     return levels
+
+
+def _levels_of(
+    model: nn.Module,
+    spec: ModelSpec,
+    frames: torch.Tensor,
+    device: torch.device,
+    amp: torch.dtype | None,
+    part: slice,
+) -> list[torch.Tensor]:
+    """:func:`cached_levels` of the samples ``part`` of ``frames``."""
+    return cached_levels(model, spec, frames[part], device, amp)
 
 
 class CachedFeatures(Dataset):
