@@ -107,9 +107,11 @@ log = logging.getLogger(__name__)
 STATE, BEST, METRICS = "state.pt", "best.pt", "metrics.json"
 FAILED = "failed.json"  # the last attempt's error, when a retry would repeat it
 LOCK = "train.lock"  # held by the job training the cell (gfmtune.lockfile)
-#: ``workers: auto`` starts at most this many (the SLURM profile grants a training job 8 CPUs);
-#: each worker holds PREFETCH batches in /dev/shm, 92 MB each at t = 35, 128 px, batch 8.
-MAX_AUTO_WORKERS = 8
+#: ``workers: auto`` starts at most this many: the 16 CPUs the SLURM profile and the train rule
+#: ask for, but the main process's. At t = 35 one worker delivers 20-29 samples/s, so 15 bound a
+#: step of batch 8 at 18-27 ms (8 bound it at 35-50 ms, slower than frozen DINO's ~30 ms of
+#: compute). Each holds PREFETCH batches in /dev/shm (docs/performance.md: Data path).
+MAX_AUTO_WORKERS = 15
 #: Batches each worker prepares ahead (DataLoader ``prefetch_factor``).
 PREFETCH = 2
 _clock = time.monotonic  # when state.pt is due (tests replace it)
