@@ -150,7 +150,7 @@ def key_of(name: str, timesteps: Path) -> str:
     """The feature-cache key of model ``name`` (weights drawn from seed 0) on fixed data."""
     torch.manual_seed(0)
     model = build_model(name, encoder_trainable=False)
-    return cache_key(get_spec(name), model.encoder, "digest", timesteps, "dataset", "zero", None)
+    return cache_key(get_spec(name), model, "digest", timesteps, "dataset", "zero", None)
 
 
 def edited_copy(module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: bool) -> None:
@@ -171,6 +171,8 @@ KEY_CHANGES = {  # case -> (model, change made between two keys, whether the key
         "dino_tiny", lambda c: c.copy("gfmtune.models.dino", True), True),
     "shipped encoder module as it was": (
         "dino_tiny", lambda c: c.copy("gfmtune.models.dino", False), False),
+    "model's encode module edited": (
+        "dino_tiny", lambda c: c.copy("gfmtune.models.upernet", True), True),
     "input policy module edited": (
         "dino_tiny", lambda c: c.copy("gfmtune.models.policies", True), True),
     "plug-in's policy module edited": (

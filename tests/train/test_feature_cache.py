@@ -56,6 +56,36 @@ def test_cache_gives_the_uncached_result(train_data: Path, tmp_path: Path) -> No
     assert {p: p.stat().st_mtime_ns for p in caches[0].iterdir()} == before
 
 
+def test_levels_round_to_bf16_alike_for_the_decoder_and_the_cache(train_data: Path) -> None:
+    """timm's ViT keeps DINO's levels in fp32 under autocast (a cache twice the size of bf16's):
+    ``encode`` rounds them to autocast's dtype, in the uncached path and for the cache alike."""
+    model, spec, cpu, data = (
+        _model(),
+        get_spec("dino_tiny"),
+        torch.device("cpu"),
+        _store(train_data),
+    )
+    frames = model_frames(next(iter(DataLoader(data, 4)))["image"], data.normalise, cpu)
+    cached = feature_cache.cached_levels(model, spec, frames, cpu, torch.bfloat16)
+    assert {level.dtype for level in cached} == {torch.bfloat16}
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        uncached = spec.policy.predict(lambda x, size: model(x, size), frames)
+        from_cache = spec.policy.eval_decoded(model.decode, cached, (32, 32))
+    assert torch.equal(uncached, from_cache)
+
+
+def test_bf16_cache_is_half_the_size_and_gives_the_uncached_result(
+    train_data: Path, tmp_path: Path
+) -> None:
+    cell, bf16 = Cell("dino_tiny", 0.0, "100", 6), replace(FAST, precision="bf16", epochs=2)
+    plain = _job(train_data, tmp_path / "plain", cell, None, bf16).run()
+    cached = _job(train_data, tmp_path / "cached", cell, tmp_path / "cache", bf16).run()
+    assert cached["test"] == plain["test"] and cached["best_epoch"] == plain["best_epoch"]
+    (folder,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    levels = json.loads((folder / "index.json").read_text())["levels"]
+    assert {level["dtype"] for level in levels} == {"torch.bfloat16"}
+
+
 def test_cache_off_when_switched_off_and_for_trainable_encoders(train_data, tmp_path) -> None:
     cache = tmp_path / "cache"
     assert not FAST.eval_cache  # the default
@@ -119,8 +149,8 @@ def test_eval_cache_of_frozen_croma_gives_the_uncached_evaluation(
 
 def test_eval_cache_key_holds_the_window_geometry(train_data: Path) -> None:
     spec = get_spec("croma_tiny")
-    encoder = build_model("croma_tiny", encoder_trainable=False).encoder
-    args = (spec, encoder, "digest", train_data / "timesteps" / "6.csv", "paper", "keep", None)
+    model = build_model("croma_tiny", encoder_trainable=False)
+    args = (spec, model, "digest", train_data / "timesteps" / "6.csv", "paper", "keep", None)
     keys = {
         cache_key(*args),
         cache_key(*args, window_corners((32, 32), 24)),
@@ -268,8 +298,8 @@ def test_old_per_patch_format_is_not_read(train_data: Path, tmp_path: Path) -> N
     sizes = {"1": (cache.dir / "1.pt").stat().st_size}
     (cache.dir / "complete.json").write_text(json.dumps({"patches": 1, "sizes": sizes}))
     assert not cache.complete
-    spec, encoder = get_spec("dino_tiny"), build_model("dino_tiny").encoder
-    args = (spec, encoder, "digest", train_data / "timesteps" / "6.csv", "paper", "keep", None)
+    spec, model = get_spec("dino_tiny"), build_model("dino_tiny")
+    args = (spec, model, "digest", train_data / "timesteps" / "6.csv", "paper", "keep", None)
     assert cache_key(*args) != cache_key(*args, [(0, 0)])
 
 

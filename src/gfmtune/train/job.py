@@ -388,7 +388,7 @@ class CellJob:
         windows = None if fixed else window_corners(patch, self.spec.policy.size)
         key = cache_key(
             self.spec,
-            model.encoder,
+            model,
             digest,
             self.inputs.timesteps,
             self.s.norm,
