@@ -148,7 +148,7 @@ def test_plugin_encoder_through_the_workflow(
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     config |= {"run": "plug", "models": ["conv_plugin"], "plugins": [plugin]}
     config["manifests"] = {"label_percents": [100], "timesteps": [1]}
-    config["train"] |= {"ft_rates": [0.0], "device": "cpu"}  # only *_tiny fall back by themselves
+    config["train"] |= {"ft_rates": [0.0]}
     config["train"]["settings"] |= {"epochs": 1}
     paths = [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
