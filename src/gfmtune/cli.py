@@ -21,7 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("gfmtune.data.store", "convert the S2 series and labels to the Zarr store"),
     "manifests": ("gfmtune.data.manifests", "write label-split and timestep manifests"),
     "argsort-orders": ("gfmtune.data.argsort_orders", "generate the paper split's argsort orders"),
-    "bench-data": ("gfmtune.data.bench", "benchmark the Zarr reader against raw .npy reads"),
+    "bench-data": ("gfmtune.bench.reader", "benchmark the Zarr reader against raw .npy reads"),
     "bench-train": ("gfmtune.bench.train", "training speed: gfmtune's path against the authors'"),
     "plan": ("gfmtune.plan.command", "FLOPs, GPU-hours and disk of the configured grid"),
     "params": ("gfmtune.models.params", "parameter table of the paper-size models"),
