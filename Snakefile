@@ -10,7 +10,7 @@ min_version("9.0")
 configfile: Path(workflow.basedir) / "workflow_config.yaml"
 
 
-report: "rules/report/workflow.rst"
+report: "rules/captions/workflow.rst"
 
 
 include: "rules/common.smk"
@@ -21,7 +21,8 @@ include: "rules/manifests.smk"
 include: "rules/train.smk"
 include: "rules/results.smk"
 include: "rules/maps.smk"
-include: "rules/report.smk"
+include: "rules/training_curves.smk"
+include: "rules/run_config.smk"
 
 
 # Downloads run where Snakemake runs (the submitting host under SLURM), since compute nodes

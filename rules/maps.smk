@@ -13,7 +13,7 @@ rule predict_maps:
         maps=directory(RUN / "maps"),
         figure=report(
             RUN / "figures" / "predictions.png",
-            caption="report/predictions.rst",
+            caption="captions/predictions.rst",
             category="Maps",
         ),
     params:

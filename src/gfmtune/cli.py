@@ -27,8 +27,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "params": ("gfmtune.models.params", "parameter table of the paper-size models"),
     "weights": ("gfmtune.models.weights", "fetch and verify a pretrained checkpoint"),
     "train": ("gfmtune.train.job", "train and evaluate one grid cell"),
-    "results": ("gfmtune.results.report", "tables, figures and claims from finished cells"),
-    "training-curves": ("gfmtune.results.training", "training loss and validation per epoch"),
+    "results": ("gfmtune.results.command", "tables, figures and claims from finished cells"),
+    "training-curves": (
+        "gfmtune.results.training_curves",
+        "training loss and validation per epoch",
+    ),
     "predict-maps": ("gfmtune.results.maps", "GeoTIFF test maps of each family's best cell"),
     "bench-validation": (
         "gfmtune.bench.validation",
