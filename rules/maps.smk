@@ -3,6 +3,9 @@
 # Not part of the run with keep_checkpoint none (MAPS): asked for by name, it stops at once.
 
 
+include: "helpers/maps.smk"
+
+
 rule predict_maps:
     input:
         table=RUN / "tables" / "miou.csv",

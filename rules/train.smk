@@ -2,6 +2,9 @@
 # The cell folder keeps its resumable state when a job is killed; metrics.json, the only
 # declared output, is written last.
 
+include: "helpers/train.smk"
+
+
 # DataLoader workers of a training job; auto asks for 8 CPUs and starts workers on all but one.
 TRAIN_WORKERS = config["train"]["settings"].get("workers", "auto")
 

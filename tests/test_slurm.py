@@ -45,7 +45,7 @@ OVERLAY = {
 }  # fmt: skip
 #: What each job must have been granted: (CPUs, memory MB, time limit), from profiles/slurm
 #: (set-threads, set-resources, default-resources) and, for training, from the overlay's
-#: train.mem_mb and train_runtime in rules/common.smk: 240 x 1 x (0.2 + 0.8 t / 35) minutes.
+#: train.mem_mb and train_runtime (rules/helpers/train.smk): 240 x 1 x (0.2 + 0.8 t / 35) min.
 GRANTED = {
     "store": (2, 16000, "04:00:00"),
     "label_splits": (1, 4000, "01:00:00"),

@@ -1,0 +1,24 @@
+# Functions of rules/train.smk (Snakemake's lint wants rule files without functions).
+
+
+def weights_stamp(wildcards):
+    ckpt = facts(wildcards.model).checkpoint
+    return [RUN / "weights" / f"{ckpt.name}.json"] if ckpt else []
+
+
+def weights_args(wildcards):
+    """``--weights-dir DIR`` for a model with a pretrained checkpoint, as separate arguments."""
+    return ["--weights-dir", config["weights"]["dir"]] if weights_stamp(wildcards) else []
+
+
+def train_runtime(wildcards, attempt):
+    """Time limit in minutes of a training job (SLURM -t): `train.runtime` is a CROMA cell's
+    at 35 frames. Scaled by the model (its catalog runtime, relative to CROMA's: the step costs
+    behind the GPU-time estimate in docs/reproduce.md, with margin), by the frames
+    (0.2 + 0.8 t / 35: a fifth does not grow with t) and by the attempt (a retry after a
+    time-out gets twice the limit, and resumes from its last finished epoch)."""
+    import math
+
+    model = facts(wildcards.model).runtime
+    frames = 0.2 + 0.8 * int(wildcards.timesteps) / 35
+    return math.ceil(config["train"]["runtime"] * model * frames * attempt)
