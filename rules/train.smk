@@ -5,7 +5,8 @@
 include: "helpers/train.smk"
 
 
-# DataLoader workers of a training job; auto asks for 8 CPUs and starts workers on all but one.
+# DataLoader workers of a training job; auto asks for 16 CPUs and starts workers on all but one
+# (gfmtune.train.job.MAX_AUTO_WORKERS, 15).
 TRAIN_WORKERS = config["train"]["settings"].get("workers", "auto")
 
 
@@ -24,7 +25,7 @@ rule train:
         device=config["train"]["device"],
         cache=RUN / "feature_cache",
         out=lambda wildcards, output: Path(output[0]).parent,
-    threads: 8 if TRAIN_WORKERS == "auto" else max(1, TRAIN_WORKERS)
+    threads: 16 if TRAIN_WORKERS == "auto" else max(1, TRAIN_WORKERS)
     resources:
         gpu=config["train"]["gpus"],
         mem_mb=config["train"]["mem_mb"],

@@ -2,7 +2,7 @@
 
 The cluster is private to the test: its own slurm.conf (through ``SLURM_CONF``), ports, munge
 socket and state folders in a temporary folder, and two scheduling-only GPU slots (character
-devices made with ``mknod``, as /dev/null). The node declares 32 CPUs and 128 GB
+devices made with ``mknod``, as /dev/null). The node declares 64 CPUs and 128 GB
 (``SlurmdParameters=config_overrides``) so that the profile's real requests are scheduled as
 they are on a cluster; the jobs still share this machine's cores. Needs root (slurmd runs the
 jobs as the submitting user, munged as user munge).
@@ -50,8 +50,8 @@ GRANTED = {
     "store": (2, 16000, "04:00:00"),
     "label_splits": (1, 4000, "01:00:00"),
     "timestep_manifest": (1, 4000, "01:00:00"),
-    "train 1": (8, 3000, "00:54:00"),
-    "train 6": (8, 3000, "01:21:00"),
+    "train 1": (16, 3000, "00:54:00"),
+    "train 6": (16, 3000, "01:21:00"),
 }
 
 
@@ -89,7 +89,7 @@ MinJobAge=3600
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 GresTypes=gpu
-NodeName={host} CPUs=32 RealMemory=128000 Gres=gpu:2 State=UNKNOWN
+NodeName={host} CPUs=64 RealMemory=128000 Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 PartitionName=cpu Nodes={host} MaxTime=INFINITE State=UP
 """

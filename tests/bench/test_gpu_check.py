@@ -70,7 +70,8 @@ def test_dry_check_runs_every_part(dry: tuple[dict, str, list[str], int]) -> Non
     assert code == 0
     parts = data["parts"]
     assert list(parts) == ["peak", "bench", "store", "loader", "cells", "compile", "numerics",
-                           "projection"]  # fmt: skip
+                           "eval_cache", "projection"]  # fmt: skip
+    assert [r["eval_cache"] for r in parts["eval_cache"]] == [False, True]
     assert data["header"]["dry"] and "Dry run" in text
     bench = parts["bench"]
     assert {(r["model"], r["regime"], r["path"]) for r in bench} == {

@@ -1,6 +1,7 @@
 """Fault matrix, second round (issue 19 §3, §4, §6): feature caches keyed by the encoder's code,
 one writer per cell folder and per store, complete caches read on a read-only file system, and a
-full disk named by path while building a cache or saving a checkpoint.
+full disk named by path while building a cache or saving a checkpoint; and (issue 20 §2) GPU lock
+files shared by every user's jobs.
 
 Each case checks the exit code (or the key), a message naming the folder, store or file (and the
 process holding it), and that no output a rerun would trust is left: the rerun then ends as an
@@ -18,8 +19,10 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,7 +37,7 @@ from gfmtune.data.store import lock_path, partial_path, progress_path
 from gfmtune.data.synthetic import SyntheticSpec, write_synthetic_pastis
 from gfmtune.models import catalog, registry
 from gfmtune.models.registry import build_model, get_spec
-from gfmtune.train import feature_cache
+from gfmtune.train import devices, feature_cache
 from gfmtune.train.feature_cache import cache_key
 from gfmtune.train.job import LOCK, Cell
 from tests.data.test_store import SLOW_CONVERT, assert_store_equals_source
@@ -55,6 +58,9 @@ from tests.faults.test_train_faults import reference as reference  # the fixture
 from tests.models.test_plugin_encoder import PLUGIN
 from tests.train.conftest import SLOW_TRAIN, kill_mid_training, train_argv
 from tests.train.conftest import train_data as train_data  # the fixture, for this module
+from tests.train.test_devices import claim, umask
+from tests.train.test_devices import current as current  # the fixtures
+from tests.train.test_devices import lock_folder as lock_folder
 
 #: Holds the lock file argv[1] (gfmtune.lockfile) until killed, saying "held" once it does.
 HOLD = """
@@ -144,7 +150,7 @@ def key_of(name: str, timesteps: Path) -> str:
     """The feature-cache key of model ``name`` (weights drawn from seed 0) on fixed data."""
     torch.manual_seed(0)
     model = build_model(name, encoder_trainable=False)
-    return cache_key(get_spec(name), model.encoder, "digest", timesteps, "dataset", "zero", None)
+    return cache_key(get_spec(name), model, "digest", timesteps, "dataset", "zero", None)
 
 
 def edited_copy(module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: bool) -> None:
@@ -165,6 +171,8 @@ KEY_CHANGES = {  # case -> (model, change made between two keys, whether the key
         "dino_tiny", lambda c: c.copy("gfmtune.models.dino", True), True),
     "shipped encoder module as it was": (
         "dino_tiny", lambda c: c.copy("gfmtune.models.dino", False), False),
+    "model's encode module edited": (
+        "dino_tiny", lambda c: c.copy("gfmtune.models.upernet", True), True),
     "input policy module edited": (
         "dino_tiny", lambda c: c.copy("gfmtune.models.policies", True), True),
     "plug-in's policy module edited": (
@@ -563,3 +571,64 @@ def test_checkpoint_save_on_a_full_disk(
     monkeypatch.undo()
     assert cli_train(utae_inputs(train_data), UTAE, out) == 0
     assert same_result(metrics(out), metrics(reference["utae"]))
+
+
+# issue 20 §2: GPU lock files shared by every user's jobs --------------------------------------
+
+
+def test_a_lock_file_this_user_may_not_open_is_named(
+    lock_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock_folder.mkdir(parents=True)
+    (lock_folder / "gpu0.lock").touch(mode=0o644)
+    real_open = os.open
+
+    def refused(path, flags, *args):  # as for another user's file, even when run as root
+        if Path(path).name == "gpu0.lock":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refused)
+    found = r"cannot open \S+/gpu0.lock \(owner uid \d+, mode 0644\): .*chmod 0666 it"
+    with pytest.raises(PermissionError, match=found + ".*GFMTUNE_GPU_LOCK_DIR"):
+        claim(devices.claimed_device())
+
+
+@contextmanager
+def acting_as(uid: int) -> Iterator[None]:
+    """This process's file accesses made as user ``uid`` (root only)."""
+    os.setegid(uid)
+    os.seteuid(uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acting as another user needs root")
+def test_another_users_job_claims_gpus_in_the_shared_folder(
+    current: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nobody = 65534
+    base = Path(tempfile.mkdtemp())
+    try:
+        base.chmod(0o755)  # every user reaches it, as /tmp
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        monkeypatch.setenv(devices.LOCK_DIR_ENV, str(base / "locks"))
+        with devices.claimed_device():  # root's job makes the folder and gpu0.lock
+            pass
+        (base / "locks" / "gpu1.lock").touch(mode=0o644)  # root's, by an older gfmtune
+        with umask(0o077), acting_as(nobody), devices.claimed_device() as device:
+            assert device.index == 0  # root's gpu0.lock
+            with pytest.raises(PermissionError, match=r"gpu1.lock \(owner uid 0, mode 0644\)"):
+                claim(devices.claimed_device())
+        (base / "locks" / "gpu1.lock").unlink()
+        with umask(0o077), acting_as(nobody), devices.claimed_device() as a:
+            assert claim(devices.claimed_device()).index == 1  # gpu1.lock made by nobody
+        made = (base / "locks" / "gpu1.lock").stat()
+        assert (made.st_uid, stat.S_IMODE(made.st_mode)) == (nobody, 0o666)
+        with devices.claimed_device() as a, devices.claimed_device() as b:  # root again
+            assert (a.index, b.index) == (0, 1)
+    finally:
+        shutil.rmtree(base)

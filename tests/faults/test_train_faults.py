@@ -29,6 +29,7 @@ from gfmtune.cli import main
 from gfmtune.data.store import convert
 from gfmtune.results.aggregate import collect
 from gfmtune.results.maps import cell_folder
+from gfmtune.tensorio import save_tensors
 from gfmtune.train.feature_cache import CachedFeatures, store_content_digest
 from gfmtune.train.job import Cell, CellJob, Inputs
 from tests.train.conftest import (
@@ -183,7 +184,9 @@ def test_bad_state_is_set_aside_and_the_cell_starts_over(
 
 @pytest.fixture(scope="module")
 def untested(train_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A U-TAE cell folder with every epoch saved (state.pt, best.pt), stopped before its test."""
+    """A U-TAE cell folder with every epoch saved (state.pt, best.pt), stopped before its test,
+    whose state.pt refers to best.pt for its best weights (as one saved after best.pt took
+    them; a state.pt saved with a new best holds them itself, and its best.pt is rewritten)."""
     out = tmp_path_factory.mktemp("untested") / "cell"
 
     def stop(*args: object) -> None:
@@ -192,6 +195,8 @@ def untested(train_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     with pytest.MonkeyPatch.context() as mp, pytest.raises(Interrupted):
         mp.setattr(CellJob, "_finish", stop)
         CellJob(UTAE, utae_inputs(train_data), SETTINGS, out, progress=False).run()
+    state = torch.load(out / "state.pt", weights_only=True)
+    save_tensors(state | {"best": None}, out / "state.pt")
     return out
 
 

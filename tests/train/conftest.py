@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from gfmtune.data.manifests import write_label_splits, write_timesteps
 from gfmtune.data.store import convert
@@ -92,3 +93,19 @@ def interrupt_after(monkeypatch: pytest.MonkeyPatch, epochs: int, pause_s: float
         return train_epoch(*args, **kwargs)
 
     monkeypatch.setattr(job, "train_epoch", epoch)
+
+
+def out_of_memory_once(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[int]:
+    """``owner.name`` raises ``torch.OutOfMemoryError`` at its first call, as CUDA would; the
+    returned list records the samples of every call (its first argument's, or of the first
+    tensor of a list: cached encoder levels)."""
+    real, sizes = getattr(owner, name), []
+
+    def call(first, *args, **kwargs):
+        sizes.append(len(first[0] if isinstance(first, list) else first))
+        if len(sizes) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(first, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, call)
+    return sizes

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gfmtune.train import job
 from gfmtune.train.job import Cell, CellJob
-from tests.train.conftest import FAST, inputs, train_argv
+from tests.train.conftest import FAST, Interrupted, inputs, interrupt_after, train_argv
 
 SETTINGS = replace(FAST, checkpoint_minutes=10)  # the default cadence: no save in a short run
 
@@ -138,8 +138,57 @@ def test_state_is_saved_when_due(
     monkeypatch.setattr(job, "train_epoch", epoch_of_4_minutes)
     monkeypatch.setattr(CellJob, "_checkpoint", recorded)
     settings = replace(SETTINGS, epochs=6, checkpoint_minutes=minutes)
-    _job(train_data, tmp_path, Cell("utae_tiny", None, "10", 1), settings).run()
-    assert saves == saved_after  # 10: at 12 min, not at 24 (the last epoch); 0: every epoch
+    best = _job(train_data, tmp_path, Cell("utae_tiny", None, "10", 1), settings).run()
+    # 10: at 12 min, not at 24 (the last epoch) unless a best found since is to go to best.pt
+    if best["best_epoch"] > saved_after[-1]:
+        saved_after = sorted({*saved_after, 6})
+    assert saves == saved_after  # 0: every epoch
+
+
+def test_a_new_best_is_kept_on_the_host_not_written(
+    train_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No state is due in 2 epochs (``checkpoint_minutes`` 10): a kill then leaves no best.pt
+    (each new best was a 0.8 GB write for CROMA-large fine-tuned); the rerun ends as an
+    uninterrupted run."""
+    cell = Cell("utae_tiny", None, "10", 6)
+    reference = _job(train_data, tmp_path / "ref", cell).run()
+    interrupt_after(monkeypatch, 2)
+    with pytest.raises(Interrupted):
+        _job(train_data, tmp_path / "cell", cell).run()
+    assert not any((tmp_path / "cell" / name).exists() for name in ("best.pt", "state.pt"))
+    monkeypatch.undo()
+    assert _job(train_data, tmp_path / "cell", cell).run()["test"] == reference["test"]
+
+
+def test_kill_between_state_and_best_resumes_to_the_states_best(
+    train_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """state.pt holds the best weights best.pt does not hold yet and is written first (after
+    the last epoch too, though no state is due then): a kill before best.pt resumes to the
+    weights that state scored (here the rerun only tests), and best.pt ends as an uninterrupted
+    run's."""
+    cell, settings = Cell("utae_tiny", None, "10", 6), replace(SETTINGS, epochs=1)  # 10 min
+    reference = _job(train_data, tmp_path / "ref", cell, settings).run()
+    out, save, written = tmp_path / "cell", job.save_tensors, []
+
+    def killed_at_best(tensors: dict, path: Path) -> None:
+        written.append(Path(path).name)
+        if Path(path).name == job.BEST:
+            raise Interrupted("killed before best.pt")
+        save(tensors, path)
+
+    monkeypatch.setattr(job, "save_tensors", killed_at_best)
+    with pytest.raises(Interrupted):
+        _job(train_data, out, cell, settings).run()
+    assert written == [job.STATE, job.BEST] and not (out / job.BEST).exists()
+    assert torch.load(out / job.STATE, weights_only=True)["best"] is not None
+    monkeypatch.undo()
+    resumed = _job(train_data, out, cell, settings).run()
+    assert resumed["test"] == reference["test"] and resumed["attempts"] == 2
+    ref_best, new_best = (torch.load(d / job.BEST) for d in (tmp_path / "ref", out))
+    assert ref_best.keys() == new_best.keys()
+    assert all(torch.equal(ref_best[k], new_best[k]) for k in ref_best)
 
 
 class _Recorded(Dataset):

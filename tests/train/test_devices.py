@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,18 +24,28 @@ def test_cpu_fallback_and_precision() -> None:
 
 
 @pytest.fixture
-def three_gpus(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+def current(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A fake CUDA with three GPUs; the returned list holds the current device, last."""
+    current = [0]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[-1])
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: current.append(index))
+    return current
+
+
+@pytest.fixture
+def three_gpus(current: list[int], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv(devices.LOCK_DIR_ENV, str(tmp_path))
     return tmp_path
 
 
-def test_concurrent_jobs_claim_distinct_gpus(three_gpus: Path) -> None:
+def test_concurrent_jobs_claim_distinct_gpus(three_gpus: Path, current: list[int]) -> None:
     with devices.claimed_device() as a, devices.claimed_device() as b:
         with devices.claimed_device() as c:
             assert [a.index, b.index, c.index] == [0, 1, 2]
+            assert current[-3:] == [0, 1, 2]  # each claim made its GPU the current device
         # a and b still hold GPUs 0 and 1; two more jobs: one gets GPU 2, the other times out
         claim = devices.claimed_device(poll_s=0.01, timeout_s=0.05)
         with devices.claimed_device() as c2, pytest.raises(RuntimeError, match="no free GPU"):
@@ -45,10 +58,64 @@ def test_concurrent_jobs_claim_distinct_gpus(three_gpus: Path) -> None:
 
 def test_preset_visible_devices_are_respected(three_gpus: Path, monkeypatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
-    monkeypatch.setattr(devices, "select_device", lambda name: torch.device("cuda"))
     with devices.claimed_device() as device:
-        assert device == torch.device("cuda")
+        assert device == torch.device("cuda", 0)  # the one visible GPU
     assert not list(three_gpus.iterdir()), "no lock taken when the scheduler chose the GPU"
+
+
+@pytest.mark.parametrize(("name", "index"), [("cuda:2", 2), ("cuda", 1), ("auto", 1)])
+def test_the_jobs_gpu_becomes_the_current_device(
+    current: list[int], monkeypatch: pytest.MonkeyPatch, name: str, index: int
+) -> None:
+    """Else the DataLoader's pin-memory thread, and all that runs on the current device, opens
+    a CUDA context on GPU 0 too. ``cuda`` and a scheduler's one GPU: the current device."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,6,7")
+    current.append(1)  # as torch.cuda.set_device(1) earlier in the process would leave it
+    with devices.claimed_device(name) as device:
+        assert device == torch.device("cuda", index) and current[-1] == index
+    with devices.claimed_device("cpu") as device:
+        assert device == torch.device("cpu") and current[-1] == index
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.fixture
+def lock_folder(current: list[int], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The GPU lock folder of three fake GPUs, not yet created."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv(devices.LOCK_DIR_ENV, str(tmp_path / "shared" / "locks"))
+    return tmp_path / "shared" / "locks"
+
+
+def claim(claimed: AbstractContextManager[torch.device]) -> torch.device:
+    """The device a job claims (released at once)."""
+    with claimed as device:
+        return device
+
+
+def test_lock_folder_and_files_serve_every_user_whatever_the_umask(lock_folder: Path) -> None:
+    """A folder of mode 1777 (like /tmp) and lock files of 0666: under a umask of 0022 or 0077
+    they were 0755 / 0644, so another user's job failed with PermissionError."""
+    with umask(0o077):
+        with devices.claimed_device(), devices.claimed_device():
+            assert mode(lock_folder) == 0o1777
+        lock_folder.joinpath("gpu2.lock").touch(mode=0o644)  # ours, by an older gfmtune
+        with devices.claimed_device(), devices.claimed_device(), devices.claimed_device():
+            pass
+    assert {p.name: mode(p) for p in lock_folder.iterdir()} == dict.fromkeys(
+        ["gpu0.lock", "gpu1.lock", "gpu2.lock"], 0o666
+    )
 
 
 @pytest.fixture
@@ -87,6 +154,18 @@ def test_tf32_only_under_autocast(
     devices.configure_backends(torch.device(device), precision, deterministic=False)
     assert torch.backends.cuda.matmul.allow_tf32 is False
     assert torch.backends.cudnn.allow_tf32 is cudnn_tf32
+
+
+@pytest.mark.parametrize(
+    ("device", "deterministic", "benchmark"),
+    [("cuda", False, True), ("cuda", True, False), ("cpu", False, False)],
+)
+def test_cudnn_benchmarks_the_static_shapes_on_cuda_unless_deterministic(
+    backend_flags, device: str, deterministic: bool, benchmark: bool
+) -> None:
+    torch.backends.cudnn.benchmark = not benchmark
+    devices.configure_backends(torch.device(device), "auto", deterministic)
+    assert torch.backends.cudnn.benchmark is benchmark
 
 
 def test_deterministic_warns_where_torch_has_no_deterministic_kernel(backend_flags) -> None:

@@ -4,6 +4,7 @@ windows are cached, its random training crops not."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,7 +23,8 @@ from gfmtune.pastis import TEST_FOLD, VAL_FOLD
 from gfmtune.train import feature_cache, job
 from gfmtune.train.feature_cache import ALL_FOLDS, CachedFeatures, FeatureCache, cache_key
 from gfmtune.train.job import Cell, CellJob
-from tests.train.conftest import FAST, inputs
+from gfmtune.train.loop import evaluate
+from tests.train.conftest import FAST, inputs, out_of_memory_once
 
 
 def _job(base: Path, out: Path, cell: Cell, cache: Path | None, settings=FAST) -> CellJob:
@@ -52,6 +54,36 @@ def test_cache_gives_the_uncached_result(train_data: Path, tmp_path: Path) -> No
     before = {p: p.stat().st_mtime_ns for p in caches[0].iterdir()}
     _job(train_data, tmp_path / "ten", Cell("dino_tiny", 0.0, "10", 6), tmp_path / "cache").run()
     assert {p: p.stat().st_mtime_ns for p in caches[0].iterdir()} == before
+
+
+def test_levels_round_to_bf16_alike_for_the_decoder_and_the_cache(train_data: Path) -> None:
+    """timm's ViT keeps DINO's levels in fp32 under autocast (a cache twice the size of bf16's):
+    ``encode`` rounds them to autocast's dtype, in the uncached path and for the cache alike."""
+    model, spec, cpu, data = (
+        _model(),
+        get_spec("dino_tiny"),
+        torch.device("cpu"),
+        _store(train_data),
+    )
+    frames = model_frames(next(iter(DataLoader(data, 4)))["image"], data.normalise, cpu)
+    cached = feature_cache.cached_levels(model, spec, frames, cpu, torch.bfloat16)
+    assert {level.dtype for level in cached} == {torch.bfloat16}
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        uncached = spec.policy.predict(lambda x, size: model(x, size), frames)
+        from_cache = spec.policy.eval_decoded(model.decode, cached, (32, 32))
+    assert torch.equal(uncached, from_cache)
+
+
+def test_bf16_cache_is_half_the_size_and_gives_the_uncached_result(
+    train_data: Path, tmp_path: Path
+) -> None:
+    cell, bf16 = Cell("dino_tiny", 0.0, "100", 6), replace(FAST, precision="bf16", epochs=2)
+    plain = _job(train_data, tmp_path / "plain", cell, None, bf16).run()
+    cached = _job(train_data, tmp_path / "cached", cell, tmp_path / "cache", bf16).run()
+    assert cached["test"] == plain["test"] and cached["best_epoch"] == plain["best_epoch"]
+    (folder,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    levels = json.loads((folder / "index.json").read_text())["levels"]
+    assert {level["dtype"] for level in levels} == {"torch.bfloat16"}
 
 
 def test_cache_off_when_switched_off_and_for_trainable_encoders(train_data, tmp_path) -> None:
@@ -117,8 +149,8 @@ def test_eval_cache_of_frozen_croma_gives_the_uncached_evaluation(
 
 def test_eval_cache_key_holds_the_window_geometry(train_data: Path) -> None:
     spec = get_spec("croma_tiny")
-    encoder = build_model("croma_tiny", encoder_trainable=False).encoder
-    args = (spec, encoder, "digest", train_data / "timesteps" / "6.csv", "paper", "keep", None)
+    model = build_model("croma_tiny", encoder_trainable=False)
+    args = (spec, model, "digest", train_data / "timesteps" / "6.csv", "paper", "keep", None)
     keys = {
         cache_key(*args),
         cache_key(*args, window_corners((32, 32), 24)),
@@ -187,6 +219,38 @@ def test_interrupted_build_resumes_at_the_rows_not_done(
         np.testing.assert_array_equal(resumed, whole)
 
 
+def test_build_out_of_memory_encodes_fewer_patches_to_the_same_features(
+    train_data: Path, built: FeatureCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    cache, sizes, encode = FeatureCache(tmp_path, "key"), [], feature_cache.cached_levels
+
+    def levels(model, spec, images, *args):
+        sizes.append(len(images))
+        if len(sizes) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return encode(model, spec, images, *args)
+
+    monkeypatch.setattr(feature_cache, "cached_levels", levels)
+    with caplog.at_level(logging.WARNING):
+        _build(cache, _store(train_data))
+    assert sizes == [4] + [2] * 20  # the failed call, then halves of every batch of 4
+    assert "out of GPU memory encoding 4 samples at a time: 2 at a time" in caplog.text
+    for halved, whole in zip(_arrays(cache.dir), _arrays(built.dir), strict=True):
+        np.testing.assert_array_equal(halved, whole)
+
+
+def test_evaluation_from_cached_features_out_of_memory_halves_to_the_same_result(
+    train_data: Path, built: FeatureCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, spec, cpu = _model(), get_spec("dino_tiny"), torch.device("cpu")
+    loader = DataLoader(CachedFeatures(_store(train_data), built), batch_size=8)
+    whole = evaluate(model, spec, loader, cpu, None, per_sample=True)
+    sizes = out_of_memory_once(monkeypatch, model, "decode")
+    halved = evaluate(model, spec, loader, cpu, None, per_sample=True)
+    assert sizes == [8] + [4] * 10
+    np.testing.assert_array_equal(halved.per_sample_numpy(), whole.per_sample_numpy())
+
+
 def test_row_written_but_not_marked_done_is_computed_again(
     train_data: Path, built: FeatureCache, tmp_path: Path
 ) -> None:
@@ -234,8 +298,8 @@ def test_old_per_patch_format_is_not_read(train_data: Path, tmp_path: Path) -> N
     sizes = {"1": (cache.dir / "1.pt").stat().st_size}
     (cache.dir / "complete.json").write_text(json.dumps({"patches": 1, "sizes": sizes}))
     assert not cache.complete
-    spec, encoder = get_spec("dino_tiny"), build_model("dino_tiny").encoder
-    args = (spec, encoder, "digest", train_data / "timesteps" / "6.csv", "paper", "keep", None)
+    spec, model = get_spec("dino_tiny"), build_model("dino_tiny")
+    args = (spec, model, "digest", train_data / "timesteps" / "6.csv", "paper", "keep", None)
     assert cache_key(*args) != cache_key(*args, [(0, 0)])
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from gfmtune.config import ConfigError
 from gfmtune.data.dataset import PastisZarrDataset
@@ -15,6 +16,8 @@ from gfmtune.train import job
 from gfmtune.train.job import _loader, loader_workers
 from gfmtune.train.settings import TrainSettings
 from tests.train.conftest import FAST, inputs
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _orders(loader: torch.utils.data.DataLoader, epochs: int) -> list[list[int]]:
@@ -51,7 +54,7 @@ def test_evaluation_loaders_leave_the_global_rng_alone(train_data: Path) -> None
 
 @pytest.mark.parametrize(
     ("slurm", "affinity", "workers"),
-    [("8", 64, 7), ("64", 2, job.MAX_AUTO_WORKERS), ("1", 8, 0), (None, 4, 3), ("", 1, 0)],
+    [("16", 64, 15), ("64", 2, 15), ("8", 64, 7), ("1", 8, 0), (None, 4, 3), ("", 1, 0)],
 )
 def test_auto_workers_follow_the_jobs_cpus(
     monkeypatch: pytest.MonkeyPatch, slurm: str | None, affinity: int, workers: int
@@ -63,6 +66,18 @@ def test_auto_workers_follow_the_jobs_cpus(
     monkeypatch.setattr(job.os, "sched_getaffinity", lambda pid: set(range(affinity)))
     assert loader_workers("auto") == workers
     assert loader_workers(3) == 3
+
+
+def test_the_workflow_asks_for_the_cpus_of_the_auto_workers() -> None:
+    """15 workers at most, so that at t = 35 (20-29 samples/s each) the data bound a step at
+    18-27 ms, and one CPU more for the main process from the train rule and the SLURM profile."""
+    assert job.MAX_AUTO_WORKERS == 15
+    cpus = job.MAX_AUTO_WORKERS + 1
+    rule = (REPO / "rules" / "train.smk").read_text()
+    assert f'threads: {cpus} if TRAIN_WORKERS == "auto"' in rule
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.v8+.yaml").read_text())
+    assert profile["set-threads"] == {"train": cpus, "train_variant": cpus}
+    assert profile["set-resources"]["train"]["cpus_per_task"] == cpus
 
 
 def test_workers_setting_takes_auto_or_a_count() -> None:

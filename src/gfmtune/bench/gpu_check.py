@@ -16,6 +16,8 @@ records its error while the others go on):
 4. ``compile``: ``torch.compile`` off and on for CROMA fine-tuning in bf16 (t = 6);
 5. ``bench`` again at t = 6;
 6. ``numerics``: what TF32 off (``precision: fp32``) and ``deterministic: true`` cost (DINO);
+   ``eval_cache``: frozen CROMA's validation per patch with its window features recomputed
+   and read from memory (what ``eval_cache`` could save, before reading them from disk);
 7. ``projection``: the 140-cell grid's GPU-hours from the measured steps, each no faster than
    the loader workers deliver its batch, plus job start-up and checkpoint writes.
 """
@@ -205,6 +207,13 @@ def _made_store(work: Path, plan: CellPlan) -> dict[str, Any]:
     return {"status": "made", "store": str(store(work, plan, min(8, os.cpu_count() or 1)))}
 
 
+def eval_cache_paths() -> list[BenchPath]:
+    """Frozen CROMA's validation with its window features recomputed (default) and read from
+    memory (``eval_cache``): the compute a cache saves, before its read from disk."""
+    cached = replace(DEFAULT.settings, eval_cache=True)
+    return [DEFAULT, BenchPath("default+eval_cache", cached, all_blocks=False)]
+
+
 def cell_rows(report: Report, s: Sizes, work: Path) -> None:
     """The synthetic store, a loader worker's rate on it, then one real cell per model."""
     threads = min(8, os.cpu_count() or 1)
@@ -320,6 +329,7 @@ COLUMNS = {
     "compile": ("model", "regime", "t", "path", "status", "step_s", "first_step_s",
                 "train_mfu", "peak_memory_gib"),
     "numerics": ("model", "regime", "t", "path", "status", "step_s", "val_patch_s", "train_mfu"),
+    "eval_cache": ("model", "regime", "t", "path", "status", "val_patch_s", "cache_patch_s"),
     "cells": ("model", "ft_rate", "t", "status", "exit_codes", "stopped_by_sigterm", "resume",
               "max_difference", "wall_s", "epochs_s", "outside_epochs_s", "feature_cache",
               "val_resident", "autocast"),
@@ -384,6 +394,7 @@ def run(args: argparse.Namespace) -> int:
     variant_rows(report, "compile", s, device, croma, "finetune", last_t, compile_paths(s))
     bench_rows(report, replace(s, timesteps=s.timesteps[1:]), device, peak["tflops"])
     variant_rows(report, "numerics", s, device, dino, "finetune", last_t, numerics_paths())
+    variant_rows(report, "eval_cache", s, device, croma, "frozen", last_t, eval_cache_paths())
     report.attempt("projection", lambda: projection(report, s, work))
     print(markdown(report.data))
     bad = [r for rows in report.data["parts"].values() for r in rows

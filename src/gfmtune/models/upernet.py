@@ -128,6 +128,18 @@ class SharedLTAE(nn.Module):
         return self.ltae(x, None)[0]
 
 
+def autocast_levels(levels: list[torch.Tensor], device_type: str) -> list[torch.Tensor]:
+    """``levels`` in autocast's dtype where autocast is on for ``device_type``, else as they
+    are. Encoders differ there: timm's ViT (DINO) keeps its residual stream, hence its levels,
+    in fp32, which would double the feature cache and what its batches move. Rounded here, in
+    :meth:`TemporalUPerNet.encode`, the decoder gets the same values from the encoder as from
+    the cache, which stores what ``encode`` returns."""
+    if not torch.is_autocast_enabled(device_type):
+        return levels
+    dtype = torch.get_autocast_dtype(device_type)
+    return [level.to(dtype) for level in levels]
+
+
 class TemporalUPerNet(nn.Module):
     """Encoder on every frame -> temporal reduction per level -> neck -> UPerNet -> classes.
 
@@ -183,13 +195,15 @@ class TemporalUPerNet(nn.Module):
         return self.encoder(frames)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Encoder features of all frames: x (B, T, C, H, W) -> levels of (B, T, C_l, h, w)."""
+        """Encoder features of all frames: x (B, T, C, H, W) -> levels of (B, T, C_l, h, w),
+        in autocast's dtype where it is on (:func:`autocast_levels`)."""
         b, t = x.shape[:2]
         frames = x.flatten(0, 1)
         step = self.frames_per_call or len(frames)
         with torch.set_grad_enabled(self.encoder_trainable and torch.is_grad_enabled()):
             chunks = [self._encode_chunk(frames[i : i + step]) for i in range(0, len(frames), step)]
         feats = [torch.cat(level, dim=0) for level in zip(*chunks, strict=True)]
+        feats = autocast_levels(feats, x.device.type)
         return [f.view(b, t, *f.shape[1:]) for f in feats]
 
     def decode(self, feats: Sequence[torch.Tensor], output_size: tuple[int, int]) -> torch.Tensor:

@@ -3,7 +3,9 @@ deterministic algorithms and ``torch.compile`` as the training settings ask.
 
 On a workstation with several GPUs Snakemake does not set ``CUDA_VISIBLE_DEVICES``, so each
 training job claims a free GPU through an exclusive lock file per device (released when the
-process ends, even when killed). A preset ``CUDA_VISIBLE_DEVICES`` (SLURM sets it) is respected.
+process ends, even when killed), in a folder shared by every user's jobs (mode 1777, lock files
+0666). A preset ``CUDA_VISIBLE_DEVICES`` (SLURM sets it) is respected.
+The job's GPU is made the current CUDA device (:func:`make_current`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import fcntl
 import logging
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -94,20 +97,21 @@ def configure_backends(device: torch.device, precision: str, deterministic: bool
     torch's defaults hold. ``deterministic``: torch's deterministic algorithms wherever one
     exists; an op with none runs as it is, with torch's warning naming it (``warn_only``: four
     of ours on CUDA, docs/performance.md); cuBLAS gets the fixed workspace this requires and
-    cuDNN no benchmarking.
+    cuDNN no benchmarking. Otherwise on CUDA cuDNN benchmarks its convolution algorithms once
+    per input shape, which a job repeats all along (a pass's last, smaller batch adds one).
     """
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = amp_dtype(device, precision) is not None
-    if deterministic:
-        if os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in DETERMINISTIC_CUBLAS:
-            os.environ["CUBLAS_WORKSPACE_CONFIG"] = DETERMINISTIC_CUBLAS[0]
-        torch.backends.cudnn.benchmark = False
+    if deterministic and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in DETERMINISTIC_CUBLAS:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = DETERMINISTIC_CUBLAS[0]
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
     torch.use_deterministic_algorithms(deterministic, warn_only=deterministic)
     log.info(
-        "precision %s, TF32 %s, deterministic algorithms %s",
+        "precision %s, TF32 %s, deterministic algorithms %s, cuDNN benchmark %s",
         precision,
         "off" if not torch.backends.cudnn.allow_tf32 else "cuDNN only",
         "on" if deterministic else "off",
+        "on" if torch.backends.cudnn.benchmark else "off",
     )
 
 
@@ -128,31 +132,96 @@ def lock_dir() -> Path:
     return Path(os.environ.get(LOCK_DIR_ENV, Path(tempfile.gettempdir()) / "gfmtune-gpu-locks"))
 
 
+def shared_folder(folder: Path) -> Path:
+    """``folder``, created for every user's jobs if missing: mode 1777 like ``/tmp`` (anyone
+    creates lock files there; only its owner removes one), whatever the umask."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return folder
+    folder.chmod(0o1777)
+    return folder
+
+
+def open_lock(path: Path) -> int:
+    """A read-write descriptor of the GPU lock file ``path``, of mode 0666 whatever the umask,
+    so that other users' jobs can lock it too (one of ours made with the umask's mode by an
+    older gfmtune is changed). An existing file is opened without ``O_CREAT``, which
+    ``fs.protected_regular`` refuses for another user's file in a sticky folder."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        fd = _create_lock(path)
+    except PermissionError as err:
+        raise lock_permission_error(path, "open") from err
+    if os.fstat(fd).st_uid == os.geteuid():
+        os.fchmod(fd, 0o666)
+    return fd
+
+
+def _create_lock(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:  # another job created it meanwhile
+        return open_lock(path)
+    except PermissionError as err:
+        raise lock_permission_error(path.parent, "create a lock file in") from err
+
+
+def lock_permission_error(path: Path, action: str) -> PermissionError:
+    """What to do about a GPU lock file or folder this user may not use (another user's,
+    made by an older gfmtune with the umask's mode)."""
+    try:
+        info = path.stat()
+        found = f"owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):04o}"
+    except OSError as err:
+        found = str(err)
+    wanted = "1777" if path.is_dir() else "0666"
+    return PermissionError(
+        f"cannot {action} {path} ({found}): GPU lock files are shared by every user's jobs; "
+        f"ask its owner to chmod {wanted} it (or remove it), or set {LOCK_DIR_ENV} to a "
+        "folder of your own (then jobs of other users may share your GPUs)"
+    )
+
+
+def make_current(device: torch.device) -> torch.device:
+    """``device``, made the current CUDA device (with its index; ``cuda`` is the current one):
+    what torch puts on ``cuda`` without an index, the DataLoader's pin-memory thread included,
+    then goes there, not to GPU 0. The CPU is returned as it is."""
+    if device.type != "cuda":
+        return device
+    index = torch.cuda.current_device() if device.index is None else device.index
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
 @contextmanager
 def claimed_device(name: str = "auto", poll_s: float = 5.0, timeout_s: float | None = None
                    ) -> Iterator[torch.device]:  # fmt: skip
-    """The device for this job; with ``auto`` and several visible GPUs, one claimed exclusively."""
+    """The device for this job, made current (:func:`make_current`); with ``auto`` and several
+    visible GPUs, one claimed exclusively."""
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if name != "auto" or count <= 1 or "CUDA_VISIBLE_DEVICES" in os.environ:
-        yield select_device(name)
+        yield make_current(select_device(name))
         return
-    folder = lock_dir()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = shared_folder(lock_dir())
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while True:
         for index in range(count):
-            handle = open(folder / f"gpu{index}.lock", "w")  # noqa: SIM115 (held until release)
+            path = folder / f"gpu{index}.lock"
+            fd = open_lock(path)
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                handle.close()
+                os.close(fd)
                 continue
-            log.info("claimed GPU %d of %d (lock %s)", index, count, handle.name)
+            log.info("claimed GPU %d of %d (lock %s)", index, count, path)
             try:
-                yield torch.device("cuda", index)
+                yield make_current(torch.device("cuda", index))
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
             return
         if deadline is not None and time.monotonic() > deadline:
             raise RuntimeError(f"no free GPU among {count} after {timeout_s} s (locks in {folder})")

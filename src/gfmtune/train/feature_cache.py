@@ -7,14 +7,16 @@ frames of one timestep manifest, and training, validation and test read them. CR
 training crops cannot be cached, but its evaluation windows are fixed: an evaluation cache holds,
 for every validation and test patch, the levels of its sliding windows (one more axis, the
 windows, before the frames), so validation and test decode them while training encodes its crops.
-Features are stored in the dtype the uncached path computes (fp32 on CPU, bf16 under CUDA
-autocast), so training from them gives the uncached result. Its key covers everything the
-features depend on: encoder weights and code (the source of the modules defining its classes and
-its input policy's, gfmtune's and torch's versions), input policy, window geometry, frames,
-normalisation, the store's content digest (not its path: another dataset converted to the same
-path gets its own cache), precision and the storage format. Jobs that share a key build it once,
-under a file lock (``root/key.lock``, :mod:`gfmtune.lockfile`); a complete cache is read
-without it, so a cache on a read-only file system is used as it is.
+Features are what the model's ``encode`` returns, which the uncached path decodes alike: fp32
+without autocast, bf16 under bf16 autocast (``encode`` rounds every encoder's levels to
+autocast's dtype, DINO's fp32 ones too), so training from them gives the uncached result. Its
+key covers everything the features depend on: encoder weights and code (the source of the
+modules defining its classes, the segmentation model's and its input policy's, gfmtune's and
+torch's versions), input policy, window geometry, frames, normalisation, the store's content
+digest (not its path: another dataset converted to the same path gets its own cache),
+precision and the storage format. Jobs that share a key build it once, under a file lock
+(``root/key.lock``, :mod:`gfmtune.lockfile`); a complete cache is read without it, so a cache
+on a read-only file system is used as it is.
 
 Layout of ``root/key``: one memory-mapped ``.npy`` array per level, ``level{i}.npy`` of shape
 (patches, [windows,] frames, C, h, w), one row per patch in the order of ``index.json`` (which
@@ -30,6 +32,7 @@ and rebuilt.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import importlib.metadata
 import inspect
@@ -54,7 +57,7 @@ from gfmtune.lockfile import held
 from gfmtune.models.policies import InputPolicy
 from gfmtune.models.registry import ModelSpec
 from gfmtune.tensorio import CorruptFileError
-from gfmtune.train.loop import autocast
+from gfmtune.train.loop import HalvingParts, autocast
 from gfmtune.verify import file_digest
 
 log = logging.getLogger(__name__)
@@ -97,11 +100,11 @@ def _source(module_name: str) -> str:
         return Path(file).read_bytes().hex() if file else ""
 
 
-def code_digest(encoder: nn.Module, policy: InputPolicy) -> str:
-    """A digest of the source of every module defining a class of the encoder, of its
-    submodules (their bases included) and of the input policy; torch's own are left out (its
-    version is in the key)."""
-    classes = [type(policy), *(type(m) for m in encoder.modules())]
+def code_digest(model: nn.Module, policy: InputPolicy) -> str:
+    """A digest of the source of every module defining a class of the model's encoder, of its
+    submodules (their bases included), of the model (its ``encode`` makes the cached levels) and
+    of the input policy; torch's own are left out (its version is in the key)."""
+    classes = [type(policy), type(model), *(type(m) for m in model.encoder.modules())]
     names = {c.__module__ for cls in classes for c in cls.__mro__}
     names = sorted(n for n in names if n.partition(".")[0] not in ("torch", "builtins"))
     digest = hashlib.sha256()
@@ -120,7 +123,7 @@ def package_version() -> str:
 
 def cache_key(
     spec: ModelSpec,
-    encoder: nn.Module,
+    model: nn.Module,
     content_digest: str,
     timesteps: Path,
     norm: str,
@@ -128,14 +131,14 @@ def cache_key(
     amp: torch.dtype | None,
     windows: list[tuple[int, int]] | None = None,
 ) -> str:
-    """The cache's name: a digest of everything the features depend on, the encoder's weights
-    and code included; ``windows``: the corners of an evaluation cache's windows (their side
-    is the policy's size)."""
+    """The cache's name: a digest of everything the features of ``model``'s (frozen) encoder
+    depend on, its weights and code included; ``windows``: the corners of an evaluation cache's
+    windows (their side is the policy's size)."""
     facts = {
         "format": FORMAT,
         "model": spec.name,
-        "encoder": _module_digest(encoder),
-        "code": code_digest(encoder, spec.policy),
+        "encoder": _module_digest(model.encoder),
+        "code": code_digest(model, spec.policy),
         "policy": repr(spec.policy),
         "versions": [package_version(), torch.__version__],
         "timesteps": file_digest(timesteps, "sha256"),
@@ -249,12 +252,17 @@ class FeatureCache:
         amp: torch.dtype | None,
         progress: bool = True,
     ) -> None:
-        """Compute the features of ``dataset``'s patches (whoever asks first)."""
+        """Compute the features of ``dataset``'s patches (whoever asks first); after a CUDA
+        out-of-memory error in fewer patches per encoder call (:class:`HalvingParts`), to the
+        same features."""
         model.eval()
+        halving = HalvingParts("encoding")
 
         def encode(batch: dict) -> list[torch.Tensor]:
             frames = model_frames(batch["image"], dataset.normalise, device)
-            return cached_levels(model, spec, frames, device, amp)
+            run = functools.partial(_levels_of, model, spec, frames, device, amp)
+            parts = [levels for _, levels in halving.parts(len(frames), run)]
+            return [torch.cat(level) for level in zip(*parts, strict=True)]
 
         self.fill(dataset, encode, progress)
 
@@ -398,6 +406,18 @@ def cached_levels(
     if spec.policy.windowed:
         levels = [level.unflatten(0, (len(images), -1)) for level in levels]
     return levels
+
+
+def _levels_of(
+    model: nn.Module,
+    spec: ModelSpec,
+    frames: torch.Tensor,
+    device: torch.device,
+    amp: torch.dtype | None,
+    part: slice,
+) -> list[torch.Tensor]:
+    """:func:`cached_levels` of the samples ``part`` of ``frames``."""
+    return cached_levels(model, spec, frames[part], device, amp)
 
 
 class CachedFeatures(Dataset):

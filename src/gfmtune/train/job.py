@@ -3,7 +3,8 @@
 Cell folder (``metrics.json`` is written last, so a folder without it is never finished)::
 
     state.pt            training state to resume from (see Resume), saved atomically
-    best.pt             best-validation weights (the tensors that were trained)
+    best.pt             best-validation weights (the tensors that were trained), written after
+                        the state.pt that holds them (see Best weights)
     history.csv         per epoch: train loss, validation metrics, learning rates, seconds
     confusion_test.csv  20 x 20 test confusion matrix (rows: target, columns: prediction)
     test_patches.npz    per test patch and class: tp, fp, fn (gfmtune.train.patch_counts)
@@ -21,14 +22,23 @@ starts over; an unreadable ``best.pt`` invalidates the cell (see :func:`invalida
 Resume: ``state.pt`` holds the trained tensors (not a frozen encoder's: those are rebuilt from
 the pretrained file), optimizer, scheduler, RNG states and loop state. It is saved at the first
 epoch end ``checkpoint_minutes`` after the last save, except after the last epoch, which
-``metrics.json`` follows (0: after every epoch, the last included), and when SIGTERM (what
-SLURM sends before a time limit or preemption) or SIGINT arrives: the handler only sets a flag,
-the job saves at its next step boundary, mid-epoch, and stops with :class:`JobStopped`
+``metrics.json`` follows (0: after every epoch, the last included; see also Best weights), and
+when SIGTERM (what SLURM sends before a time limit or preemption) or SIGINT arrives: the
+handler only sets a flag, the job saves at its next step boundary, mid-epoch, and stops with
+:class:`JobStopped`
 (``gfmtune train`` exits 1; a second Ctrl-C stops at once; during the final test the job
 finishes instead). A pass resumed mid-epoch restarts the shuffling generator from its state at
 the epoch's start, skips the batches done in the sampler (their data is never loaded) and
 continues the crops generator, the RNGs and the running loss where they were: the result
 equals an uninterrupted run's (on CPU; docs/performance.md on GPUs).
+
+Best weights: a new best validation score keeps a host copy of the trained tensors (no write:
+``best.pt`` of CROMA-large fine-tuned is 0.8 GB). A copy not yet in ``best.pt`` goes into the
+next ``state.pt``, then into ``best.pt``; a later ``state.pt`` without one refers to that
+``best.pt``. After the last epoch a state is saved whenever a copy is still to be written (not
+with ``keep_checkpoint: none``: the test then takes the copy). So ``best.pt`` changes only after
+a ``state.pt`` that holds its weights, and a kill at any point resumes to the best weights its
+``state.pt`` scored.
 
 Cost: ``wall_seconds`` (and ``gpu_hours``) add up all attempts. ``state.pt`` carries the time
 spent up to its save, setup included, so an attempt killed without a save (SIGKILL) loses at most
@@ -97,9 +107,11 @@ log = logging.getLogger(__name__)
 STATE, BEST, METRICS = "state.pt", "best.pt", "metrics.json"
 FAILED = "failed.json"  # the last attempt's error, when a retry would repeat it
 LOCK = "train.lock"  # held by the job training the cell (gfmtune.lockfile)
-#: ``workers: auto`` starts at most this many (the SLURM profile grants a training job 8 CPUs);
-#: each worker holds PREFETCH batches in /dev/shm, 92 MB each at t = 35, 128 px, batch 8.
-MAX_AUTO_WORKERS = 8
+#: ``workers: auto`` starts at most this many: the 16 CPUs the SLURM profile and the train rule
+#: ask for, but the main process's. At t = 35 one worker delivers 20-29 samples/s, so 15 bound a
+#: step of batch 8 at 18-27 ms (8 bound it at 35-50 ms, slower than frozen DINO's ~30 ms of
+#: compute). Each holds PREFETCH batches in /dev/shm (docs/performance.md: Data path).
+MAX_AUTO_WORKERS = 15
 #: Batches each worker prepares ahead (DataLoader ``prefetch_factor``).
 PREFETCH = 2
 _clock = time.monotonic  # when state.pt is due (tests replace it)
@@ -175,11 +187,12 @@ def _loader(
 
 
 def _trained_state(model: torch.nn.Module, encoder_frozen: bool) -> dict[str, torch.Tensor]:
-    """The model's tensors, without a frozen encoder's (those equal the pretrained file)."""
+    """A host copy of the model's tensors, without a frozen encoder's (those equal the
+    pretrained file)."""
     state = model.state_dict()
     if encoder_frozen:
         state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
-    return {k: v.detach().cpu().clone() for k, v in state.items()}
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def _load_trained(model: torch.nn.Module, tensors: dict, frozen: bool, path: Path) -> None:
@@ -284,6 +297,8 @@ class _Training:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     order: torch.Generator  # shuffles the training batches
     crops: torch.Generator  # draws random training crops
+    best: dict[str, torch.Tensor] | None = None  # host copy of the best weights, when held
+    best_written: bool = True  # best.pt holds them (or, with best None, the state's best)
 
 
 class CellJob:
@@ -375,7 +390,7 @@ class CellJob:
         windows = None if fixed else window_corners(patch, self.spec.policy.size)
         key = cache_key(
             self.spec,
-            model.encoder,
+            model,
             digest,
             self.inputs.timesteps,
             self.s.norm,
@@ -514,12 +529,20 @@ class CellJob:
                 state["epoch"], state["seconds"] = epoch + 1, time.time() - origin
                 if stop.is_set():
                     raise self._stop(t, order.get_state(), state, len(train_dl), stop.signum)
-                if cadence.due() and (epoch + 1 < self.s.epochs or cadence.seconds == 0):
+                if self._save_due(t, cadence, epoch + 1 == self.s.epochs):
                     self._checkpoint(t, order.get_state(), state)
                     cadence.saved()
             bar.close()
             self.model = model
-            return self._finish(model, test_dl, state, origin)
+            return self._finish(t, test_dl, state, origin)
+
+    def _save_due(self, t: _Training, cadence: _Cadence, last: bool) -> bool:
+        """Whether ``state.pt`` is due at an epoch's end: by ``cadence`` (after the last epoch
+        only with ``checkpoint_minutes`` 0), and after the last epoch when best weights are
+        still to be written to ``best.pt`` (a state that holds them goes first)."""
+        if last and not t.best_written and self.s.keep_checkpoint != "none":
+            return True
+        return cadence.due() and (not last or cadence.seconds == 0)
 
     def _progress(self, state: dict, skip: _SkipFirst) -> Progress:
         """The training pass so far; resumed mid-epoch, the sampler skips the batches done."""
@@ -540,7 +563,8 @@ class CellJob:
     def _validate(
         self, t: _Training, val_dl: DataLoader, epoch: int, loss: float, state: dict, bar: tqdm
     ) -> dict:
-        """The epoch's history row; validates when due and saves ``best.pt`` at a new best."""
+        """The epoch's history row; validates when due and keeps a host copy of the weights at
+        a new best (written with the next ``state.pt``)."""
         row = {"epoch": epoch + 1, "train_loss": loss}
         row |= {f"lr_{g['name']}": g["lr"] for g in t.optimizer.param_groups}
         if (epoch + 1) % self.s.val_every == 0 or epoch + 1 == self.s.epochs:
@@ -555,7 +579,7 @@ class CellJob:
             score = val[self.s.select_metric]
             if score > state["best_score"]:
                 state |= {"best_score": score, "best_epoch": epoch + 1, "best_val": val}
-                save_tensors(_trained_state(t.model, self.frozen), self.out / BEST)
+                t.best, t.best_written = _trained_state(t.model, self.frozen), False
             bar.set_postfix(loss=f"{loss:.3f}", val=f"{score:.3f}")
         return row
 
@@ -572,8 +596,9 @@ class CellJob:
         )
 
     def _checkpoint(self, t: _Training, order: torch.Tensor, state: dict) -> None:
-        """Saves ``state.pt``; ``order``: the shuffling generator's state where training goes on
-        (the epoch's start when stopped mid-epoch: the resumed pass redraws the same order)."""
+        """Saves ``state.pt``, then best weights not yet in ``best.pt`` (see the module's
+        docstring: Best weights); ``order``: the shuffling generator's state where training goes
+        on (the epoch's start when stopped mid-epoch: the resumed pass redraws the same order)."""
         save_tensors(
             {
                 "fingerprint": self.fingerprint(),
@@ -585,9 +610,17 @@ class CellJob:
                 "order": order,
                 "crops": t.crops.get_state(),
                 "loop": state,
+                "best": None if t.best_written else t.best,
             },
             self.out / STATE,
         )
+        self._write_best(t)
+
+    def _write_best(self, t: _Training) -> None:
+        """``best.pt`` from the host copy, unless it holds it already."""
+        if not t.best_written:
+            save_tensors(t.best, self.out / BEST)
+            t.best_written = True
 
     def _resume(self, t: _Training, state: dict) -> None:
         path = self.out / STATE
@@ -610,19 +643,31 @@ class CellJob:
             torch.cuda.set_rng_state(saved["cuda_rng"], self.device)
         t.order.set_state(saved["order"].cpu())
         t.crops.set_state(saved["crops"].cpu())
+        t.best = saved.get("best")  # None: best.pt holds the state's best (older states too)
+        t.best_written = t.best is None
         state.update(saved["loop"])
         partial = state["partial"]
         where = f"in epoch {state['epoch'] + 1} after step {partial['step']}" if partial else ""
         log.info("%s: resuming %s", path, where or f"after epoch {state['epoch']}")
 
-    def _finish(self, model, test_dl, state: dict, origin: float) -> dict:
+    def _best_weights(self, t: _Training) -> dict[str, torch.Tensor]:
+        """The best weights: the host copy, else those of ``best.pt``. A copy not yet in
+        ``best.pt`` is written here (not with ``keep_checkpoint: none``): the last ``state.pt``
+        holds it (:meth:`_save_due`)."""
+        if t.best is None:
+            try:
+                return load_tensors(self.out / BEST, self.device)
+            except CorruptFileError as err:
+                raise invalidate_cell(self.out, err) from err
+        if self.s.keep_checkpoint != "none":
+            self._write_best(t)
+        return t.best
+
+    def _finish(self, t: _Training, test_dl, state: dict, origin: float) -> dict:
         """Test the best checkpoint and write the cell's files; ``origin``: the clock's start,
         earlier attempts included."""
-        try:
-            best = load_tensors(self.out / BEST, self.device)
-        except CorruptFileError as err:
-            raise invalidate_cell(self.out, err) from err
-        _load_trained(model, best, self.frozen, self.out / BEST)
+        model = t.model
+        _load_trained(model, self._best_weights(t), self.frozen, self.out / BEST)
         tested = evaluate(model, self.spec, test_dl, self.device, self.amp, per_sample=True)
         confusion = tested.numpy()
         test = metrics_from_confusion(confusion)

@@ -10,9 +10,11 @@ non-finite loss stops training (:mod:`gfmtune.train.divergence`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,7 @@ from gfmtune.train.metrics import ConfusionMatrix
 from gfmtune.train.settings import TrainSettings
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 
 def is_encoder_param(name: str) -> bool:
@@ -262,6 +265,69 @@ def out_of_memory(frames: int) -> RuntimeError:
     )
 
 
+class HalvingParts:
+    """Runs a computation on a batch in parts of consecutive samples: the whole batch until a
+    CUDA out-of-memory error, then parts of half the size that failed, this and every later
+    batch (with a warning), down to one sample, whose error is raised. For computations whose
+    samples do not depend on each other (no autograd, the model in eval mode): the results
+    equal the whole batch's."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.size: int | None = None  # samples per call; None: the whole batch
+
+    def parts(self, n: int, run: Callable[[slice], R]) -> Iterator[tuple[slice, R]]:
+        """``(part, run(part))`` for consecutive parts covering samples ``0..n-1``."""
+        start = 0
+        while start < n:
+            part = slice(start, min(n, start + (self.size or n)))
+            size = part.stop - start
+            result = run(part) if size == 1 else _unless_out_of_memory(run, part)
+            if result is None:
+                self._halve(size)
+                continue
+            yield part, result
+            start = part.stop
+
+    def _halve(self, size: int) -> None:
+        self.size = size // 2
+        torch.cuda.empty_cache()
+        log.warning(
+            "out of GPU memory %s %d samples at a time: %d at a time from now on",
+            self.what,
+            size,
+            self.size,
+        )
+
+
+def _unless_out_of_memory(run: Callable[[slice], R], part: slice) -> R | None:
+    """``run(part)``, or None after a CUDA out-of-memory error (returned outside the except
+    block, so that the traceback, which holds the failed call's tensors, is freed)."""
+    try:
+        return run(part)
+    except torch.OutOfMemoryError:
+        return None
+
+
+def _samples(x: Inputs, part: slice) -> Inputs:
+    """The samples ``part`` of frames or of cached encoder levels."""
+    return [level[part] for level in x] if isinstance(x, list) else x[part]
+
+
+def _eval_logits(
+    model: nn.Module,
+    spec: ModelSpec,
+    device: torch.device,
+    amp: torch.dtype | None,
+    batch: tuple[Inputs, torch.Tensor, torch.Tensor],
+    part: slice,
+) -> torch.Tensor:
+    """Evaluation logits of the samples ``part`` of ``batch`` (inputs, days, labels)."""
+    x, days, y = batch
+    with autocast(device, amp):
+        return _logits(model, spec, _samples(x, part), days[part], tuple(y.shape[-2:]), False)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -272,11 +338,13 @@ def evaluate(
     per_sample: bool = False,
 ) -> ConfusionMatrix:
     """Confusion matrix of the model on a loader (full-resolution predictions); with
-    ``per_sample`` also each sample's, in the loader's order."""
+    ``per_sample`` also each sample's, in the loader's order. After a CUDA out-of-memory error
+    the batches are evaluated in smaller parts (:class:`HalvingParts`), to the same result."""
     model.eval()
     matrix = ConfusionMatrix(device=device, per_sample=per_sample)
-    for x, days, y in _batches(loader, device):
-        with autocast(device, amp):
-            logits = _logits(model, spec, x, days, tuple(y.shape[-2:]), train=False)
-        matrix.update(logits.float(), y)
+    halving = HalvingParts("evaluating")
+    for batch in _batches(loader, device):
+        run = functools.partial(_eval_logits, model, spec, device, amp, batch)
+        for part, logits in halving.parts(len(batch[2]), run):
+            matrix.update(logits.float(), batch[2][part])
     return matrix

@@ -34,7 +34,7 @@ class TrainSettings:
     norm: str = "paper"  # paper | train_folds
     nodata: str = "keep"  # keep | zero
     temporal: str = "ltae"  # ltae | linear
-    workers: int | str = "auto"  # DataLoader workers | auto: the job's CPUs - 1, at most 8
+    workers: int | str = "auto"  # DataLoader workers | auto: the job's CPUs - 1, at most 15
     keep_checkpoint: str = "best"  # best: keep the best weights (trained tensors only) | none
     checkpoint_minutes: float = 10.0  # state.pt at an epoch end this long after the last save
     encoder_frames_per_call: int | None = None  # encoder micro-batch (None: all B x T frames)
