@@ -69,7 +69,8 @@ def loader_start(path: BenchPath, reps: int) -> dict[str, Any]:
 
 
 class _WorkerNormalised(Dataset):
-    """A dataset's items normalised in the worker, as before: float32 frames sent."""
+    """A dataset's items normalised in the worker: float32 frames sent (``gfmtune train`` sends
+    int16 and normalises on the device)."""
 
     def __init__(self, base: PastisZarrDataset) -> None:
         self.base = base
@@ -94,8 +95,9 @@ def _store_dataset(store: Path, t: int) -> PastisZarrDataset:
 
 
 def worker_rate(store: Path, t: int, batch: int, epochs: int) -> dict[str, Any]:
-    """Samples/s one DataLoader worker delivers at ``t``: int16 (gfmtune) and float32 frames
-    normalised in the worker (before), over the epochs after the first (no start-up)."""
+    """Samples/s one DataLoader worker delivers at ``t``: int16 frames (as ``gfmtune train``'s
+    loader sends them) and float32 frames normalised in the worker, over the epochs after the
+    first (no start-up)."""
     ds = _store_dataset(store, t)
     one = replace(TrainSettings(), workers=1)
     rates = {}

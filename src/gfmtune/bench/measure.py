@@ -5,7 +5,7 @@ Both paths run the training code itself (:func:`~gfmtune.train.loop.train_epoch`
 :func:`~gfmtune.train.loop.evaluate`, :func:`~gfmtune.train.loop.build_optimizer`) and differ
 only in what a :class:`BenchPath` sets:
 
-- ``default``: what ``gfmtune train`` does today with the default settings (its precision
+- ``default``: what ``gfmtune train`` does with the default settings (its precision
   policy, CROMA stopped after its last used block, the feature cache for a frozen encoder with a
   fixed input, the evaluation cache of a frozen CROMA's windows, its evaluation batch size and
   DataLoader workers);

@@ -186,7 +186,7 @@ def _data_lines(result: dict[str, Any]) -> list[str]:
         "",
         f"One DataLoader worker reading a synthetic Zarr store ({d['size']} px, batch "
         f"{d['batch']}), epochs after its first (no start-up): int16 frames as `gfmtune train` "
-        "sends them, float32 normalised in the worker as before. Workers needed = consumed / "
+        "sends them, and float32 normalised in the worker. Workers needed = consumed / "
         "delivered per worker, rounded up.",
         "",
         "| model | regime | t | training consumes | validation consumes | one worker delivers "
