@@ -1,5 +1,9 @@
 # gfmtune: fine-tuning geospatial foundation models for crop-type mapping (PASTIS-HD).
-# Stages: download -> Zarr store -> manifests (-> training -> tables, in later stages).
+# Stages: download -> store (Zarr) -> manifests -> train (one job per cell) -> results (tables,
+# figures, claims), training_curves and predict_maps; beside them weights (pretrained
+# checkpoints), params (parameter tables) and run_config (the resolved configuration).
+# Rule files under rules/ are named after their stage; their functions are in rules/helpers/,
+# shared ones in rules/common.smk.
 from pathlib import Path
 
 from snakemake.utils import min_version
@@ -10,7 +14,7 @@ min_version("9.0")
 configfile: Path(workflow.basedir) / "workflow_config.yaml"
 
 
-report: "rules/report/workflow.rst"
+report: "rules/captions/workflow.rst"
 
 
 include: "rules/common.smk"
@@ -21,7 +25,8 @@ include: "rules/manifests.smk"
 include: "rules/train.smk"
 include: "rules/results.smk"
 include: "rules/maps.smk"
-include: "rules/report.smk"
+include: "rules/training_curves.smk"
+include: "rules/run_config.smk"
 
 
 # Downloads run where Snakemake runs (the submitting host under SLURM), since compute nodes

@@ -18,7 +18,6 @@ from gfmtune.cells import (
     variant_percents,
 )
 from gfmtune.config import ConfigError, validate_config
-from gfmtune.train.job import MAX_AUTO_WORKERS
 from gfmtune.models.catalog import CHECKPOINTS, facts
 from gfmtune.models.plugins import PluginError, export_plugins, load_plugins
 
@@ -82,113 +81,12 @@ wildcard_constraints:
     split=r"[a-z0-9_]+",
 
 
-def download_dir():
-    return DATA["download_dir"] or str(RUN / "raw" / "pastis")
-
-
-def download_args():
-    """Arguments of `gfmtune download` for the configured source, one list item per argument
-    (quoted one by one in the shell command: a value never becomes shell code)."""
-    source = DATA["source"]
-    args = ["--source", source, "--dest", download_dir()]
-    if source == "local":
-        if not DATA["root"]:
-            raise WorkflowError("data.source is 'local' but data.root is not set in the config")
-        args += ["--root", DATA["root"]]
-    elif source == "huggingface":
-        hf = DATA["huggingface"]
-        args += ["--repo-id", hf["repo_id"], "--lock-file", hf["lock_file"]]
-        args += ["--revision", hf["revision"]] if hf["revision"] else []
-        args += ["--hf-endpoint", hf["endpoint"]] if hf["endpoint"] else []
-    elif source == "zenodo":
-        zen = DATA["zenodo"]
-        args += ["--record", str(zen["record"]), "--zenodo-api", zen["api"]]
-        args += ["--files", *zen["files"]] if zen["files"] else []
-    else:
-        syn = DATA["synthetic"]
-        args += ["--patches", str(syn["patches"]), "--size", str(syn["size"]), "--frames"]
-        args += [str(f) for f in syn["frames_per_tile"]]
-        args += ["--seed", str(syn["seed"])]
-    if source in ("huggingface", "zenodo"):
-        args += ["--workers", str(DATA["workers"]), "--retries", str(DATA["retries"])]
-    return args
-
-
 def checkpoints():
     """Pretrained checkpoints the configured models need (none for the tiny or U-TAE models)."""
     return sorted({facts(m).checkpoint.name for m in config["models"] if facts(m).checkpoint})
 
 
-# With weights.offline, the checkpoints must already be there: checked at parse time (so also by
-# `snakemake -n`) by size only; the sha256 is checked by the rule when it runs.
-def offline_weights_problems(folder):
-    """One line per checkpoint the models need that is missing from ``folder`` or has the wrong
-    size (path, expected size, found), empty when all are there."""
-    problems = []
-    for name in checkpoints():
-        ckpt = CHECKPOINTS[name]
-        path = Path(folder) / ckpt.filename
-        found = f"{path.stat().st_size:,} bytes" if path.is_file() else "none"
-        if found != f"{ckpt.size:,} bytes":
-            problems.append(f"  {path}: expected {ckpt.size:,} bytes, found {found}")
-    return problems
-
-
-def check_offline_weights(folder):
-    """Stop the workflow with one error naming every missing or wrong-size checkpoint and the
-    prefetch command."""
-    problems = offline_weights_problems(folder)
-    if problems:
-        raise WorkflowError(
-            f"weights.offline is true but {len(problems)} checkpoint(s) in {folder} are missing "
-            "or of the wrong size:\n" + "\n".join(problems) + "\nFetch each on a machine with "
-            "internet (gfmtune weights --checkpoint NAME --dir DIR --stamp NAME.json, NAME one of "
-            f"{', '.join(checkpoints())}) and copy it into {folder}; its sha256 is verified when "
-            "the weights rule runs."
-        )
-
-
-if config["weights"]["offline"]:
-    check_offline_weights(config["weights"]["dir"])
-
-
 CELLS = Paramspace(pd.DataFrame(GRID, columns=Cell._fields), filename_params=None)
-
-
-def weights_stamp(wildcards):
-    ckpt = facts(wildcards.model).checkpoint
-    return [RUN / "weights" / f"{ckpt.name}.json"] if ckpt else []
-
-
-def weights_args(wildcards):
-    """``--weights-dir DIR`` for a model with a pretrained checkpoint, as separate arguments."""
-    return ["--weights-dir", config["weights"]["dir"]] if weights_stamp(wildcards) else []
-
-
-def train_threads():
-    """CPUs of a training job: with workers auto, the cores of this machine shared by the
-    training jobs that run at once (--resources gpu=N: cores // N), at most the 15 workers of
-    gfmtune.train.job.MAX_AUTO_WORKERS and the main process; with a number of workers, that
-    number and one. SLURM's profile sets its own (set-threads)."""
-    workers = config["train"]["settings"].get("workers", "auto")
-    if workers != "auto":
-        return int(workers) + 1
-    gpus = workflow.global_resources.get("gpu")
-    share = workflow.cores // max(1, int(getattr(gpus, "value", gpus) or 1))
-    return max(1, min(MAX_AUTO_WORKERS + 1, share))
-
-
-def train_runtime(wildcards, attempt):
-    """Time limit in minutes of a training job (SLURM -t): `train.runtime` is a CROMA cell's
-    at 35 frames. Scaled by the model (its catalog runtime, relative to CROMA's: the step costs
-    behind the GPU-time estimate in docs/reproduce.md, with margin), by the frames
-    (0.2 + 0.8 t / 35: a fifth does not grow with t) and by the attempt (a retry after a
-    time-out gets twice the limit, and resumes from its last finished epoch)."""
-    import math
-
-    model = facts(wildcards.model).runtime
-    frames = 0.2 + 0.8 * int(wildcards.timesteps) / 35
-    return math.ceil(config["train"]["runtime"] * model * frames * attempt)
 
 
 def cell_metrics():
@@ -210,16 +108,6 @@ if not MAPS:
         "prediction maps (maps/, figures/predictions.png)",
         file=sys.stderr,
     )
-
-
-def maps_cells(wildcards):
-    """The cells' metrics for predict_maps, or the reason maps cannot be made."""
-    if not MAPS:
-        raise WorkflowError(
-            "predict_maps needs each cell's best.pt, but train.settings.keep_checkpoint is none; "
-            "set it to best to make prediction maps"
-        )
-    return cell_metrics()
 
 
 def all_targets():

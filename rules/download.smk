@@ -3,6 +3,8 @@
 # files and resumes; the inventory is written only once every file is verified.
 # Local data are watched through a fingerprint of their files (sizes and mtimes): a change in
 # place changes the `source` param, so Snakemake reruns the download and everything downstream.
+include: "helpers/download.smk"
+
 from gfmtune.data.download.local import source_fingerprint, source_problem
 
 # Local data that cannot be PASTIS stop `snakemake -n`, before any job (unless downloaded

@@ -17,7 +17,7 @@ rule label_splits:
         splits=[RUN / "manifests" / "label_split" / f"{p}.csv" for p in PERCENTS],
         summary=report(
             RUN / "manifests" / "label_split" / "summary.csv",
-            caption="report/label_split.rst",
+            caption="captions/label_split.rst",
             category="Data",
         ),
     params:

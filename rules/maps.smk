@@ -3,6 +3,9 @@
 # Not part of the run with keep_checkpoint none (MAPS): asked for by name, it stops at once.
 
 
+include: "helpers/maps.smk"
+
+
 rule predict_maps:
     input:
         table=RUN / "tables" / "miou.csv",
@@ -13,7 +16,7 @@ rule predict_maps:
         maps=directory(RUN / "maps"),
         figure=report(
             RUN / "figures" / "predictions.png",
-            caption="report/predictions.rst",
+            caption="captions/predictions.rst",
             category="Maps",
         ),
     params:

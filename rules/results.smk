@@ -16,46 +16,49 @@ rule results:
         cells=cell_metrics(),
         params=RUN / "tables" / "params.csv",
     output:
-        table=report(RUN / "tables" / "miou.csv", caption="report/table.rst", **RESULTS_TABLE),
+        table=report(RUN / "tables" / "miou.csv", caption="captions/table.rst", **RESULTS_TABLE),
         comparison=report(
             RUN / "tables" / "comparison.csv",
-            caption="report/comparison.rst",
+            caption="captions/comparison.rst",
             **RESULTS_TABLE,
         ),
         layouts=[
             report(
-                RUN / "tables" / f"miou_{name}.csv", caption="report/layout.rst", **RESULTS_TABLE
+                RUN / "tables" / f"miou_{name}.csv", caption="captions/layout.rst", **RESULTS_TABLE
             )
             for name in LAYOUTS
         ],
-        cost=report(RUN / "tables" / "cost.csv", caption="report/cost.rst", category="Cost"),
+        cost=report(RUN / "tables" / "cost.csv", caption="captions/cost.rst", category="Cost"),
         tuned=report(
-            RUN / "tables" / "ft_tuned.csv", caption="report/ft_tuned.rst", **RESULTS_TABLE
+            RUN / "tables" / "ft_tuned.csv", caption="captions/ft_tuned.rst", **RESULTS_TABLE
         ),
         spread=report(
             RUN / "tables" / "split_spread.csv",
-            caption="report/split_spread.rst",
+            caption="captions/split_spread.rst",
             **RESULTS_TABLE,
         ),
         curves=report(
             RUN / "figures" / "miou_vs_frames.png",
-            caption="report/miou_vs_frames.rst",
+            caption="captions/miou_vs_frames.rst",
             **RESULTS_FIGURE,
         ),
         heatmaps=report(
-            RUN / "figures" / "heatmaps.png", caption="report/heatmaps.rst", **RESULTS_FIGURE
+            RUN / "figures" / "heatmaps.png", caption="captions/heatmaps.rst", **RESULTS_FIGURE
         ),
         claims=report(
-            RUN / "claims.md", caption="report/claims.rst", category="Results", subcategory="Claims"
+            RUN / "claims.md",
+            caption="captions/claims.rst",
+            category="Results",
+            subcategory="Claims",
         ),
         ftrate=report(
             RUN / "figures" / "miou_vs_ftrate.png",
-            caption="report/miou_vs_ftrate.rst",
+            caption="captions/miou_vs_ftrate.rst",
             **RESULTS_FIGURE,
         ),
         pareto=report(
             RUN / "figures" / "cost_pareto.png",
-            caption="report/cost_pareto.rst",
+            caption="captions/cost_pareto.rst",
             category="Cost",
         ),
     params:
@@ -75,10 +78,10 @@ rule results:
 
 rule params:
     output:
-        run=report(RUN / "tables" / "params.csv", caption="report/params.rst", category="Cost"),
+        run=report(RUN / "tables" / "params.csv", caption="captions/params.rst", category="Cost"),
         paper=report(
             RUN / "tables" / "params_paper.csv",
-            caption="report/params_paper.rst",
+            caption="captions/params_paper.rst",
             category="Cost",
         ),
     params:

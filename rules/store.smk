@@ -2,16 +2,16 @@
 # Built in s2.zarr.partial and renamed when complete; a killed conversion resumes.
 
 
-rule zarr_store:
+rule store:
     input:
         RUN / "raw" / "inventory.json",
     output:
         directory(RUN / "data" / "s2.zarr"),
     threads: config["store"]["threads"]
     log:
-        RUN / "logs" / "zarr_store.log",
+        RUN / "logs" / "store.log",
     conda:
         CONDA_ENV
     shell:
-        "gfmtune convert --inventory {input:q} --out {output:q} --threads {threads:q}"
+        "gfmtune store --inventory {input:q} --out {output:q} --threads {threads:q}"
         " > {log:q} 2>&1"

@@ -2,7 +2,10 @@
 # The cell folder keeps its resumable state when a job is killed; metrics.json, the only
 # declared output, is written last.
 
-# CPUs of a training job (train_threads in common.smk): its DataLoader workers and one more.
+include: "helpers/train.smk"
+
+
+# CPUs of a training job (train_threads, rules/helpers/train.smk): its workers and one more.
 
 
 rule train:

@@ -1,6 +1,9 @@
 # Pretrained checkpoints: fetched once into weights.dir (resumable, verified against the
 # published sha256 and size); the per-run stamp is written only after verification. With
-# weights.offline they must be there already (checked at parse time: check_offline_weights).
+# weights.offline they must be there already (checked at parse time: helpers/weights.smk).
+
+
+include: "helpers/weights.smk"
 
 
 rule weights:

@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-from gfmtune.cli import SUBCOMMANDS, main
+from gfmtune.cli import ALIASES, SUBCOMMANDS, main
 from gfmtune.models.registry import REGISTRY
 from gfmtune.train.settings import TrainSettings
 
@@ -30,3 +30,13 @@ def test_train_help_lists_models_and_settings(capsys: pytest.CaptureFixture) -> 
         assert model in text, model
     for key in TrainSettings().to_dict():
         assert f"{key}=" in text, key
+
+
+def test_old_command_names_run_their_new_command(capsys: pytest.CaptureFixture) -> None:
+    for old, new in ALIASES.items():
+        with pytest.raises(SystemExit) as done:
+            main([old, "--help"])
+        assert done.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: gfmtune {new} "), old
+    main(["--help"])
+    assert "store (convert)" in capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""Every relative link and ``#anchor`` in README.md and docs/*.md resolves (GitHub's rules)."""
+"""Every relative link and ``#anchor`` in README.md and docs/*.md resolves (GitHub's rules), and
+every file the repository's text cites is in the repository (:func:`missing_files`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,30 @@ CODE_SPAN = re.compile(r"(`+)(?!`).*?(?<!`)\1(?!`)", re.DOTALL)
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 EXTERNAL = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
+
+#: Where cited files are checked, and which of their files are text.
+CITING = ("README.md", "Snakefile", "src", "rules", "tests", "docs")
+TEXT = {".py", ".smk", ".md", ".rst", ".yaml", ".yml", ".toml", ".txt", ".sh", ".cff"}
+#: A path from a top-level folder to a file with an extension. Not one after a word character,
+#: ``/``, ``.`` or ``:`` (``owner/repo:src/x.py`` names another repository's file, and is not
+#: checked), nor one with a placeholder (``<run>``, ``{t}``, ``*``): those are patterns.
+REPO_PATH = re.compile(
+    r"(?<![\w/.:~-])((?:src|rules|tests|docs|config|envs|profiles|\.ci)/[\w./~+-]*\.[A-Za-z]+)"
+    r"(?![\w/<{*-])"
+)
+#: A document named in capitals (``README.md``, ``CITATION.cff``): at the root or in docs/.
+CAPS_FILE = re.compile(r"(?<![\w/.:-])([A-Z][A-Z0-9_-]+\.(?:md|cff))\b")
+#: A section of a document named in capitals (``NAME §2``): NAME.md must be in the repository.
+CAPS_SECTION = re.compile(r"\b([A-Z][A-Z0-9_-]+)(?:\.md)? §")
+#: Files that the workflow or a command the text gives writes: cited, not shipped.
+WRITTEN = {
+    "config/pastis-hd.lock.json",  # the first Hugging Face download (data.huggingface.lock_file)
+    "envs/lock-cpu-linux-x86_64-py3.11.txt",  # .ci/lock --torch-backend cpu (docs/install.md)
+}
+#: ``docs/x.md, "A heading"``: the heading must be in that file (line breaks and comment
+#: markers inside the citation are read as spaces).
+SECTION_CITE = re.compile(r'\b(docs/[\w.-]+\.md),\s*"([^"]+)"')
+LINE_BREAK = re.compile(r"\s*\n\s*(?:#:?\s*)?")
 
 
 def doc_files(root: Path) -> list[Path]:
@@ -59,6 +84,38 @@ def broken_links(path: Path) -> list[str]:
     return broken
 
 
+def citing_files(root: Path) -> list[Path]:
+    """The text files of :data:`CITING` under ``root`` (this test's own examples excluded)."""
+    found = []
+    for name in CITING:
+        path = root / name
+        files = sorted(p for p in path.rglob("*") if p.suffix in TEXT) if path.is_dir() else [path]
+        found += [p for p in files if p.is_file() and p.resolve() != Path(__file__).resolve()]
+    return found
+
+
+def _shipped(root: Path, name: str) -> bool:
+    """Whether a document named in capitals is at the root or in docs/."""
+    return (root / name).is_file() or (root / "docs" / name).is_file()
+
+
+def missing_files(path: Path, root: Path) -> list[str]:
+    """Each file ``path`` cites that is not under ``root``, as 'path: cited (why)'. A citation is
+    a :data:`REPO_PATH` (unless :data:`WRITTEN`), a :data:`CAPS_FILE`, a :data:`CAPS_SECTION` or,
+    for its heading, a :data:`SECTION_CITE`; links in Markdown are :func:`broken_links`' job."""
+    text, name = path.read_text(), path.relative_to(root)
+    problems = [f"{name}: {p} (no such file)" for p in REPO_PATH.findall(text)
+                if not (root / p).is_file() and p not in WRITTEN]  # fmt: skip
+    problems += [f"{name}: {doc} (not at the root or in docs/)"
+                 for doc in CAPS_FILE.findall(text) if not _shipped(root, doc)]  # fmt: skip
+    problems += [f"{name}: {doc} § (no {doc}.md)" for doc in CAPS_SECTION.findall(text)
+                 if not _shipped(root, f"{doc}.md")]  # fmt: skip
+    for doc, heading in SECTION_CITE.findall(LINE_BREAK.sub(" ", text)):
+        if (root / doc).is_file() and slug(heading) not in anchors(root / doc):
+            problems.append(f'{name}: {doc}, "{heading}" (no such heading)')
+    return problems
+
+
 @pytest.mark.parametrize("path", doc_files(REPO), ids=lambda p: str(p.relative_to(REPO)))
 def test_every_relative_link_resolves(path: Path) -> None:
     assert broken_links(path) == []
@@ -86,6 +143,35 @@ def test_checker_reports_missing_files_and_anchors(tmp_path: Path) -> None:
         "a.md: #the-authors-run-1",
         "a.md: b.md",
         "a.md: ../README.md#missing",
+    ]
+
+
+def test_every_cited_file_is_in_the_repository() -> None:
+    files = citing_files(REPO)
+    assert len(files) > 100
+    assert [problem for path in files for problem in missing_files(path, REPO)] == []
+
+
+def test_checker_reports_files_not_in_the_tree(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "p.md").write_text("# P\n\n## The metric\n")
+    (tmp_path / "README.md").write_text("# R\n")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "m.py").write_text(
+        '"""See docs/p.md, "The metric", docs/p.md, "The\nmetric", src/m.py and README.md;\n'
+        'not src/gone.py, docs/q.md, NOTES.md, BRIEF § 2, SPEC §3 or docs/p.md, "Optimisation".\n'
+        "Not checked: results/<run>/config.yaml, tests/{t}.csv, owner/repo:src/x.py, src/pkg/,\n"
+        'x/src/y.py, https://example.org/docs/a.md."""\n'
+        '# docs/p.md,\n#: "The metric" and docs/p.md, "Missing\n#: heading"\n'
+    )
+    assert [p.split(": ", 1)[1] for p in missing_files(tmp_path / "src" / "m.py", tmp_path)] == [
+        "src/gone.py (no such file)",
+        "docs/q.md (no such file)",
+        "NOTES.md (not at the root or in docs/)",
+        "BRIEF § (no BRIEF.md)",
+        "SPEC § (no SPEC.md)",
+        'docs/p.md, "Optimisation" (no such heading)',
+        'docs/p.md, "Missing heading" (no such heading)',
     ]
 
 

@@ -45,9 +45,9 @@ OVERLAY = {
 }  # fmt: skip
 #: What each job must have been granted: (CPUs, memory MB, time limit), from profiles/slurm
 #: (set-threads, set-resources, default-resources) and, for training, from the overlay's
-#: train.mem_mb and train_runtime in rules/common.smk: 240 x 1 x (0.2 + 0.8 t / 35) minutes.
+#: train.mem_mb and train_runtime (rules/helpers/train.smk): 240 x 1 x (0.2 + 0.8 t / 35) min.
 GRANTED = {
-    "zarr_store": (2, 16000, "04:00:00"),
+    "store": (2, 16000, "04:00:00"),
     "label_splits": (1, 4000, "01:00:00"),
     "timestep_manifest": (1, 4000, "01:00:00"),
     "train 1": (16, 3000, "00:54:00"),
@@ -203,7 +203,7 @@ def test_slurm_profile_runs_training_on_gpus(
     submitted = re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", output)
     rule_of_slurm = {slurm_id: rule_of[jobid] for jobid, slurm_id in submitted}
     assert sorted(rule_of_slurm.values()) == sorted(
-        ["zarr_store", "label_splits"] + ["timestep_manifest"] * 2 + ["train"] * 4
+        ["store", "label_splits"] + ["timestep_manifest"] * 2 + ["train"] * 4
     ), output[-4000:]
     assert "localrule download:" in output  # on the submitting host, for its internet
     granted = {slurm_id: scontrol_job(slurm_id, slurm_cluster) for slurm_id in rule_of_slurm}

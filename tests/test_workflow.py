@@ -23,7 +23,7 @@ def test_paper_preset_plans_data_stages_offline(tmp_path: Path) -> None:
     result = run_snakemake(tmp_path, "-n", "--cores", "1")
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
-    assert counts["download"] == 1 and counts["zarr_store"] == 1
+    assert counts["download"] == 1 and counts["store"] == 1
     assert counts["label_splits"] == 1 and counts["timestep_manifest"] == 5
     assert counts["weights"] == 2  # CROMA-large and SSL4EO DINO; U-TAE trains from scratch
     assert counts["train"] == 140  # (2 GFMs x 3 FT-Rates + U-TAE) x 4 fractions x 5 lengths

@@ -18,17 +18,20 @@ from gfmtune.models.plugins import load_plugins, plugins_from_env
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("gfmtune.data.synthetic", "write a synthetic PASTIS dataset"),
     "download": ("gfmtune.data.download.cli", "fetch and verify PASTIS-HD (S2 part)"),
-    "convert": ("gfmtune.data.store", "convert the S2 series and labels to the Zarr store"),
+    "store": ("gfmtune.data.store", "write the S2 series and labels to the Zarr store"),
     "manifests": ("gfmtune.data.manifests", "write label-split and timestep manifests"),
     "argsort-orders": ("gfmtune.data.argsort_orders", "generate the paper split's argsort orders"),
-    "bench-data": ("gfmtune.data.bench", "benchmark the Zarr reader against raw .npy reads"),
+    "bench-data": ("gfmtune.bench.reader", "benchmark the Zarr reader against raw .npy reads"),
     "bench-train": ("gfmtune.bench.train", "training speed: gfmtune's path against the authors'"),
     "plan": ("gfmtune.plan.command", "FLOPs, GPU-hours and disk of the configured grid"),
     "params": ("gfmtune.models.params", "parameter table of the paper-size models"),
     "weights": ("gfmtune.models.weights", "fetch and verify a pretrained checkpoint"),
     "train": ("gfmtune.train.job", "train and evaluate one grid cell"),
-    "results": ("gfmtune.results.report", "tables, figures and claims from finished cells"),
-    "training-curves": ("gfmtune.results.training", "training loss and validation per epoch"),
+    "results": ("gfmtune.results.command", "tables, figures and claims from finished cells"),
+    "training-curves": (
+        "gfmtune.results.training_curves",
+        "training loss and validation per epoch",
+    ),
     "predict-maps": ("gfmtune.results.maps", "GeoTIFF test maps of each family's best cell"),
     "bench-validation": (
         "gfmtune.bench.validation",
@@ -37,6 +40,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gpu-check": ("gfmtune.bench.gpu_check", "what gfmtune does on a GPU, in about 8 minutes"),
     "gpu-wheels": ("gfmtune.bench.wheels", "wheels a bare, offline GPU machine needs"),
 }
+#: old name -> subcommand, so that scripts written for an earlier name keep working
+ALIASES: dict[str, str] = {"convert": "store"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"gfmtune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in SUBCOMMANDS.items():
-        sub.add_parser(name, help=help_text, add_help=False)
+        aliases = [old for old, new in ALIASES.items() if new == name]
+        sub.add_parser(name, help=help_text, add_help=False, aliases=aliases)
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return 0
@@ -54,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv[:1])  # prints the version and exits
     verbose = argv[0] in ("-v", "--verbose")
     argv = argv[1:] if verbose else argv
-    name = argv[0]
+    name = ALIASES.get(argv[0], argv[0])
     if name not in SUBCOMMANDS:
         parser.error(f"unknown command {name!r}; choose from {', '.join(SUBCOMMANDS)}")
     try:

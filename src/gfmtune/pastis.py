@@ -34,7 +34,8 @@ TRAIN_FOLDS: tuple[int, ...] = (1, 2, 3)
 VAL_FOLD = 4
 TEST_FOLD = 5
 
-#: Per-band normalisation the paper uses (B2..B12), REFERENCE §2.
+#: Per-band normalisation the paper uses (B2..B12): docs/protocol.md, "Normalisation and band
+#: adaptation".
 PAPER_MEAN: tuple[float, ...] = (
     1161.6764, 1371.4307, 1423.4067, 1759.7251, 2714.5259,
     3055.8376, 3197.8960, 3313.3577, 2415.9675, 1626.8431,

@@ -2,7 +2,8 @@
 
 :class:`FileServer` serves bytes with ``Range`` support and scripted faults, :class:`ZenodoServer`
 adds a record's JSON, :class:`FakeHub` speaks the three Hugging Face endpoints that
-``snapshot_download`` uses (REFERENCE §1). Every server records the requests it saw.
+``snapshot_download`` uses (docs/data.md, "Stage 1: data"). Every server records the requests it
+saw.
 """
 
 from __future__ import annotations

@@ -218,8 +218,9 @@ def test_bad_label_split(tiny_store: Path, manifests: Path, tmp_path: Path) -> N
 def test_the_model_sees_the_normalisation_of_the_reader(
     tiny_store: Path, manifests: Path, norm: str, nodata: str
 ) -> None:
-    """int16 batches normalised in the main process (``loop._batches``) equal the float32 that
-    the workers used to send (the reader's normalising transform), bit for bit."""
+    """int16 batches normalised in the main process (``loop._batches``) equal the float32 of the
+    reader's normalising transform (what workers normalising the frames would send), bit for
+    bit."""
     ds = PastisZarrDataset(tiny_store, manifests / "timesteps" / "5.csv", (1, 2, 3, 4, 5),
                            norm=norm, nodata=nodata)  # fmt: skip
     seen = [x for x, _, _ in _batches(DataLoader(ds, batch_size=4), torch.device("cpu"))]

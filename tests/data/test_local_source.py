@@ -207,7 +207,7 @@ def test_workflow_reruns_after_local_data_change(source: Path, tmp_path: Path) -
     np.save(pastis.s2_path(root, patch_id), series[:, ::-1])  # same size, other content
     planned = run_snakemake(work, "-n", "--cores", "1", *targets, config=config)
     assert planned.returncode == 0, planned.stderr[-3000:]
-    expected = {"download": 1, "zarr_store": 1, "timestep_manifest": 1}
+    expected = {"download": 1, "store": 1, "timestep_manifest": 1}
     assert expected.items() <= job_counts(planned.stdout).items()
 
     moved = shutil.copytree(root, tmp_path / "elsewhere" / "PASTIS", copy_function=shutil.copy2)

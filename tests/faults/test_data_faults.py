@@ -230,10 +230,10 @@ def test_download_fault(case: Case, fault: Fault, caplog: pytest.LogCaptureFixtu
 
 
 def _convert(root: Path, tmp: Path, threads: int = 2) -> tuple[int, Path]:
-    """Run ``gfmtune convert`` on an inventory of ``root``; return its exit code and store."""
+    """Run ``gfmtune store`` on an inventory of ``root``; return its exit code and store."""
     inventory, store = tmp / "inventory.json", tmp / "s2.zarr"
     write_inventory(inventory, "local", root)
-    argv = ["convert", "--inventory", str(inventory), "--out", str(store), "--no-progress"]
+    argv = ["store", "--inventory", str(inventory), "--out", str(store), "--no-progress"]
     return main([*argv, "--threads", str(threads)]), store
 
 

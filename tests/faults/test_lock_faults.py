@@ -303,10 +303,10 @@ def test_lock_left_by_a_dead_job_is_taken_over(
 
 
 def cli_convert(root: Path, store: Path) -> int:
-    """``gfmtune convert`` of ``root`` into ``store``; its exit code."""
+    """``gfmtune store`` of ``root`` into ``store``; its exit code."""
     inventory = store.parent / f"{store.name}.inventory.json"
     write_inventory(inventory, "local", root)
-    return main(["convert", "--inventory", str(inventory), "--out", str(store), "--no-progress"])
+    return main(["store", "--inventory", str(inventory), "--out", str(store), "--no-progress"])
 
 
 def start_converting(root: Path, store: Path, patches: int) -> subprocess.Popen:

@@ -39,7 +39,7 @@ PAYLOADS = {
 #: Rules with a shell command (``all`` and ``run_config`` have none); checked against
 #: ``snakemake --list-rules`` below.
 SHELL_RULES = {
-    "download", "zarr_store", "label_splits", "label_split_variant", "timestep_manifest",
+    "download", "store", "label_splits", "label_split_variant", "timestep_manifest",
     "weights", "train", "train_variant", "results", "params", "predict_maps", "training_curves",
 }  # fmt: skip
 #: A small plan that reaches every shell rule: a pretrained model (weights), a split variant.

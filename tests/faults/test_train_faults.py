@@ -348,7 +348,7 @@ def test_store_without_content_digest_trains_uncached(
 ) -> None:
     store, root = tmp_path / "s2.zarr", tmp_path / "cache"
     shutil.copytree(train_data / "s2.zarr", store)
-    del zarr.open_group(str(store), mode="r+").attrs["content_digest"]  # as before digests
+    del zarr.open_group(str(store), mode="r+").attrs["content_digest"]  # a store without one
     assert cli_train(dino_inputs(train_data, root, store), DINO, tmp_path / "cell") == 0
     assert warned(caplog, str(store), "predates content digests", "rebuild the store")
     assert not root.exists() or not any(root.iterdir())

@@ -1,4 +1,5 @@
-"""Checkpoint key layouts as the publishers write them (REFERENCE §3), not read from our code."""
+"""Checkpoint key layouts as the publishers write them (docs/protocol.md, "Models"), not read
+from our code."""
 
 from __future__ import annotations
 

@@ -68,7 +68,7 @@ def test_croma_file_without_s2_encoder(tmp_path: Path) -> None:
 
 
 def catalog_entry(path: Path, layout: str) -> Checkpoint:
-    """A catalog entry that ``path`` (as it is now) matches."""
+    """A catalog entry that ``path``'s current bytes match."""
     data = path.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     return Checkpoint(path.stem, f"http://127.0.0.1/{path.name}", path.name, sha, len(data), layout)

@@ -17,7 +17,7 @@ def test_alibi_bias_is_negative_slope_times_grid_distance() -> None:
     # points i = row-major (r, c); patch 1 = (0, 1), patch 11 = (2, 3)
     dist = math.hypot(2 - 0, 3 - 1)
     for h in (0, 5, 15):
-        slope = 2 ** (-0.5 * (h + 1))  # REFERENCE §3: 2^(-0.5 (h + 1)) for 16 heads
+        slope = 2 ** (-0.5 * (h + 1))  # docs/protocol.md, "CROMA": 2^(-0.5 (h + 1))
         assert math.isclose(float(bias[h, 1, 11]), -slope * dist, rel_tol=1e-6)
     assert torch.all(bias.diagonal(dim1=1, dim2=2) == 0)
 

@@ -20,6 +20,7 @@ from gfmtune.models.policies import (
 from gfmtune.models.registry import build_model, get_spec
 from gfmtune.models.upernet import TemporalUPerNet
 from gfmtune.train.settings import TrainSettings
+from tests.models.registry_cases import RESIZE_MODELS
 
 
 def test_band_adaptation_fills_missing_bands_with_zero() -> None:
@@ -173,13 +174,16 @@ def test_dino_eval_logits_via_input_resize_like_the_authors() -> None:
     assert (out - out_direct).abs().max() > 1e-4
 
 
-def test_eval_resize_comes_from_the_settings_and_keeps_the_cache_key() -> None:
+@pytest.mark.parametrize("name", RESIZE_MODELS)
+def test_eval_resize_comes_from_the_settings_and_keeps_the_cache_key(name: str) -> None:
     settings = TrainSettings.from_mapping({"dino_eval_resize": "via_input"})
     assert TrainSettings().dino_eval_resize == "direct"
-    for name in ("dino", "dino_qkv", "dino_tiny"):
-        authors = get_spec(name, eval_resize=settings.dino_eval_resize).policy
-        assert authors.eval_resize == "via_input" and authors != get_spec(name).policy
-        assert repr(authors) == repr(get_spec(name).policy)  # same encoder input, same cache
+    authors = get_spec(name, eval_resize=settings.dino_eval_resize).policy
+    assert authors.eval_resize == "via_input" and authors != get_spec(name).policy
+    assert repr(authors) == repr(get_spec(name).policy)  # same encoder input, same cache
+
+
+def test_eval_resize_refuses_unknown_values_and_leaves_other_policies_alone() -> None:
     with pytest.raises(ValueError, match="eval_resize"):
         get_spec("dino", eval_resize="twice")
     with pytest.raises(ConfigError, match="dino_eval_resize"):

@@ -14,7 +14,7 @@ from gfmtune.cli import main
 from gfmtune.models.params import parameter_table
 from gfmtune.results import cost, ftrate, tables, uncertainty
 from gfmtune.results.aggregate import collect
-from gfmtune.results.report import write_results
+from gfmtune.results.command import write_results
 from tests.results.test_results import _fake_cell
 from tests.results.test_uncertainty import _cell, _predict, _targets
 

@@ -13,8 +13,8 @@ import pytest
 
 from gfmtune.pastis import CLASS_NAMES
 from gfmtune.results import claims, tables
+from gfmtune.results.command import write_results
 from gfmtune.results.published import published
-from gfmtune.results.report import write_results
 
 PAPER = Path(__file__).resolve().parents[2] / "src" / "gfmtune" / "resources" / "published_miou.csv"
 

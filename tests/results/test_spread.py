@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from gfmtune.results import spread
-from gfmtune.results.report import write_results
+from gfmtune.results.command import write_results
 from tests.results.test_results import _fake_cell
 
 #: miou_paper (percent) of CROMA 0.0 at 1 %, t = 6, per (split, seed).

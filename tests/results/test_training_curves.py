@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from gfmtune.cli import main
-from gfmtune.results.training import histories
+from gfmtune.results.training_curves import histories
 from tests.results.test_results import _fake_cell
 
 

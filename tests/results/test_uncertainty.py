@@ -14,7 +14,7 @@ from gfmtune.cli import main
 from gfmtune.config import config_schema, validate_config
 from gfmtune.pastis import N_CLASSES, VOID_CLASS
 from gfmtune.results import claims, uncertainty
-from gfmtune.results.report import write_results
+from gfmtune.results.command import write_results
 from gfmtune.train import patch_counts
 from gfmtune.train.metrics import metrics_from_confusion
 

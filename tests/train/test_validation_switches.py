@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from gfmtune.bench import validation
 from gfmtune.data.dataset import PastisZarrDataset
 from gfmtune.train.job import Cell, CellJob
 from gfmtune.train.settings import TrainSettings
@@ -58,21 +57,3 @@ def test_val_every_validates_only_on_its_epochs_and_the_last(
 def test_the_switches_are_settings_with_the_paper_as_default() -> None:
     assert TrainSettings().val_patches is None and TrainSettings().val_every == 1
     assert TrainSettings.from_mapping({"val_patches": 50}).val_patches == 50
-
-
-def test_bench_validation_counts_moved_epochs_and_scores() -> None:
-    def row(variant: str, t: int, epoch: int, score: float, seconds: float) -> dict:
-        return {"model": "utae_tiny", "label_percent": "10", "t": t, "variant": variant,
-                "best_epoch": epoch, "test_miou_paper": score, "seconds": seconds}  # fmt: skip
-
-    rows = [
-        row("paper", 1, 20, 30.0, 10.0), row("paper", 6, 18, 40.0, 10.0),
-        row("val_every 4", 1, 20, 30.0, 8.0), row("val_every 4", 6, 16, 38.5, 8.0),
-        row("val_patches 10", 1, 19, 31.0, 9.0), row("val_patches 10", 6, 18, 40.0, 9.0),
-    ]  # fmt: skip
-    every, patches = validation.summary(rows)
-    assert every == {
-        "variant": "val_every 4", "cells": 2, "other_epoch": 1, "other_test": 1,
-        "max_test_change": 1.5, "mean_test_change": 0.75, "time_ratio": 0.8,
-    }  # fmt: skip
-    assert (patches["other_epoch"], patches["other_test"], patches["time_ratio"]) == (1, 1, 0.9)

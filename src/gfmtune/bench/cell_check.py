@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from gfmtune.data.bench import prepare
+from gfmtune.bench.reader import prepare
 from gfmtune.data.manifests import write_label_splits
 from gfmtune.data.synthetic import SyntheticSpec
 from gfmtune.train.settings import TrainSettings

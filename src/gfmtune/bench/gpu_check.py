@@ -44,16 +44,15 @@ import torch
 
 from gfmtune.bench import grid as gridcost
 from gfmtune.bench.cell_check import CellPlan, check_cell, store
+from gfmtune.bench.data_path import loader_start, worker_rate
 from gfmtune.bench.measure import (
     DEFAULT,
     REFERENCE,
     BenchPath,
     Shape,
-    loader_start,
     measure_or_oom,
     regimes,
     timed,
-    worker_rate,
 )
 from gfmtune.data.synthetic import SyntheticSpec
 from gfmtune.fileio import atomic_write_text

@@ -6,10 +6,11 @@ For each model, regime (frozen: FT-Rate 0; fine-tuned: FT-Rate 0.1; U-TAE: from 
 series length, on synthetic tensors of PASTIS's shapes (batch, t frames, 10 bands, size px):
 the median training step of ``--steps`` timed steps after ``--warmup``, validation seconds per
 patch, frames/s, peak GPU memory and achieved TFLOP/s from counted FLOPs (see
-:mod:`gfmtune.bench.measure`), and the start-up of the DataLoader workers. Writes
-``bench_train.md`` and ``bench_train.json`` to ``--out``: the rows, the ratios default /
-reference and the grid's hours (:mod:`gfmtune.bench.grid`). ``--components`` also measures the
-reference with each of its choices switched, one at a time, to the default's. On a CPU it runs
+:mod:`gfmtune.bench.measure`), and the start-up of the DataLoader workers
+(:mod:`gfmtune.bench.data_path`). Writes ``bench_train.md`` and ``bench_train.json`` to
+``--out``: the rows, the ratios default / reference and the grid's hours
+(:mod:`gfmtune.bench.grid`). ``--components`` also measures the reference with each of its
+choices switched, one at a time, to the default's. On a CPU it runs
 the tiny models at 32 px by default and says so: its numbers are not a GPU estimate.
 """
 
@@ -29,16 +30,8 @@ from typing import Any
 import torch
 
 from gfmtune.bench import grid as gridcost
-from gfmtune.bench.measure import (
-    COMPONENTS,
-    PATHS,
-    Shape,
-    changes,
-    data_path,
-    loader_start,
-    measure_or_oom,
-    regimes,
-)
+from gfmtune.bench.data_path import data_path, loader_start
+from gfmtune.bench.measure import COMPONENTS, PATHS, Shape, changes, measure_or_oom, regimes
 from gfmtune.fileio import atomic_write_text
 from gfmtune.models.registry import REGISTRY, get_spec
 from gfmtune.train.devices import device_name, select_device
@@ -193,7 +186,7 @@ def _data_lines(result: dict[str, Any]) -> list[str]:
         "",
         f"One DataLoader worker reading a synthetic Zarr store ({d['size']} px, batch "
         f"{d['batch']}), epochs after its first (no start-up): int16 frames as `gfmtune train` "
-        "sends them, float32 normalised in the worker as before. Workers needed = consumed / "
+        "sends them, and float32 normalised in the worker. Workers needed = consumed / "
         "delivered per worker, rounded up.",
         "",
         "| model | regime | t | training consumes | validation consumes | one worker delivers "

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from gfmtune.data.bench import prepare
+from gfmtune.bench.reader import prepare
 from gfmtune.data.manifests import write_label_splits
 from gfmtune.data.synthetic import SyntheticSpec
 from gfmtune.fileio import atomic_write_text

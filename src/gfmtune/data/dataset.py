@@ -327,7 +327,7 @@ class PastisZarrDataset(Dataset):
         raise ManifestError(
             f"{self.reader.store}: no labelled pixel in the {where} of folds {self.folds}: "
             f"every label is void ({pastis.VOID_CLASS}), so there is nothing to train on or "
-            "score; check the store's labels (gfmtune convert) or choose other patches"
+            "score; check the store's labels (gfmtune store) or choose other patches"
         )
 
     @classmethod

@@ -73,7 +73,8 @@ def _nest(positions: np.ndarray, t: int) -> np.ndarray:
 
 
 def paper_frames(n_frames: int, t: int) -> np.ndarray:
-    """The paper's frame indices for a series of ``n_frames >= t`` frames (REFERENCE §2)."""
+    """The paper's frame indices for a series of ``n_frames >= t`` frames (docs/protocol.md,
+    "Frames")."""
     if t == 1:
         return np.array([n_frames - 1])
     base = min(n_frames, PAPER_BASE_FRAMES)  # shorter series: all frames, never repeats

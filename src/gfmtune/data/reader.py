@@ -14,7 +14,8 @@ that built the reader and uses one thread in processes it is sent to (DataLoader
 are parallel already); ``threads=`` overrides both.
 
 Measured on 2 cores (``gfmtune bench-data``), ``shard`` beat tensorstore at every t, and
-zarr-python is far slower than both (REFERENCE §5), so it is not offered. The choice lives in
+zarr-python is far slower than both (docs/data.md, "Stage 2: the Zarr store"), so it is not
+offered. The choice lives in
 :data:`DEFAULT_BACKEND`. A reader holds no open file or handle when pickled, and each process
 opens its own backend lazily, so it is safe in DataLoader workers (fork or spawn). One caveat for
 ``tensorstore``: a forked child of a process that has used it cannot use it (tensorstore aborts

@@ -1,1 +1,4 @@
-"""Models: CROMA and SSL4EO-DINO encoders, temporal UPerNet decoder, U-TAE, registry."""
+"""Models: the frame encoders (CROMA, SSL4EO-S12 DINO and MoCo on one ViT-S/16, Prithvi-EO-2.0),
+the temporal UPerNet decoder with its L-TAE, the U-TAE baseline, the registry that names every
+model (plug-in encoders included), their checkpoints and input policies, and ``gfmtune params``
+and ``gfmtune weights``."""

@@ -1,4 +1,4 @@
-"""Published checkpoints (REFERENCE §3) and the facts of each registry model (family,
+"""Published checkpoints (docs/protocol.md, "Models") and the facts of each registry model (family,
 checkpoint, from scratch or not, relative runtime): the one table of them, free of torch
 imports so that the Snakefile can read it cheaply. docs/add-an-encoder.md has the contract."""
 

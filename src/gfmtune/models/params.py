@@ -1,12 +1,12 @@
 """``gfmtune params``: the paper's parameter table, and the exact counts this project trains.
 
-Paper convention (REFERENCE §3): "decoder only" counts the neck and the UPerNet head (PPM,
-bottleneck, laterals, FPN convs, fpn_bottleneck), neither the 1 x 1 classifier nor the L-TAE;
-"whole network" adds the full encoder (all 24 CROMA-large blocks). U-TAE has no pretrained
-encoder: both columns give the whole model, in its official form (``utae``) and as the paper ran
-it (``utae_paper``, no normalisation in the down blocks). The exact columns count the parameters the
-optimiser updates: at FT-Rate 0 everything but the encoder (classifier and temporal module
-included), at FT-Rate > 0 also the encoder blocks whose output is used (CROMA stops after
+Paper convention (docs/protocol.md, "The parameter table"): "decoder only" counts the neck and the
+UPerNet head (PPM, bottleneck, laterals, FPN convs, fpn_bottleneck), neither the 1 x 1 classifier
+nor the L-TAE; "whole network" adds the full encoder (all 24 CROMA-large blocks). U-TAE has no
+pretrained encoder: both columns give the whole model, in its official form (``utae``) and as the
+paper ran it (``utae_paper``, no normalisation in the down blocks). The exact columns count the
+parameters the optimiser updates: at FT-Rate 0 everything but the encoder (classifier and temporal
+module included), at FT-Rate > 0 also the encoder blocks whose output is used (CROMA stops after
 block 11, so blocks 12-23 are never trained).
 """
 

@@ -1,10 +1,10 @@
 """Input policies: how a model sees PASTIS samples (bands, spatial size) in training and at test.
 
-Band adaptation: the 10 PASTIS bands (already normalised) go to their places in the encoder's
-band list; missing bands are filled with 0. Spatial handling is per model (REFERENCE §2):
-CROMA takes a random 120 x 120 crop of image and target in training and averages logits over
-2 x 2 sliding windows of 120 at evaluation (or runs at native 128); DINO resizes the image to
-224 and resizes the logits back; U-TAE runs at 128 as is.
+Band adaptation: the 10 PASTIS bands (already normalised) go to their places in the encoder's band
+list; missing bands are filled with 0. Spatial handling is per model (docs/protocol.md, "Spatial
+size"): CROMA takes a random 120 x 120 crop of image and target in training and averages logits over
+2 x 2 sliding windows of 120 at evaluation (or runs at native 128); DINO resizes the image to 224
+and resizes the logits back; U-TAE runs at 128 as is.
 
 A ``resize`` policy's evaluation logits go from the decoder's resolution straight to the
 output size (``eval_resize="direct"``: DINO's 56 -> 128), or, as the authors' sliding-inference

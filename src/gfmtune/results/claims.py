@@ -1,5 +1,6 @@
-"""The paper's conclusions (STUDY.md), each decided on a statistic of the per-cell means with
-the numbers that decide it; "undetermined" when the cells it needs are missing.
+"""The paper's conclusions (docs/protocol.md, "The paper's conclusions"), each decided on a
+statistic of the per-cell means with the numbers that decide it; "undetermined" when the cells it
+needs are missing.
 
 Input: :func:`gfmtune.results.tables.summarize` output (mean mIoU per cell, paper convention;
 U-TAE has ft_rate -1) and, when every cell has per-patch test counts, its bootstrap replicates

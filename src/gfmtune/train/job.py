@@ -379,7 +379,7 @@ class CellJob:
             log.warning(
                 "%s: the store predates content digests, so a feature cache cannot tell its "
                 "data from another's; training without the cache: rebuild the store "
-                "(gfmtune convert) to use it",
+                "(gfmtune store) to use it",
                 self.inputs.store,
             )
             return datasets

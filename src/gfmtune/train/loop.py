@@ -1,4 +1,5 @@
-"""The training and evaluation loops of one cell (paper protocol, REFERENCE §2).
+"""The training and evaluation loops of one cell (the paper's protocol: docs/protocol.md,
+"Optimisation" and "Evaluation and metric").
 
 AdamW with two parameter groups (decoder at ``lr``, encoder at FT-Rate x ``lr``; a frozen
 encoder is in no group and runs without autograd), MultiStepLR stepped per iteration at

@@ -1,4 +1,4 @@
-"""Training settings: the paper's protocol as defaults (REFERENCE §2), overridable by config;
+"""Training settings: the paper's protocol as defaults (docs/protocol.md), overridable by config;
 validated against the configuration schema's ``train.settings`` (:mod:`gfmtune.config`).
 """
 

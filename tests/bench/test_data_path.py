@@ -6,12 +6,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from gfmtune.bench import measure
+from gfmtune.bench import data_path, measure
 from gfmtune.bench.train import _data_lines
 
 
 def test_data_path_measures_a_real_store(tmp_path: Path) -> None:
-    d = measure.data_path(tmp_path, 16, [1, 6], batch=3, epochs=2)
+    d = data_path.data_path(tmp_path, 16, [1, 6], batch=3, epochs=2)
     assert (tmp_path / "s2.zarr").is_dir() and (tmp_path / "timesteps" / "6.csv").is_file()
     assert [r["t"] for r in d["rates"]] == [1, 6]
     assert all(r["samples_per_s"] > 0 and r["float32_samples_per_s"] > 0 for r in d["rates"])
@@ -21,8 +21,8 @@ def test_data_path_measures_a_real_store(tmp_path: Path) -> None:
 
 
 def test_loader_start_follows_the_paths_persistence() -> None:
-    default = measure.loader_start(measure.DEFAULT, 1)
-    reference = measure.loader_start(measure.REFERENCE, 1)
+    default = data_path.loader_start(measure.DEFAULT, 1)
+    reference = data_path.loader_start(measure.REFERENCE, 1)
     assert not reference["persistent"]
     assert default["persistent"] == (default["workers"] > 0)
 

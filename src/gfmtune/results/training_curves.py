@@ -17,8 +17,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from gfmtune.results.aggregate import cell_row
+from gfmtune.results.command import caveat
 from gfmtune.results.figures import save_figure
-from gfmtune.results.report import caveat
 from gfmtune.results.tables import ft_text
 
 HISTORY = "history.csv"

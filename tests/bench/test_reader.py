@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from gfmtune.bench import reader
 from gfmtune.cli import main
-from gfmtune.data import bench
 
 TINY = ["--patches", "6", "--size", "16", "--frames", "35", "37", "--repeats", "1"]
 
@@ -34,7 +34,7 @@ def test_bench_reports_all_cells(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert f"| {row['t']} | {row['cache']} |" in table
         if row["cache"] == "warm" or not row["status"].startswith("not measured"):
             assert _measured_ok(row), row
-        assert row["target"] == bench.TARGETS.get((row["cache"], row["t"]))
+        assert row["target"] == reader.TARGETS.get((row["cache"], row["t"]))
     assert 0 < result["bytes"]["ratio"] < 1 and "Store / raw bytes" in table
     assert result["machine"]["cpus"] >= 1 and result["config"]["patches"] == 6
 
@@ -48,7 +48,7 @@ def test_bench_reports_all_cells(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_cold_cache_not_measurable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(bench, "DROP_CACHES", tmp_path / "no" / "drop_caches")
+    monkeypatch.setattr(reader, "DROP_CACHES", tmp_path / "no" / "drop_caches")
     out = tmp_path / "bench.json"
     args = [*TINY, "--timesteps", "6", "--json", str(out)]
     assert main(["bench-data", "--work", str(tmp_path / "work"), *args]) == 0

@@ -1,0 +1,38 @@
+# Functions of rules/train.smk (Snakemake's lint wants rule files without functions).
+from gfmtune.train.job import MAX_AUTO_WORKERS
+
+
+def weights_stamp(wildcards):
+    ckpt = facts(wildcards.model).checkpoint
+    return [RUN / "weights" / f"{ckpt.name}.json"] if ckpt else []
+
+
+def weights_args(wildcards):
+    """``--weights-dir DIR`` for a model with a pretrained checkpoint, as separate arguments."""
+    return ["--weights-dir", config["weights"]["dir"]] if weights_stamp(wildcards) else []
+
+
+def train_threads():
+    """CPUs of a training job: with workers auto, the cores of this machine shared by the
+    training jobs that run at once (--resources gpu=N: cores // N), at most the 15 workers of
+    gfmtune.train.job.MAX_AUTO_WORKERS and the main process; with a number of workers, that
+    number and one. SLURM's profile sets its own (set-threads)."""
+    workers = config["train"]["settings"].get("workers", "auto")
+    if workers != "auto":
+        return int(workers) + 1
+    gpus = workflow.global_resources.get("gpu")
+    share = workflow.cores // max(1, int(getattr(gpus, "value", gpus) or 1))
+    return max(1, min(MAX_AUTO_WORKERS + 1, share))
+
+
+def train_runtime(wildcards, attempt):
+    """Time limit in minutes of a training job (SLURM -t): `train.runtime` is a CROMA cell's
+    at 35 frames. Scaled by the model (its catalog runtime, relative to CROMA's: the step costs
+    behind the GPU-time estimate in docs/reproduce.md, with margin), by the frames
+    (0.2 + 0.8 t / 35: a fifth does not grow with t) and by the attempt (a retry after a
+    time-out gets twice the limit, and resumes from its last finished epoch)."""
+    import math
+
+    model = facts(wildcards.model).runtime
+    frames = 0.2 + 0.8 * int(wildcards.timesteps) / 35
+    return math.ceil(config["train"]["runtime"] * model * frames * attempt)
