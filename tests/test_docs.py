@@ -85,12 +85,17 @@ def broken_links(path: Path) -> list[str]:
 
 
 def citing_files(root: Path) -> list[Path]:
-    """The text files of :data:`CITING` under ``root`` (this test's own examples excluded)."""
+    """The text files of :data:`CITING` under ``root`` (this test's own examples and build
+    artefacts such as ``src/gfmtune.egg-info`` excluded)."""
     found = []
     for name in CITING:
         path = root / name
         files = sorted(p for p in path.rglob("*") if p.suffix in TEXT) if path.is_dir() else [path]
-        found += [p for p in files if p.is_file() and p.resolve() != Path(__file__).resolve()]
+        found += [
+            p for p in files
+            if p.is_file() and p.resolve() != Path(__file__).resolve()
+            and not any(part.endswith(".egg-info") for part in p.parts)
+        ]  # fmt: skip
     return found
 
 
