@@ -75,7 +75,7 @@ class Sizes:
     steps: int
     matmul: int
     cells: CellPlan
-    compile_backend: str  # "eager" on the CPU: inductor's C++ builds take minutes there
+    compile_backend: str | None  # "eager" on the CPU: inductor's C++ builds take minutes there
 
 
 def sizes(dry: bool) -> Sizes:
@@ -88,7 +88,7 @@ def sizes(dry: bool) -> Sizes:
     cells = CellPlan(SyntheticSpec(40, 128, (36, 38), seed=0), t=6, epochs=3, batch=8,
                      cells=(("utae", None), ("dino", 0.0), ("croma", 0.1)), device="auto",
                      loader_t=(6, 35))  # fmt: skip
-    return Sizes(("croma", "dino", "utae"), 128, (35, 6), 8, 3, 8192, cells, "inductor")
+    return Sizes(("croma", "dino", "utae"), 128, (35, 6), 8, 3, 8192, cells, None)
 
 
 class Report:

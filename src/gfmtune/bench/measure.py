@@ -65,7 +65,7 @@ class BenchPath:
     all_blocks: bool
     persistent_workers: bool = True  # DataLoader workers kept alive across epochs
     tf32: bool = False  # TF32 allowed in matrix products and convolutions, whatever precision
-    compile_backend: str = "inductor"  # torch.compile's backend with settings.compile
+    compile_backend: str | None = None  # torch.compile's backend with settings.compile
 
 
 DEFAULT = BenchPath("default", TrainSettings(), all_blocks=False)

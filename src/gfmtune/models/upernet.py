@@ -134,7 +134,11 @@ def autocast_levels(levels: list[torch.Tensor], device_type: str) -> list[torch.
     in fp32, which would double the feature cache and what its batches move. Rounded here, in
     :meth:`TemporalUPerNet.encode`, the decoder gets the same values from the encoder as from
     the cache, which stores what ``encode`` returns."""
-    if not torch.is_autocast_enabled(device_type):
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type without autocast (meta, where FLOPs are counted)
+        return levels
+    if not enabled:
         return levels
     dtype = torch.get_autocast_dtype(device_type)
     return [level.to(dtype) for level in levels]

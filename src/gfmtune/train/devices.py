@@ -119,16 +119,18 @@ def configure_backends(device: torch.device, precision: str, deterministic: bool
     )
 
 
-def compile_model(model: nn.Module, has_encoder: bool, backend: str = "inductor") -> None:
+def compile_model(model: nn.Module, has_encoder: bool, backend: str | None = None) -> None:
     """``torch.compile`` in place (parameters and state-dict keys unchanged): a model with an
     encoder gets its encoder and its ``decode`` compiled apart, so that chunked, checkpointed and
     cached-feature calls run compiled code too; a model without one (U-TAE) is compiled whole.
-    ``backend``: torch.compile's (``eager`` traces without generating code, for tests)."""
+    ``backend``: torch.compile's (None: its default, inductor; ``eager`` traces without
+    generating code, for tests)."""
+    options = {} if backend is None else {"backend": backend}
     if has_encoder:
-        model.encoder.compile(backend=backend)
-        model.decode = torch.compile(model.decode, backend=backend)
+        model.encoder.compile(**options)
+        model.decode = torch.compile(model.decode, **options)
     else:
-        model.compile(backend=backend)
+        model.compile(**options)
     log.info("torch.compile: %s", "encoder and decoder" if has_encoder else "whole model")
 
 
