@@ -6,7 +6,7 @@ include: "helpers/train.smk"
 
 
 # DataLoader workers of a training job; auto asks for 16 CPUs and starts workers on all but one
-# (gfmtune.train.job.MAX_AUTO_WORKERS, 15).
+# (gfmtune.train.loader.MAX_AUTO_WORKERS, 15).
 TRAIN_WORKERS = config["train"]["settings"].get("workers", "auto")
 
 
