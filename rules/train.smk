@@ -5,9 +5,7 @@
 include: "helpers/train.smk"
 
 
-# DataLoader workers of a training job; auto asks for 16 CPUs and starts workers on all but one
-# (gfmtune.train.loader.MAX_AUTO_WORKERS, 15).
-TRAIN_WORKERS = config["train"]["settings"].get("workers", "auto")
+# CPUs of a training job (train_threads, rules/helpers/train.smk): its workers and one more.
 
 
 rule train:
@@ -25,7 +23,7 @@ rule train:
         device=config["train"]["device"],
         cache=RUN / "feature_cache",
         out=lambda wildcards, output: Path(output[0]).parent,
-    threads: 16 if TRAIN_WORKERS == "auto" else max(1, TRAIN_WORKERS)
+    threads: train_threads()
     resources:
         gpu=config["train"]["gpus"],
         mem_mb=config["train"]["mem_mb"],

@@ -1,4 +1,5 @@
 # Functions of rules/train.smk (Snakemake's lint wants rule files without functions).
+from gfmtune.train.loader import MAX_AUTO_WORKERS
 
 
 def weights_stamp(wildcards):
@@ -9,6 +10,19 @@ def weights_stamp(wildcards):
 def weights_args(wildcards):
     """``--weights-dir DIR`` for a model with a pretrained checkpoint, as separate arguments."""
     return ["--weights-dir", config["weights"]["dir"]] if weights_stamp(wildcards) else []
+
+
+def train_threads():
+    """CPUs of a training job: with workers auto, the cores of this machine shared by the
+    training jobs that run at once (--resources gpu=N: cores // N), at most the 15 workers of
+    gfmtune.train.loader.MAX_AUTO_WORKERS and the main process; with a number of workers, that
+    number and one. SLURM's profile sets its own (set-threads)."""
+    workers = config["train"]["settings"].get("workers", "auto")
+    if workers != "auto":
+        return int(workers) + 1
+    gpus = workflow.global_resources.get("gpu")
+    share = workflow.cores // max(1, int(getattr(gpus, "value", gpus) or 1))
+    return max(1, min(MAX_AUTO_WORKERS + 1, share))
 
 
 def train_runtime(wildcards, attempt):

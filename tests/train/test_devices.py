@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gfmtune.cli import main
 from gfmtune.train import devices
 
 
@@ -205,3 +207,17 @@ def test_paper_size_models_do_not_fall_back_to_the_cpu(monkeypatch: pytest.Monke
     assert "driver too old" in devices.no_gpu_reason()
     monkeypatch.setattr(torch.version, "cuda", None)
     assert "CPU-only build" in devices.no_gpu_reason()
+
+
+def test_gfmtune_train_refuses_a_paper_size_model_on_the_cpu_with_auto(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--device auto`` resolves to the CPU here: the refusal must see what was asked for."""
+    args = ["train", "--store", str(tmp_path / "none.zarr"), "--label-split",
+            str(tmp_path / "10.csv"), "--timesteps", str(tmp_path / "6.csv"), "--model", "utae",
+            "--device", "auto", "--out", str(tmp_path / "cell")]  # fmt: skip
+    (tmp_path / "6.csv").write_text("patch_id,frames,days\n1,0 1 2 3 4 5,0 5 10 15 20 25\n")
+    with caplog.at_level(logging.ERROR):
+        assert main(args) == 1
+    assert "no GPU for model 'utae'" in caplog.text
+    assert not (tmp_path / "cell").exists()

@@ -12,12 +12,11 @@ import yaml
 
 from gfmtune.config import ConfigError
 from gfmtune.data.dataset import PastisZarrDataset
-from gfmtune.train import loader
+from gfmtune.train import loader as train_loader
 from gfmtune.train.loader import build_loader, loader_workers
 from gfmtune.train.settings import TrainSettings
 from tests.train.conftest import FAST, inputs
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.workflow_helpers import REPO, run_snakemake
 
 
 def _orders(loader: torch.utils.data.DataLoader, epochs: int) -> list[list[int]]:
@@ -53,28 +52,46 @@ def test_evaluation_loaders_leave_the_global_rng_alone(train_data: Path) -> None
 
 
 @pytest.mark.parametrize(
-    ("slurm", "affinity", "workers"),
-    [("16", 64, 15), ("64", 2, 15), ("8", 64, 7), ("1", 8, 0), (None, 4, 3), ("", 1, 0)],
-)
+    ("slurm", "affinity", "threads", "workers"),
+    [("16", 64, 4, 15), ("64", 2, 2, 15), ("8", 64, 64, 7), ("1", 8, 8, 0), (None, 4, 64, 3),
+     (None, 64, 8, 7), ("", 1, 1, 0)],
+)  # fmt: skip
 def test_auto_workers_follow_the_jobs_cpus(
-    monkeypatch: pytest.MonkeyPatch, slurm: str | None, affinity: int, workers: int
-) -> None:
+    monkeypatch: pytest.MonkeyPatch, slurm: str | None, affinity: int, threads: int,
+    workers: int,
+) -> None:  # fmt: skip
+    """SLURM's grant, else the CPUs the job may run on, at most its torch threads."""
     if slurm is None:
         monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     else:
         monkeypatch.setenv("SLURM_CPUS_PER_TASK", slurm)
-    monkeypatch.setattr(loader.os, "sched_getaffinity", lambda pid: set(range(affinity)))
+    monkeypatch.setattr(train_loader.os, "sched_getaffinity", lambda pid: set(range(affinity)))
+    monkeypatch.setattr(train_loader.torch, "get_num_threads", lambda: threads)
     assert loader_workers("auto") == workers
     assert loader_workers(3) == 3
 
 
-def test_the_workflow_asks_for_the_cpus_of_the_auto_workers() -> None:
+@pytest.mark.parametrize(
+    ("args", "threads"),
+    [(("--cores", "64"), 16), (("--cores", "32", "--resources", "gpu=4"), 8),
+     (("--cores", "2"), 2), (("--cores", "8", "--config", "train={settings: {workers: 3}}"), 4)],
+)  # fmt: skip
+def test_a_training_job_gets_its_share_of_the_cores(
+    tmp_path: Path, args: tuple[str, ...], threads: int
+) -> None:
+    """The jobs that run at once (one per GPU) share the machine's cores, at most the auto
+    workers and the main process each."""
+    result = run_snakemake(tmp_path, "-n", *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    train = result.stdout.split("rule train:", 1)[1].split("\n\n", 1)[0]
+    assert f"threads: {threads}\n" in train
+
+
+def test_the_slurm_profile_asks_for_the_cpus_of_the_auto_workers() -> None:
     """15 workers at most, so that at t = 35 (20-29 samples/s each) the data bound a step at
-    18-27 ms, and one CPU more for the main process from the train rule and the SLURM profile."""
-    assert loader.MAX_AUTO_WORKERS == 15
-    cpus = loader.MAX_AUTO_WORKERS + 1
-    rule = (REPO / "rules" / "train.smk").read_text()
-    assert f'threads: {cpus} if TRAIN_WORKERS == "auto"' in rule
+    18-27 ms, and one CPU more for the main process."""
+    assert train_loader.MAX_AUTO_WORKERS == 15
+    cpus = train_loader.MAX_AUTO_WORKERS + 1
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.v8+.yaml").read_text())
     assert profile["set-threads"] == {"train": cpus, "train_variant": cpus}
     assert profile["set-resources"]["train"]["cpus_per_task"] == cpus

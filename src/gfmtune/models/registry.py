@@ -161,6 +161,8 @@ REGISTRY: dict[str, ModelSpec] = {
         **TINY_DECODER,
     ),
 }
+#: The models gfmtune ships (plug-ins register more): the paper-size ones are not ``*_tiny``.
+BUILTIN = frozenset(REGISTRY)
 
 
 def register_model(

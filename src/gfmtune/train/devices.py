@@ -71,9 +71,13 @@ def no_gpu_reason() -> str:
 
 
 def refuse_cpu_fallback(device: torch.device, requested: str, model: str) -> None:
-    """With ``--device auto`` only the tiny models may fall back to the CPU: a paper-size cell
-    there would take days where a GPU takes minutes, so it stops, saying why there is no GPU."""
-    if device.type == "cpu" and requested == "auto" and not model.endswith("_tiny"):
+    """With ``--device auto`` a paper-size model (one gfmtune ships, not ``*_tiny``) does not
+    fall back to the CPU: its cell there would take days where a GPU takes minutes, so it
+    stops, saying why there is no GPU. Plug-ins, whose size gfmtune cannot tell, fall back."""
+    from gfmtune.models.registry import BUILTIN  # not at import: registry builds the models
+
+    paper_size = model in BUILTIN and not model.endswith("_tiny")
+    if device.type == "cpu" and requested == "auto" and paper_size:
         raise RuntimeError(
             f"no GPU for model {model!r}: {no_gpu_reason()}; a paper-size model is not trained "
             "on the CPU unless asked (train.device: cpu, or gfmtune train --device cpu)"

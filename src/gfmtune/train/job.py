@@ -434,6 +434,7 @@ def _run(args: argparse.Namespace) -> int:
         args.store, args.label_split, args.timesteps, args.weights_dir, args.feature_cache
     )
     with claimed_device(args.device) as device:
+        refuse_cpu_fallback(device, args.device, cell.model)  # CellJob sees the resolved device
         job = CellJob(cell, inputs, settings, args.out, str(device), not args.no_progress)
         metrics = job.run()
     test = metrics["test"]

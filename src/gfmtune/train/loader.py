@@ -27,9 +27,13 @@ PREFETCH = 2
 
 
 def job_cpus() -> int:
-    """CPUs of this job: SLURM's grant (``SLURM_CPUS_PER_TASK``), else those it may run on."""
+    """CPUs of this job: SLURM's grant (``SLURM_CPUS_PER_TASK``), else those it may run on, at
+    most its torch threads (``--threads``, which the train rule sets to the job's share of the
+    machine, so that the jobs running at once do not start a full set of workers each)."""
     granted = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    return int(granted) if granted.isdigit() and int(granted) > 0 else len(os.sched_getaffinity(0))
+    if granted.isdigit() and int(granted) > 0:
+        return int(granted)
+    return min(len(os.sched_getaffinity(0)), torch.get_num_threads())
 
 
 def loader_workers(setting: int | str) -> int:
