@@ -1,5 +1,5 @@
 # Functions of rules/train.smk (Snakemake's lint wants rule files without functions).
-from gfmtune.train.job import MAX_AUTO_WORKERS
+from gfmtune.train.loader import MAX_AUTO_WORKERS
 
 
 def weights_stamp(wildcards):
@@ -15,7 +15,7 @@ def weights_args(wildcards):
 def train_threads():
     """CPUs of a training job: with workers auto, the cores of this machine shared by the
     training jobs that run at once (--resources gpu=N: cores // N), at most the 15 workers of
-    gfmtune.train.job.MAX_AUTO_WORKERS and the main process; with a number of workers, that
+    gfmtune.train.loader.MAX_AUTO_WORKERS and the main process; with a number of workers, that
     number and one. SLURM's profile sets its own (set-threads)."""
     workers = config["train"]["settings"].get("workers", "auto")
     if workers != "auto":

@@ -34,7 +34,7 @@ from gfmtune.models.contract import LEVEL_DTYPES, EncoderContractError, check_ou
 from gfmtune.models.plugins import PLUGINS_ENV
 from gfmtune.models.policies import InputPolicy
 from gfmtune.models.registry import build_model, register_model
-from gfmtune.train import job
+from gfmtune.train import cell_state, job
 from gfmtune.train.feature_cache import STORED
 from gfmtune.train.job import Cell
 from tests.data.fake_servers import write_small_dataset
@@ -635,7 +635,11 @@ def test_gfmtune_train_stops_before_reading_data(
         assert f"\n  {line}" in message
     assert json.loads((out / "failed.json").read_text())["error"] == message
     left = {p.name for p in out.iterdir()}
-    assert "failed.json" in left and not left & {job.STATE, job.BEST, job.METRICS}
+    assert "failed.json" in left and not left & {
+        cell_state.STATE,
+        cell_state.BEST,
+        cell_state.METRICS,
+    }
     assert not [p for p in out.iterdir() if p.is_dir()]  # no board, no partial files
     assert not (tmp_path / "feature_cache").exists()
     monkeypatch.delitem(sys.modules, "bad_plugin_mod", raising=False)

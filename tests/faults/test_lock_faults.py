@@ -37,9 +37,10 @@ from gfmtune.data.store import lock_path, partial_path, progress_path
 from gfmtune.data.synthetic import SyntheticSpec, write_synthetic_pastis
 from gfmtune.models import catalog, registry
 from gfmtune.models.registry import build_model, get_spec
-from gfmtune.train import devices, feature_cache
-from gfmtune.train.feature_cache import cache_key
-from gfmtune.train.job import LOCK, Cell
+from gfmtune.train import devices, feature_key
+from gfmtune.train.cell_state import LOCK
+from gfmtune.train.feature_key import cache_key
+from gfmtune.train.job import Cell
 from tests.data.test_store import SLOW_CONVERT, assert_store_equals_source
 from tests.faults.test_train_faults import (
     DINO,
@@ -178,7 +179,7 @@ KEY_CHANGES = {  # case -> (model, change made between two keys, whether the key
     "plug-in's policy module edited": (
         "conv_plugin", lambda c: c.copy("gfmtune.models.policies", True), True),
     "gfmtune version": (
-        "dino_tiny", lambda c: c.mp.setattr(feature_cache, "package_version", lambda: "9"), True),
+        "dino_tiny", lambda c: c.mp.setattr(feature_key, "package_version", lambda: "9"), True),
     "unrelated module edited": (
         "dino_tiny", lambda c: c.copy("gfmtune.train.job", True), False),
 }  # fmt: skip

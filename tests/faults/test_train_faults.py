@@ -30,7 +30,8 @@ from gfmtune.data.store import convert
 from gfmtune.results.aggregate import collect
 from gfmtune.results.maps import cell_folder
 from gfmtune.tensorio import save_tensors
-from gfmtune.train.feature_cache import CachedFeatures, store_content_digest
+from gfmtune.train.feature_cache import CachedFeatures
+from gfmtune.train.feature_key import store_content_digest
 from gfmtune.train.job import Cell, CellJob, Inputs
 from tests.train.conftest import (
     FAST,

@@ -16,8 +16,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gfmtune.train import job
+from gfmtune.train import cell_state, job
 from gfmtune.train.job import Cell, CellJob
+from gfmtune.train.loader import skippable
 from tests.train.conftest import FAST, Interrupted, inputs, interrupt_after, train_argv
 
 SETTINGS = replace(FAST, checkpoint_minutes=10)  # the default cadence: no save in a short run
@@ -107,7 +108,9 @@ def test_stop_after_the_last_step_saves_before_validation(
 
     monkeypatch.setattr(job, "train_epoch", interrupted)
     before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(job.JobStopped, match="SIGINT: saved state at epoch 1 step") as stopped:
+    with pytest.raises(
+        cell_state.JobStopped, match="SIGINT: saved state at epoch 1 step"
+    ) as stopped:
         _job(train_data, tmp_path / "cell", cell, settings).run()
     assert f"step {steps[0]}; rerun to resume" in str(stopped.value)
     assert signal.getsignal(signal.SIGINT) is before  # the handler is restored
@@ -124,7 +127,7 @@ def test_state_is_saved_when_due(
     minutes: float, saved_after: list, train_data: Path, tmp_path: Path, monkeypatch
 ) -> None:
     now, saves = [0.0], []
-    monkeypatch.setattr(job, "_clock", lambda: now[0])
+    monkeypatch.setattr(cell_state, "_clock", lambda: now[0])
     train_epoch, checkpoint = job.train_epoch, CellJob._checkpoint
 
     def epoch_of_4_minutes(*args, **kwargs) -> float:
@@ -170,23 +173,23 @@ def test_kill_between_state_and_best_resumes_to_the_states_best(
     run's."""
     cell, settings = Cell("utae_tiny", None, "10", 6), replace(SETTINGS, epochs=1)  # 10 min
     reference = _job(train_data, tmp_path / "ref", cell, settings).run()
-    out, save, written = tmp_path / "cell", job.save_tensors, []
+    out, save, written = tmp_path / "cell", cell_state.save_tensors, []
 
     def killed_at_best(tensors: dict, path: Path) -> None:
         written.append(Path(path).name)
-        if Path(path).name == job.BEST:
+        if Path(path).name == cell_state.BEST:
             raise Interrupted("killed before best.pt")
         save(tensors, path)
 
-    monkeypatch.setattr(job, "save_tensors", killed_at_best)
+    monkeypatch.setattr(cell_state, "save_tensors", killed_at_best)
     with pytest.raises(Interrupted):
         _job(train_data, out, cell, settings).run()
-    assert written == [job.STATE, job.BEST] and not (out / job.BEST).exists()
-    assert torch.load(out / job.STATE, weights_only=True)["best"] is not None
+    assert written == [cell_state.STATE, cell_state.BEST] and not (out / cell_state.BEST).exists()
+    assert torch.load(out / cell_state.STATE, weights_only=True)["best"] is not None
     monkeypatch.undo()
     resumed = _job(train_data, out, cell, settings).run()
     assert resumed["test"] == reference["test"] and resumed["attempts"] == 2
-    ref_best, new_best = (torch.load(d / job.BEST) for d in (tmp_path / "ref", out))
+    ref_best, new_best = (torch.load(d / cell_state.BEST) for d in (tmp_path / "ref", out))
     assert ref_best.keys() == new_best.keys()
     assert all(torch.equal(ref_best[k], new_best[k]) for k in ref_best)
 
@@ -211,7 +214,7 @@ def test_skipped_batches_keep_the_order_and_are_not_loaded() -> None:
     full = [b.tolist() for b in loader(_Recorded(11))]
     data = _Recorded(11)
     resumed = loader(data)
-    job._skippable(resumed).skip = 2 * 3
+    skippable(resumed).skip = 2 * 3
     assert len(resumed) == len(full) == 3
     assert [b.tolist() for b in resumed] == full[2:]
     assert sorted(data.loaded) == sorted(full[2])  # only the batch not yet done is loaded

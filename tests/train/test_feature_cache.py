@@ -21,7 +21,8 @@ from gfmtune.models.policies import window_corners
 from gfmtune.models.registry import build_model, get_spec
 from gfmtune.pastis import TEST_FOLD, VAL_FOLD
 from gfmtune.train import feature_cache, job
-from gfmtune.train.feature_cache import ALL_FOLDS, CachedFeatures, FeatureCache, cache_key
+from gfmtune.train.feature_cache import ALL_FOLDS, CachedFeatures, FeatureCache
+from gfmtune.train.feature_key import cache_key
 from gfmtune.train.job import Cell, CellJob
 from gfmtune.train.loop import evaluate
 from tests.train.conftest import FAST, inputs, out_of_memory_once

@@ -18,7 +18,8 @@ from gfmtune.data.dataset import AuthorsDraw, PastisZarrDataset
 from gfmtune.data.manifests import write_label_splits, write_timesteps
 from gfmtune.data.store import convert
 from gfmtune.data.synthetic import SyntheticSpec, write_synthetic_pastis
-from gfmtune.train.job import Cell, CellJob, _loader
+from gfmtune.train.job import Cell, CellJob
+from gfmtune.train.loader import build_loader
 from gfmtune.train.settings import TrainSettings
 from tests.train.conftest import (
     FAST,
@@ -139,7 +140,7 @@ def test_persistent_workers_draw_each_epoch_as_the_main_process(long_data: Path)
     )
     epochs = {}
     for workers in (0, 2):
-        loader = _loader(ds, 2, replace(FAST, workers=workers), shuffle=False)
+        loader = build_loader(ds, 2, replace(FAST, workers=workers), shuffle=False)
         assert loader.persistent_workers == (workers > 0)
         epochs[workers], pids = [], set()
         for epoch in (0, 1):

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from gfmtune.models.registry import build_model
-from gfmtune.train.job import Cell, CellJob, seed_everything
+from gfmtune.train.cell_state import seed_everything
+from gfmtune.train.job import Cell, CellJob
 from gfmtune.train.metrics import metrics_from_confusion
 from tests.train.conftest import FAST, inputs, kill_mid_training, train_argv
 

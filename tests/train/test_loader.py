@@ -12,8 +12,8 @@ import yaml
 
 from gfmtune.config import ConfigError
 from gfmtune.data.dataset import PastisZarrDataset
-from gfmtune.train import job
-from gfmtune.train.job import _loader, loader_workers
+from gfmtune.train import loader as train_loader
+from gfmtune.train.loader import build_loader, loader_workers
 from gfmtune.train.settings import TrainSettings
 from tests.train.conftest import FAST, inputs
 from tests.workflow_helpers import REPO, run_snakemake
@@ -29,16 +29,16 @@ def test_shuffle_ignores_workers_and_resumes(train_data: Path) -> None:
     orders = {}
     for workers in (0, 2):
         order = torch.Generator().manual_seed(7)
-        loader = _loader(ds, 4, replace(FAST, workers=workers), True, order, drop_last=True)
+        loader = build_loader(ds, 4, replace(FAST, workers=workers), True, order, drop_last=True)
         orders[workers] = _orders(loader, 3)
     assert orders[0] == orders[2], "persistent workers draw no seed from the order generator"
     assert orders[0][0] != orders[0][1], "each epoch is shuffled anew"
 
     order = torch.Generator().manual_seed(7)
-    first = _orders(_loader(ds, 4, FAST, True, order, drop_last=True), 1)
+    first = _orders(build_loader(ds, 4, FAST, True, order, drop_last=True), 1)
     saved = order.get_state()  # as state.pt keeps it after epoch 1
     resumed = torch.Generator().set_state(saved)
-    rest = _orders(_loader(ds, 4, replace(FAST, workers=2), True, resumed, drop_last=True), 2)
+    rest = _orders(build_loader(ds, 4, replace(FAST, workers=2), True, resumed, drop_last=True), 2)
     assert first + rest == orders[0], "a resumed run shuffles as an uninterrupted one"
 
 
@@ -46,7 +46,7 @@ def test_evaluation_loaders_leave_the_global_rng_alone(train_data: Path) -> None
     data = inputs(train_data)
     ds = PastisZarrDataset.evaluation(data.store, data.timesteps)
     torch.manual_seed(0)
-    for _ in _loader(ds, 2, FAST, False):
+    for _ in build_loader(ds, 2, FAST, False):
         pass
     assert torch.equal(torch.get_rng_state(), torch.manual_seed(0).get_state())
 
@@ -65,8 +65,8 @@ def test_auto_workers_follow_the_jobs_cpus(
         monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     else:
         monkeypatch.setenv("SLURM_CPUS_PER_TASK", slurm)
-    monkeypatch.setattr(job.os, "sched_getaffinity", lambda pid: set(range(affinity)))
-    monkeypatch.setattr(job.torch, "get_num_threads", lambda: threads)
+    monkeypatch.setattr(train_loader.os, "sched_getaffinity", lambda pid: set(range(affinity)))
+    monkeypatch.setattr(train_loader.torch, "get_num_threads", lambda: threads)
     assert loader_workers("auto") == workers
     assert loader_workers(3) == 3
 
@@ -90,8 +90,8 @@ def test_a_training_job_gets_its_share_of_the_cores(
 def test_the_slurm_profile_asks_for_the_cpus_of_the_auto_workers() -> None:
     """15 workers at most, so that at t = 35 (20-29 samples/s each) the data bound a step at
     18-27 ms, and one CPU more for the main process."""
-    assert job.MAX_AUTO_WORKERS == 15
-    cpus = job.MAX_AUTO_WORKERS + 1
+    assert train_loader.MAX_AUTO_WORKERS == 15
+    cpus = train_loader.MAX_AUTO_WORKERS + 1
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.v8+.yaml").read_text())
     assert profile["set-threads"] == {"train": cpus, "train_variant": cpus}
     assert profile["set-resources"]["train"]["cpus_per_task"] == cpus

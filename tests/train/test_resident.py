@@ -13,6 +13,7 @@ from gfmtune.data.dataset import PastisZarrDataset
 from gfmtune.pastis import VAL_FOLD
 from gfmtune.train import job, resident
 from gfmtune.train.job import Cell, CellJob
+from gfmtune.train.loader import build_loader
 from gfmtune.train.resident import ResidentBatches
 from tests.train.conftest import FAST, inputs
 
@@ -52,7 +53,7 @@ def test_resident_validation_gives_the_loader_metrics_exactly(
 
 def test_no_resident_fold_with_a_frame_draw(train_data: Path) -> None:
     data = PastisZarrDataset(train_data / "s2.zarr", inputs(train_data).timesteps, (VAL_FOLD,))
-    loader = job._loader(data, 4, FAST, False)
+    loader = build_loader(data, 4, FAST, False)
     cpu = torch.device("cpu")
     assert resident.resident(loader, True, cpu, "authors") is loader
     assert resident.resident(loader, "auto", cpu, "none") is loader

@@ -26,7 +26,7 @@ from gfmtune.bench.reader import FRAMES_PER_TILE, prepare
 from gfmtune.data.dataset import PastisZarrDataset
 from gfmtune.data.synthetic import SyntheticSpec
 from gfmtune.train.feature_cache import ALL_FOLDS, CachedFeatures, FeatureCache
-from gfmtune.train.job import _loader, loader_workers
+from gfmtune.train.loader import build_loader, loader_workers
 from gfmtune.train.settings import TrainSettings
 
 
@@ -59,7 +59,7 @@ def loader_start(path: BenchPath, reps: int) -> dict[str, Any]:
     median of ``reps`` fresh loaders; and whether its workers persist across epochs."""
     s, seconds = path.settings, []
     for _ in range(reps):
-        loader = _loader(
+        loader = build_loader(
             _Items(s.batch_size), s.batch_size, s, False, persistent=path.persistent_workers
         )
         seconds.append(_epoch_seconds(loader, 1)[0])
@@ -102,7 +102,7 @@ def worker_rate(store: Path, t: int, batch: int, epochs: int) -> dict[str, Any]:
     one = replace(TrainSettings(), workers=1)
     rates = {}
     for name, data in (("int16", ds), ("float32", _WorkerNormalised(ds))):
-        seconds = _epoch_seconds(_loader(data, batch, one, False), epochs)
+        seconds = _epoch_seconds(build_loader(data, batch, one, False), epochs)
         rates[name] = len(ds) * (epochs - 1) / sum(seconds[1:])
     return {"t": t, "samples_per_s": rates["int16"], "float32_samples_per_s": rates["float32"]}
 
@@ -114,7 +114,7 @@ def worker_reuse(store: Path, t: int, batch: int, epochs: int, workers: int) -> 
     settings = replace(TrainSettings(), workers=workers)
     out: dict[str, Any] = {"t": t, "workers": workers, "steps_per_epoch": len(ds) // batch}
     for name, persistent in (("kept", True), ("restarted", False)):
-        loader = _loader(ds, batch, settings, False, drop_last=True, persistent=persistent)
+        loader = build_loader(ds, batch, settings, False, drop_last=True, persistent=persistent)
         out[name] = _epoch_seconds(loader, epochs)
         del loader
     return out
@@ -144,7 +144,7 @@ def cache_read(store: Path, t: int, batch: int, epochs: int, workers: int) -> di
     for name, data in (("cache", CachedFeatures(ds, cache)), ("store", ds)):
         item = data[0]
         tensors = item["features"] if name == "cache" else [item["image"]]
-        seconds = _epoch_seconds(_loader(data, batch, settings, False), epochs)
+        seconds = _epoch_seconds(build_loader(data, batch, settings, False), epochs)
         out[name] = {"samples_per_s": len(ds) * (epochs - 1) / sum(seconds[1:]),
                      "bytes_per_sample": sum(x.nbytes for x in tensors)}  # fmt: skip
     out["ratio"] = out["cache"]["samples_per_s"] / out["store"]["samples_per_s"]

@@ -58,7 +58,7 @@ from gfmtune.data.synthetic import SyntheticSpec
 from gfmtune.fileio import atomic_write_text
 from gfmtune.models.registry import ModelSpec, build_model, get_spec
 from gfmtune.tensorio import save_tensors
-from gfmtune.train.job import MAX_AUTO_WORKERS
+from gfmtune.train.loader import MAX_AUTO_WORKERS
 
 log = logging.getLogger(__name__)
 JSON, MD = "gpu_check.json", "gpu_check.md"

@@ -13,7 +13,8 @@ Layout of ``s2.zarr`` (dimensions patch, time, band, y, x)::
 of a patch reads about k frames' bytes from one file. The store is built in ``s2.zarr.partial``
 and renamed when complete, under the lock ``s2.zarr.lock`` (:func:`lock_path`); a killed
 conversion resumes from its progress log, which records each source file's size, mtime and
-sha256: a partial store whose source files changed since is started over. The group attribute
+sha256: a partial store whose source files changed since is started over
+(:mod:`gfmtune.data.store_resume`). The group attribute
 ``content_digest`` (sha256 over every source file's sha256) changes whenever the source content
 does.
 """
@@ -21,7 +22,6 @@ does.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -40,6 +40,7 @@ from zarr.codecs import BloscCodec
 
 from gfmtune import pastis
 from gfmtune.data.inventory import provenance, read_inventory
+from gfmtune.data.store_resume import content_digest, patch_files, read_source, resume
 from gfmtune.fileio import check_free_space, disk_full_reported
 from gfmtune.lockfile import held
 
@@ -82,30 +83,6 @@ def _layout(size: int) -> list:
 
 def _relative(root: Path, path: Path) -> str:
     return path.relative_to(root).as_posix()
-
-
-def _stat_identity(path: Path) -> dict | None:
-    """Size and mtime of ``path``, or None when it is gone."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
-def _read_source(path: Path, what: str) -> tuple[bytes, dict]:
-    """Read a source file; return its bytes and identity (size, mtime_ns, sha256)."""
-    try:
-        st = path.stat()  # before reading: a change while reading shows in the next resume
-        content = path.read_bytes()
-    except OSError as err:
-        raise pastis.PastisFormatError(f"{path}: cannot read {what} ({err})") from err
-    identity = {
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
-        "sha256": hashlib.sha256(content).hexdigest(),
-    }
-    return content, identity
 
 
 def _frame_size(root: Path, patch_id: int) -> int:
@@ -199,7 +176,7 @@ def _load_labels(
 
     def load(patch_id: int) -> tuple[np.ndarray, dict]:
         path = pastis.target_path(root, patch_id)
-        content, identity = _read_source(path, "target")
+        content, identity = read_source(path, "target")
         return pastis.load_target(path, size, content), identity
 
     ids = table.frame.patch_id.tolist()
@@ -220,64 +197,6 @@ def _stats(series: np.ndarray) -> dict[str, list]:
         "sumsq": (values**2).sum((0, 2, 3)).tolist(),
         "count": valid.sum((0, 2, 3)).tolist(),
     }
-
-
-def _changed_files(root: Path, recorded: dict[str, dict], fresh: dict[str, dict]) -> list[str]:
-    """Recorded files that changed: by sha256 when ``fresh`` has one, else by size and mtime."""
-    changed = []
-    for rel, identity in recorded.items():
-        keys = ("sha256",) if rel in fresh else ("size", "mtime_ns")
-        now = fresh.get(rel) or _stat_identity(root / rel)
-        if now is None or any(now[k] != identity.get(k) for k in keys):
-            changed.append(rel)
-    return changed
-
-
-def _resume(
-    root: Path, partial: Path, log_path: Path, header: dict
-) -> tuple[dict[str, dict], dict[int, dict]] | None:
-    """The recorded source files and the patch records of a partial store begun from these very
-    files, or None to start over (with a warning naming the changed file, when one changed)."""
-    if not partial.exists() or not log_path.exists():
-        return None
-    lines = log_path.read_text().splitlines()
-    try:
-        old = json.loads(lines[0])
-    except (IndexError, json.JSONDecodeError):
-        old = None
-    if not isinstance(old, dict) or old.get("layout") != header["layout"]:
-        log.warning("%s: progress log is for another store layout; starting over", partial)
-        return None
-    done: dict[int, dict] = {}
-    for line in lines[1:]:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill: that patch is redone
-            continue
-        done[int(record["index"])] = record
-    files = old.get("files", {})
-    changed = _changed_files(root, {**files, **_patch_files(done)}, header["files"])
-    if changed:
-        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
-        log.warning(
-            "%s changed%s since %s was begun from it: starting the conversion over",
-            root / changed[0],
-            more,
-            partial,
-        )
-        return None
-    return files, done
-
-
-def _patch_files(done: dict[int, dict]) -> dict[str, dict]:
-    """The S2 files of the written patches, by relative path."""
-    return {record["file"]: record for record in done.values()}
-
-
-def _content_digest(files: dict[str, dict]) -> str:
-    """sha256 over the sorted (path, sha256) list of the source files."""
-    listing = sorted((rel, identity["sha256"]) for rel, identity in files.items())
-    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
 def _stored_bytes(folder: Path) -> int:
@@ -316,7 +235,7 @@ class _Conversion:
         def write_patch(i: int) -> None:
             pid, dates = int(frame.patch_id.iloc[i]), frame.dates.iloc[i]
             path = pastis.s2_path(self.root, pid)
-            content, identity = _read_source(path, "S2 series")
+            content, identity = read_source(path, "S2 series")
             series = pastis.load_s2(path, len(dates), self.size, content)
             refl[i, : len(dates)] = series
             record = {"index": i, "file": _relative(self.root, path), **identity}
@@ -407,10 +326,10 @@ def _convert(
     sources = (pastis.METADATA_FILE, pastis.NORM_FILE)
     header = {
         "layout": _layout(size),
-        "files": {name: _read_source(root / name, name)[1] for name in sources},
+        "files": {name: read_source(root / name, name)[1] for name in sources},
     }
     job = _Conversion(root, table, size, partial, progress_path(store), max(1, threads))
-    resumed = _resume(root, partial, job.log_path, header)
+    resumed = resume(root, partial, job.log_path, header)
     if resumed is None:
         shutil.rmtree(partial, ignore_errors=True)
         files, done = dict(header["files"]), {}
@@ -428,7 +347,7 @@ def _convert(
             )
         n_resumed = len(done)
         job.write(todo, done, progress)
-        digest = _content_digest({**files, **_patch_files(done)})
+        digest = content_digest({**files, **patch_files(done)})
         report = {**job.finish(done, digest), "resumed_patches": n_resumed}
     if store.exists():
         shutil.rmtree(store)

@@ -51,8 +51,8 @@ from gfmtune.fileio import atomic_path
 from gfmtune.models.registry import ModelSpec, build_model, get_spec
 from gfmtune.pastis import BANDS, CLASS_NAMES, N_CLASSES, NODATA, TEST_FOLD, VOID_CLASS
 from gfmtune.tensorio import CorruptFileError, load_tensors
+from gfmtune.train.cell_state import BEST, invalidate_cell, seed_everything
 from gfmtune.train.devices import amp_dtype, claimed_device, device_name
-from gfmtune.train.job import BEST, invalidate_cell, seed_everything
 from gfmtune.train.loop import autocast, forward_fn
 from gfmtune.train.settings import TrainSettings
 
@@ -147,7 +147,7 @@ def load_cell_model(
     choice: Choice, settings: TrainSettings, weights_dir: Path | None
 ) -> torch.nn.Module:
     """The cell's trained model (CPU, eval mode); an unreadable ``best.pt`` invalidates the cell
-    (:func:`~gfmtune.train.job.invalidate_cell`) so that the workflow retrains it."""
+    (:func:`~gfmtune.train.cell_state.invalidate_cell`) so that the workflow retrains it."""
     spec = get_spec(choice.model_name, eval_resize=settings.dino_eval_resize)
     pretrained = choice.frozen and spec.checkpoint is not None
     if pretrained and weights_dir is None:

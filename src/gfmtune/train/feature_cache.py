@@ -10,13 +10,12 @@ windows, before the frames), so validation and test decode them while training e
 Features are what the model's ``encode`` returns, which the uncached path decodes alike: fp32
 without autocast, bf16 under bf16 autocast (``encode`` rounds every encoder's levels to
 autocast's dtype, DINO's fp32 ones too), so training from them gives the uncached result. Its
-key covers everything the features depend on: encoder weights and code (the source of the
-modules defining its classes, the segmentation model's and its input policy's, gfmtune's and
-torch's versions), input policy, window geometry, frames, normalisation, the store's content
-digest (not its path: another dataset converted to the same path gets its own cache),
-precision and the storage format. Jobs that share a key build it once, under a file lock
-(``root/key.lock``, :mod:`gfmtune.lockfile`); a complete cache is read without it, so a cache
-on a read-only file system is used as it is.
+key (:mod:`gfmtune.train.feature_key`) covers everything the features depend on, the store's
+content digest included (not its path: another dataset converted to the same path gets its own
+cache). Jobs that share a key build it once, under a file lock (``root/key.lock``,
+:mod:`gfmtune.lockfile`); a complete cache is read without it, so a cache on a read-only file
+system is used as it is. :func:`cached_datasets` gives a training job its datasets with the
+cached features where a cache applies.
 
 Layout of ``root/key``: one memory-mapped ``.npy`` array per level, ``level{i}.npy`` of shape
 (patches, [windows,] frames, C, h, w), one row per patch in the order of ``index.json`` (which
@@ -33,36 +32,31 @@ from __future__ import annotations
 
 import errno
 import functools
-import hashlib
-import importlib.metadata
-import inspect
 import json
 import logging
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-import zarr
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-import gfmtune
 from gfmtune.data.dataset import PastisZarrDataset, model_frames
 from gfmtune.fileio import atomic_write_text, disk_full, require_space, set_aside
 from gfmtune.lockfile import held
-from gfmtune.models.policies import InputPolicy
+from gfmtune.models.policies import window_corners
 from gfmtune.models.registry import ModelSpec
+from gfmtune.pastis import TEST_FOLD, VAL_FOLD
 from gfmtune.tensorio import CorruptFileError
+from gfmtune.train.feature_key import FORMAT, cache_key, store_content_digest
 from gfmtune.train.loop import HalvingParts, autocast
-from gfmtune.verify import file_digest
+from gfmtune.train.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 ALL_FOLDS = (1, 2, 3, 4, 5)
-FORMAT = "npy-memmap-1"  # in the key and complete.json: a cache of another format is not read
 COMPLETE, INDEX, DONE = "complete.json", "index.json", "done.bin"
 #: torch dtype -> numpy dtype its bits are stored as
 STORED = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.int16}
@@ -72,83 +66,6 @@ HEADER = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.rea
 
 #: a batch of the cached dataset -> its levels, (B, ...) each
 Encode = Callable[[dict], list[torch.Tensor]]
-
-
-def store_content_digest(store: Path) -> str | None:
-    """The store's ``content_digest`` attribute (a digest of its source files), if recorded."""
-    return zarr.open_group(str(store), mode="r").attrs.get("content_digest")
-
-
-def _module_digest(module: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _source(module_name: str) -> str:
-    """The source text of a module (its file's bytes, hex, when the source is not at hand;
-    empty for a module not imported under that name)."""
-    module = sys.modules.get(module_name)
-    if module is None:
-        return ""
-    try:
-        return inspect.getsource(module)
-    except (OSError, TypeError):
-        file = getattr(module, "__file__", None)  # none for ``python -c``'s classes
-        return Path(file).read_bytes().hex() if file else ""
-
-
-def code_digest(model: nn.Module, policy: InputPolicy) -> str:
-    """A digest of the source of every module defining a class of the model's encoder, of its
-    submodules (their bases included), of the model (its ``encode`` makes the cached levels) and
-    of the input policy; torch's own are left out (its version is in the key)."""
-    classes = [type(policy), type(model), *(type(m) for m in model.encoder.modules())]
-    names = {c.__module__ for cls in classes for c in cls.__mro__}
-    names = sorted(n for n in names if n.partition(".")[0] not in ("torch", "builtins"))
-    digest = hashlib.sha256()
-    for name in names:
-        digest.update(f"{name}\n{_source(name)}\n".encode())
-    return digest.hexdigest()
-
-
-def package_version() -> str:
-    """gfmtune's version: ``gfmtune.__version__``, else the installed distribution's."""
-    try:
-        return getattr(gfmtune, "__version__", None) or importlib.metadata.version("gfmtune")
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"  # run from a source tree: the code digest still applies
-
-
-def cache_key(
-    spec: ModelSpec,
-    model: nn.Module,
-    content_digest: str,
-    timesteps: Path,
-    norm: str,
-    nodata: str,
-    amp: torch.dtype | None,
-    windows: list[tuple[int, int]] | None = None,
-) -> str:
-    """The cache's name: a digest of everything the features of ``model``'s (frozen) encoder
-    depend on, its weights and code included; ``windows``: the corners of an evaluation cache's
-    windows (their side is the policy's size)."""
-    facts = {
-        "format": FORMAT,
-        "model": spec.name,
-        "encoder": _module_digest(model.encoder),
-        "code": code_digest(model, spec.policy),
-        "policy": repr(spec.policy),
-        "versions": [package_version(), torch.__version__],
-        "timesteps": file_digest(timesteps, "sha256"),
-        "store": content_digest,
-        "norm": norm,
-        "nodata": nodata,
-        "dtype": str(amp or torch.float32),
-        "windows": None if windows is None else [list(corner) for corner in windows],
-    }
-    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def to_stored(level: torch.Tensor) -> np.ndarray:
@@ -467,3 +384,41 @@ class CachedFeatures(Dataset):
             "label": torch.as_tensor(self.base.reader.label(position), dtype=torch.int64),
             "patch_id": patch_id,
         }
+
+
+def cached_datasets(
+    datasets: list, model: nn.Module, spec: ModelSpec, store: Path, timesteps: Path,
+    root: Path, settings: TrainSettings, device: torch.device, amp: torch.dtype | None,
+    progress: bool,
+) -> list:  # fmt: skip
+    """A frozen encoder's training, validation and test ``datasets``, read from the cache under
+    ``root`` where one applies (built first if need be): all three with a fixed input
+    (``feature_cache``); validation and test when only the training crops are random (CROMA's
+    windows, ``eval_cache``). Never with a frame draw, nor from a store without a content
+    digest."""
+    fixed = spec.policy.deterministic_train_input
+    if not (settings.feature_cache if fixed else settings.eval_cache):
+        return datasets
+    if settings.frame_draw != "none":
+        log.info("no feature cache: frame_draw %s draws frames at every load", settings.frame_draw)
+        return datasets
+    digest = store_content_digest(store)
+    if digest is None:
+        log.warning(
+            "%s: the store predates content digests, so a feature cache cannot tell its data from "
+            "another's; training without the cache: rebuild the store (gfmtune store) to use it",
+            store,
+        )
+        return datasets
+    folds = ALL_FOLDS if fixed else (VAL_FOLD, TEST_FOLD)
+    every = PastisZarrDataset(store, timesteps, folds, norm=settings.norm, nodata=settings.nodata)
+    patch = every.reader.label(int(every.positions[0])).shape  # the store's patch size
+    windows = None if fixed else window_corners(patch, spec.policy.size)
+    key = cache_key(spec, model, digest, timesteps, settings.norm, settings.nodata, amp, windows)
+    cache = FeatureCache(root, key)
+    cache.build(model, spec, every, device, amp, progress)
+    live = 0 if fixed else 1  # the datasets that keep their images: CROMA's training crops
+    log.info(
+        "%s from cached encoder features in %s", "training" if fixed else "evaluation", cache.dir
+    )
+    return datasets[:live] + [CachedFeatures(ds, cache) for ds in datasets[live:]]
