@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from gfmtune import __version__
@@ -45,6 +46,7 @@ ALIASES: dict[str, str] = {"convert": "store"}
 
 
 def main(argv: list[str] | None = None) -> int:
+    own_process = argv is None  # the command line's own process, which may restart itself
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="gfmtune", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -76,11 +78,28 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if own_process:
+            restart_with(module, args)
         return int(module.run(args) or 0)
     except (ValueError, OSError, RuntimeError) as err:
         # Known failure modes (bad input, failed download, ...) end with one clear line.
         logging.getLogger("gfmtune").error("%s", err)
         return 1
+
+
+def restart_with(module: object, args: argparse.Namespace) -> None:
+    """Run this command again, in this process's place, with the environment variables that
+    ``module.restart_environment(args)`` says its libraries must see when they start (the
+    train command's portable CPU numerics); nothing when it needs none."""
+    env = getattr(module, "restart_environment", lambda _: {})(args)
+    if not env:
+        return
+    logging.getLogger("gfmtune").info(
+        "restarting with %s", " ".join(f"{k}={v!r}" for k, v in env.items())
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, {**os.environ, **env})
 
 
 if __name__ == "__main__":

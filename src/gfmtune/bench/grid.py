@@ -21,7 +21,7 @@ STEPS_PER_EPOCH: dict[str, int] = {"100": 181, "50": 90, "10": 18, "1": 2}
 EPOCHS = 80
 GRID_T: tuple[int, ...] = (1, 6, 15, 25, 35)
 #: PASTIS: 2,433 patches, 1,455 in folds 1-3; folds 4 (validation) and 5 (test) share the
-#: other 978, taken as 489 each (the per-fold counts are not in REFERENCE).
+#: other 978, taken as 489 each (the study does not publish the per-fold counts).
 VAL_PATCHES = TEST_PATCHES = 489
 ALL_PATCHES = 2433
 #: Paper runs per regime: FT-Rate 0 | FT-Rates 0.1 and 1.0 | U-TAE without FT-Rate.

@@ -54,7 +54,7 @@ class DataFacts:
 
 
 #: PASTIS: 1,455 training patches (folds 1-3); folds 4 and 5 share the other 978, taken as 489
-#: each (as :mod:`gfmtune.bench.grid` does: the per-fold counts are not in REFERENCE).
+#: each (as :mod:`gfmtune.bench.grid` does: the study does not publish the per-fold counts).
 _TRAIN_PER_FOLD, _REST = divmod(PAPER_N_TRAIN, 3)
 PASTIS = DataFacts(
     "PASTIS-HD (S2)",

@@ -414,7 +414,17 @@ def cached_datasets(
     every = PastisZarrDataset(store, timesteps, folds, norm=settings.norm, nodata=settings.nodata)
     patch = every.reader.label(int(every.positions[0])).shape  # the store's patch size
     windows = None if fixed else window_corners(patch, spec.policy.size)
-    key = cache_key(spec, model, digest, timesteps, settings.norm, settings.nodata, amp, windows)
+    key = cache_key(
+        spec,
+        model,
+        digest,
+        timesteps,
+        settings.norm,
+        settings.nodata,
+        amp,
+        windows,
+        settings.cpu_numerics,
+    )
     cache = FeatureCache(root, key)
     cache.build(model, spec, every, device, amp, progress)
     live = 0 if fixed else 1  # the datasets that keep their images: CROMA's training crops

@@ -84,6 +84,7 @@ def cache_key(
     nodata: str,
     amp: torch.dtype | None,
     windows: list[tuple[int, int]] | None = None,
+    cpu_numerics: str = "native",
 ) -> str:
     """The cache's name: a digest of everything the features of ``model``'s (frozen) encoder
     depend on, its weights and code included; ``windows``: the corners of an evaluation cache's
@@ -102,4 +103,6 @@ def cache_key(
         "dtype": str(amp or torch.float32),
         "windows": None if windows is None else [list(corner) for corner in windows],
     }
+    if cpu_numerics != "native":  # native runs keep the keys their caches were written under
+        facts["cpu_numerics"] = cpu_numerics
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]

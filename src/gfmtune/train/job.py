@@ -31,7 +31,7 @@ from gfmtune.lockfile import held
 from gfmtune.models.checkpoints import CheckpointError
 from gfmtune.models.registry import REGISTRY, ModelSpec, build_model, get_spec
 from gfmtune.pastis import CLASS_NAMES, TEST_FOLD, VAL_FOLD
-from gfmtune.train import provenance
+from gfmtune.train import numerics, provenance
 from gfmtune.train.board import FOLDER as BOARD
 from gfmtune.train.board import epoch_board, summary_writer
 from gfmtune.train.cell_state import (
@@ -411,6 +411,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _settings(args: argparse.Namespace) -> TrainSettings:
+    if args.settings:
+        return TrainSettings.from_json(args.settings)
+    return TrainSettings.from_mapping(json.loads(args.settings_json or "{}"))
+
+
+def restart_environment(args: argparse.Namespace) -> dict[str, str]:
+    """What this process's environment lacks for the cell's CPU numerics (gfmtune.cli restarts
+    the command with it; see gfmtune.train.numerics)."""
+    return numerics.missing_environment(_settings(args).cpu_numerics)
+
+
 def run(args: argparse.Namespace) -> int:
     refuse_futile_retry(args.out, args.attempt)
     try:
@@ -426,10 +438,8 @@ def _run(args: argparse.Namespace) -> int:
     cell = Cell(args.model, ft, args.label_split.stem, frames, args.seed, args.split_name)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.settings:
-        settings = TrainSettings.from_json(args.settings)
-    else:
-        settings = TrainSettings.from_mapping(json.loads(args.settings_json or "{}"))
+    settings = _settings(args)
+    numerics.apply(settings.cpu_numerics)
     inputs = Inputs(
         args.store, args.label_split, args.timesteps, args.weights_dir, args.feature_cache
     )

@@ -14,6 +14,7 @@ from numpy._core import _multiarray_umath as numpy_core
 
 from gfmtune import __version__
 from gfmtune.data.argsort_orders import cpu_model
+from gfmtune.train import numerics
 
 SOURCE = Path(__file__).parent
 
@@ -86,6 +87,7 @@ def collect(
         "platform": platform.platform(),
         "cpu_model": cpu_model()[0],
         "packages": installed_packages(),
+        "cpu_numerics": numerics.describe(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "numpy_simd": numpy_simd(),
         "cuda": cuda_facts(device),

@@ -31,6 +31,7 @@ class TrainSettings:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | bf16 | fp32 (no TF32)
     compile: bool = False  # torch.compile the encoder and decoder (U-TAE: whole); off: unmeasured
     deterministic: bool = False  # torch's deterministic algorithms where they exist
+    cpu_numerics: str = "native"  # native: the CPU's fastest kernels | portable: alike on all
     norm: str = "paper"  # paper | train_folds
     nodata: str = "keep"  # keep | zero
     temporal: str = "ltae"  # ltae | linear
