@@ -12,11 +12,17 @@ class Checkpoint:
     """A published weight file and the layout of its tensors."""
 
     name: str
-    url: str
+    url: str  # the publisher's copy, tried first
     filename: str
     sha256: str
     size: int
     layout: str  # "croma" (sub-dict s2_encoder) | "dino_teacher" | "timm" | "prithvi_mae"
+    mirrors: tuple[str, ...] = ()  # copies of the same bytes, tried in order when url fails
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Every URL of the file, in the order ``gfmtune weights`` tries them."""
+        return (self.url, *self.mirrors)
 
 
 CROMA_BASE = Checkpoint(
