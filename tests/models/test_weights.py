@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -171,6 +173,26 @@ def test_hub_file_lands_by_revision_and_the_cache_serves_it_again(
     assert hub.count() == n, "a pinned file in the hub cache must be reused without a request"
 
 
+def test_cli_fetches_croma_from_its_mirror_when_the_authors_repo_is_gone(
+    tmp_path: Path, data: bytes, hub: ModelHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalog's own CROMA URLs, with a toy file's sha256 and size: the authors' repository
+    answers 404 (it is not published here), torchgeo's copy at its revision is taken."""
+    mirror = catalog.CROMA_BASE.mirrors[0]
+    repo, rev, name = re.fullmatch(r".*\.co/(.+/.+)/resolve/(\w+)/(.+)", mirror).groups()
+    hub.add(repo, rev, name, data)
+    ckpt = replace(catalog.CROMA_BASE, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    monkeypatch.setitem(catalog.CHECKPOINTS, "croma_base", ckpt)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    stamp = tmp_path / "stamp.json"
+    assert main(["weights", "--checkpoint", "croma_base", "--dir", str(tmp_path / "w"),
+                 "--stamp", str(stamp), "--retries", "0"]) == 0  # fmt: skip
+    assert Path(json.loads(stamp.read_text())["path"]).read_bytes() == data
+    asked = [s.path for s in hub.seen]
+    assert f"/antofuller/CROMA/resolve/{catalog.CROMA_REVISION}/CROMA_base.pt" in asked
+    assert _gets(hub, f"/{repo}/resolve/{rev}/{name}") == 1
+
+
 @pytest.mark.parametrize("fault", ["other file", "corrupt transfer"])
 def test_wrong_bytes_from_the_hub_fall_back_to_a_mirror(
     tmp_path: Path, data: bytes, hub: ModelHub, fault: str
@@ -244,3 +266,15 @@ def test_hub_urls_are_recognised() -> None:
     )
     assert parse_hub_url("https://example.org/a/b/resolve/main/f.pt") is None
     assert parse_hub_url("https://huggingface.co/a/b/blob/main/f.pt") is None
+
+
+def test_catalog_hub_urls_name_commits_and_mirrors_carry_the_sha256() -> None:
+    """Every hub URL pins a 40-hex commit; torchgeo names its copies ``<stem>-<sha256[:8]>``."""
+    for ckpt in catalog.CHECKPOINTS.values():
+        for url in ckpt.sources:
+            file = parse_hub_url(url)
+            assert file is not None and re.fullmatch(r"[0-9a-f]{40}", file.revision), url
+    for ckpt in (catalog.CROMA_BASE, catalog.CROMA_LARGE):
+        [mirror] = ckpt.mirrors
+        assert mirror.rsplit("/", 1)[1] == f"{Path(ckpt.filename).stem}-{ckpt.sha256[:8]}.pt"
+        assert f"/antofuller/CROMA/resolve/{catalog.CROMA_REVISION}/" in ckpt.url
