@@ -2,7 +2,8 @@
 
 :class:`FileServer` serves bytes with ``Range`` support and scripted faults, :class:`ZenodoServer`
 adds a record's JSON, :class:`FakeHub` speaks the three Hugging Face endpoints that
-``snapshot_download`` uses (docs/data.md, "Stage 1: data"). Every server records the requests it
+``snapshot_download`` uses (docs/data.md, "Stage 1: data"), :class:`ModelHub` the one that
+``hf_hub_download`` uses for a model repository's file. Every server records the requests it
 saw.
 """
 
@@ -350,6 +351,58 @@ class FakeHub(FakeServer):
         if self.cdn is not None:
             return Reply(302, b"", {**headers, "Location": f"{self.cdn.url}/{sha}"})
         return Reply(200, self.body(path), headers)
+
+
+class ModelHub(FakeServer):
+    """The hub's ``resolve`` endpoint for model repositories, at commits only (a branch name is
+    an unknown revision here, so a download that loses its pinned revision fails).
+
+    Every file is answered as a Git-LFS file: ``X-Repo-Commit``, ``ETag`` (the pointer's blob id),
+    ``X-Linked-Etag`` (its sha256: the hub cache names the blob after it), ``X-Linked-Size``.
+    ``served`` bytes, when given, go out instead of the file under the file's headers (a transfer
+    gone wrong).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.files: dict[tuple[str, str, str], tuple[bytes, bytes]] = {}
+
+    def add(
+        self, repo_id: str, commit: str, filename: str, data: bytes, served: bytes | None = None
+    ) -> str:
+        """Publish ``data``; return its URL on huggingface.co (this server is its HF_ENDPOINT)."""
+        self.files[(repo_id, commit, filename)] = (data, data if served is None else served)
+        return f"https://huggingface.co/{repo_id}/resolve/{commit}/{filename}"
+
+    def path(self, repo_id: str, commit: str, filename: str) -> str:
+        return f"/{repo_id}/resolve/{commit}/{filename}"
+
+    def _error(self, code: str, message: str, commit: str | None = None) -> Reply:
+        headers = {"X-Error-Code": code, "X-Error-Message": message}
+        if commit is not None:
+            headers["X-Repo-Commit"] = commit
+        return Reply(404, json.dumps({"error": message}).encode(), headers)
+
+    def route(self, seen: Seen) -> Reply:
+        match = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", seen.path)
+        if match is None:
+            return self._error("RepoNotFound", "Repository not found")
+        repo_id, revision, filename = match.groups()
+        if not any(key[0] == repo_id for key in self.files):
+            return self._error("RepoNotFound", "Repository not found")
+        if not any(key[:2] == (repo_id, revision) for key in self.files):
+            return self._error("RevisionNotFound", f"Invalid rev id: {revision}")
+        if (repo_id, revision, filename) not in self.files:
+            return self._error("EntryNotFound", f"{filename} does not exist", revision)
+        data, served = self.files[(repo_id, revision, filename)]
+        reply = serve_bytes(served, seen.headers.get("range"))
+        reply.headers |= {
+            "X-Repo-Commit": revision,
+            "ETag": f'"{git_blob_id(lfs_pointer(data))}"',
+            "X-Linked-Etag": f'"{hashlib.sha256(data).hexdigest()}"',
+            "X-Linked-Size": str(len(data)),
+        }
+        return reply
 
 
 def write_small_dataset(root: Path, extras: bool = False) -> Path:

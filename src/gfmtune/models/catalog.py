@@ -12,28 +12,52 @@ class Checkpoint:
     """A published weight file and the layout of its tensors."""
 
     name: str
-    url: str
+    url: str  # the publisher's copy, tried first
     filename: str
     sha256: str
     size: int
     layout: str  # "croma" (sub-dict s2_encoder) | "dino_teacher" | "timm" | "prithvi_mae"
+    mirrors: tuple[str, ...] = ()  # copies of the same bytes, tried in order when url fails
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Every URL of the file, in the order ``gfmtune weights`` tries them."""
+        return (self.url, *self.mirrors)
 
 
+# CROMA: the authors' hub repository antofuller/CROMA at commit 0dd28e3d, the revision torchgeo
+# pinned both files at while adding CROMA (github.com/microsoft/torchgeo, pull request #2370:
+# torchgeo/models/croma.py in its commits 427c4fe5 to 305754d2, 2024-10-25 to 28); the README of
+# github.com/Anish-lab-blip/SatQuery-AI names the same revision (0dd28e3d633b). The hub was not
+# reachable here: that this commit's files have the sha256 below is not checked against the hub.
+# Mirror: torchgeo's copies on the hub, as merged (b2b65164, 2024-10-29), each named, as torchgeo
+# names its weights, after the first 8 hex digits of its sha256: 0238d814 and 921e69ad, those of
+# the sha256 below. sha256 and size, not the URL, pin the content: the weights rule checks them,
+# whichever source gives the file.
+CROMA_REVISION = "0dd28e3d633bd6715856ae9890e8c49360040598"
 CROMA_BASE = Checkpoint(
     "croma_base",
-    "https://huggingface.co/antofuller/CROMA/resolve/main/CROMA_base.pt",
+    f"https://huggingface.co/antofuller/CROMA/resolve/{CROMA_REVISION}/CROMA_base.pt",
     "CROMA_base.pt",
     "0238d814b53108f3574bf1ea240e38a0a6edd46173816d9a6962070561893b63",
     777_563_846,
     "croma",
+    mirrors=(
+        "https://huggingface.co/torchgeo/croma/resolve/"
+        "387883f08af79d777167519c57cd826eda89a16f/CROMA_base-0238d814.pt",
+    ),
 )
 CROMA_LARGE = Checkpoint(
     "croma_large",
-    "https://huggingface.co/antofuller/CROMA/resolve/main/CROMA_large.pt",
+    f"https://huggingface.co/antofuller/CROMA/resolve/{CROMA_REVISION}/CROMA_large.pt",
     "CROMA_large.pt",
     "921e69ad4069201298bb5c860dc332f31e0cb01df6864f294a79fa8f921915a7",
     2_690_426_614,
     "croma",
+    mirrors=(
+        "https://huggingface.co/torchgeo/croma/resolve/"
+        "92cb1a0f4e34c6c01558baf070197c01255382f6/CROMA_large-921e69ad.pt",
+    ),
 )
 DINO_TORCHGEO = Checkpoint(
     "ssl4eo_dino_vits16_torchgeo",
