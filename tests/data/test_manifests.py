@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import xarray as xr
 import yaml
 
 from gfmtune import pastis
@@ -126,7 +125,7 @@ def test_paper_split_rule() -> None:
 
 @pytest.mark.parametrize("strategy", ["stratified", "random"])
 def test_seeded_strategies_are_nested(tiny_store: Path, strategy: str) -> None:
-    ds = xr.open_zarr(tiny_store)
+    ds = mf.open_store(tiny_store)
     fold, labels = ds.fold.values, ds.label.values
     splits = mf.label_splits(fold, labels, [10, 50, 100], strategy, seed=4)
     n_train = int(np.isin(fold, pastis.TRAIN_FOLDS).sum())
@@ -140,7 +139,7 @@ def test_seeded_strategies_are_nested(tiny_store: Path, strategy: str) -> None:
 
 
 def test_stratified_covers_more_classes_than_random(tiny_store: Path) -> None:
-    ds = xr.open_zarr(tiny_store)
+    ds = mf.open_store(tiny_store)
     fold, labels = ds.fold.values, ds.label.values
 
     def classes_covered(strategy: str, seed: int) -> int:
@@ -156,7 +155,7 @@ def test_cli_writes_manifests(tiny_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "label_split"
     assert main(["manifests", "labels", "--store", str(tiny_store), "--out", str(out),
                  "--percents", "10", "100", "--strategy", "stratified"]) == 0  # fmt: skip
-    ds = xr.open_zarr(tiny_store)
+    ds = mf.open_store(tiny_store)
     full = pd.read_csv(out / "100.csv")
     assert list(full.columns) == ["patch_id", "fold"]
     train = ds.patch_id.values[np.isin(ds.fold.values, pastis.TRAIN_FOLDS)]

@@ -9,20 +9,29 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from rasterio.crs import CRS
 
 from gfmtune import pastis
+from gfmtune.data.reader import FrameReader, open_store
 from gfmtune.data.store import PAD_VALUE, convert, partial_path, progress_path
 from gfmtune.data.synthetic import SyntheticSpec, write_synthetic_pastis
 
+#: xarray's warning at opening the store: reflectance declares two fill values, both masked
+TWO_FILL_VALUES = "ignore:variable 'reflectance' has multiple fill values"
+#: ``xr.open_zarr``'s ``mask_and_scale`` that keeps reflectance's stored integers, sentinels
+#: included (False for every variable would also undo the dates' NaT)
+RAW = {"reflectance": False}
+
 
 def assert_store_equals_source(store: Path, root: Path) -> None:
-    ds = xr.open_zarr(store)
+    ds = xr.open_zarr(store, mask_and_scale=RAW)
     table = pastis.read_metadata(root).frame
     assert ds.patch_id.values.tolist() == table.patch_id.tolist()
     assert ds.fold.values.tolist() == table.fold.tolist()
@@ -40,7 +49,7 @@ def assert_store_equals_source(store: Path, root: Path) -> None:
 
 def test_store_content_and_attributes(tiny_store: Path, tiny_root: Path) -> None:
     assert_store_equals_source(tiny_store, tiny_root)
-    ds = xr.open_zarr(tiny_store)
+    ds = xr.open_zarr(tiny_store, mask_and_scale=RAW)
     assert ds.reflectance.dtype == np.int16 and ds.label.dtype == np.uint8
     assert ds.band.values.tolist() == list(pastis.BANDS)
     assert ds.reflectance.dims == ("patch", "time", "band", "y", "x")
@@ -50,6 +59,67 @@ def test_store_content_and_attributes(tiny_store: Path, tiny_root: Path) -> None
     assert ds.attrs["norm_paper"]["mean"] == list(pastis.PAPER_MEAN)
     assert ds.bounds.shape == (20, 4) and ds.tile.values[0].startswith("T")
     assert 0 < ds.attrs["size_report"]["compression_ratio"] < 1
+
+
+@pytest.mark.filterwarnings(TWO_FILL_VALUES)
+def test_xarray_masks_nodata_and_padding(tiny_store: Path) -> None:
+    """As a user opens it: both sentinels are NaN, every other value is the stored one, and the
+    reader gfmtune trains from still gives the stored integers."""
+    raw = zarr.open_array(tiny_store / "reflectance")[:]
+    nodata, pad = raw == pastis.NODATA, raw == PAD_VALUE
+    assert nodata.any() and pad.any(), "fixture must hold both sentinels"
+    refl = xr.open_zarr(tiny_store).reflectance
+    assert refl.dtype == np.float32
+    values = refl.values
+    np.testing.assert_array_equal(np.isnan(values), nodata | pad)
+    np.testing.assert_array_equal(values[~(nodata | pad)], raw[~(nodata | pad)])
+    assert refl.encoding["_FillValue"] == PAD_VALUE
+    assert refl.encoding["missing_value"] == pastis.NODATA
+    reader = FrameReader(tiny_store)
+    for i in range(len(reader)):
+        frames = np.arange(reader.n_frames(i))
+        np.testing.assert_array_equal(reader.read_frames(i, frames), raw[i, : len(frames)])
+
+
+def test_gfmtune_opens_the_store_without_the_fill_value_warning(tiny_store: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", xr.SerializationWarning)
+        with open_store(tiny_store) as ds:
+            assert ds.reflectance.dtype == np.float32  # masked, as a user's open_zarr gives it
+
+
+def test_crs_is_a_cf_grid_mapping(tiny_store: Path) -> None:
+    ds = xr.open_zarr(tiny_store, mask_and_scale=RAW)
+    assert "spatial_ref" in ds.coords and ds.spatial_ref.ndim == 0
+    for name in ("reflectance", "label"):
+        assert ds[name].attrs["grid_mapping"] == "spatial_ref"
+        assert "spatial_ref" in ds[name].encoding["coordinates"].split()
+    attrs = ds.spatial_ref.attrs
+    assert attrs["crs_wkt"] == attrs["spatial_ref"]
+    assert CRS.from_wkt(attrs["crs_wkt"]) == CRS.from_epsg(2154)
+    assert ds.attrs["crs"] == "EPSG:2154"  # the group attribute stays
+    # xarray's own CF decoding of the grid mapping finds it too
+    decoded = xr.open_zarr(tiny_store, decode_coords="all", mask_and_scale=RAW)
+    assert decoded.reflectance.encoding["grid_mapping"] == "spatial_ref"
+
+
+@pytest.mark.filterwarnings(TWO_FILL_VALUES)
+def test_rioxarray_reads_crs_and_nodata(tiny_store: Path) -> None:
+    pytest.importorskip("rioxarray")
+    ds = xr.open_zarr(tiny_store)
+    assert ds.reflectance.rio.crs.to_epsg() == 2154 and ds.label.rio.crs.to_epsg() == 2154
+    assert ds.reflectance.rio.encoded_nodata == PAD_VALUE
+
+
+def test_no_grid_mapping_without_a_crs(tiny_root: Path, tmp_path: Path) -> None:
+    root = _copy(tiny_root, tmp_path / "raw")
+    meta = json.loads((root / "metadata.geojson").read_text())
+    del meta["crs"]
+    (root / "metadata.geojson").write_text(json.dumps(meta))
+    convert(root, tmp_path / "s2.zarr", progress=False)
+    ds = xr.open_zarr(tmp_path / "s2.zarr", mask_and_scale=RAW)
+    assert "spatial_ref" not in ds.variables and "grid_mapping" not in ds.reflectance.attrs
+    assert ds.attrs["crs"] == "" and ds.reflectance.attrs["long_name"]
 
 
 def test_recomputed_statistics_exclude_nodata(tiny_store: Path, tiny_root: Path) -> None:
@@ -64,7 +134,7 @@ def test_recomputed_statistics_exclude_nodata(tiny_store: Path, tiny_root: Path)
     ).astype(np.float64)
     masked = np.ma.masked_equal(values, pastis.NODATA)
     assert masked.mask.any(), "fixture must contain nodata for this test to mean something"
-    stats = xr.open_zarr(tiny_store).attrs["norm_train_folds"]
+    stats = xr.open_zarr(tiny_store, mask_and_scale=RAW).attrs["norm_train_folds"]
     np.testing.assert_allclose(stats["mean"], masked.mean(1), rtol=1e-6)
     np.testing.assert_allclose(stats["std"], masked.std(1), rtol=1e-5)
 
@@ -184,7 +254,7 @@ def test_content_digest_follows_source_content(
     _reverse_bands(other)
     convert(other, tmp_path / "other.zarr", progress=False)
     assert zarr.open_group(tmp_path / "other.zarr").attrs["content_digest"] != digest
-    assert xr.open_zarr(tmp_path / "other.zarr").attrs["content_digest"] != digest
+    assert open_store(tmp_path / "other.zarr").attrs["content_digest"] != digest
 
 
 def test_a_failed_patch_stops_the_conversion(tiny_root: Path, tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ import pandas as pd
 import xarray as xr
 
 from gfmtune import pastis
+from gfmtune.data.reader import open_store
 from gfmtune.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -292,12 +293,6 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 def _percent_name(percent: float) -> str:
     return f"{percent:g}"
-
-
-def open_store(path: Path) -> xr.Dataset:
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"{path}: Zarr store not found (run the conversion stage first)")
-    return xr.open_zarr(path, consolidated=True)
 
 
 def write_label_splits(

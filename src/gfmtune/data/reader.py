@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -276,8 +277,21 @@ def check_store(path: Path) -> None:
         raise StoreFormatError(f"{path}: not a finished gfmtune store (missing {what})")
 
 
+def open_store(path: Path) -> xr.Dataset:
+    """The store as an xarray Dataset (``xr.open_zarr``, consolidated), without xarray's
+    warning that ``reflectance`` declares two fill values: both become NaN, which is what they
+    mean (:data:`gfmtune.data.store.REFLECTANCE_ATTRS`)."""
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{path}: Zarr store not found (run the conversion stage first)")
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", "variable 'reflectance' has multiple fill values", xr.SerializationWarning
+        )
+        return xr.open_zarr(path, consolidated=True)
+
+
 def _load_metadata(path: Path) -> dict[str, Any]:
-    with xr.open_zarr(path, consolidated=True) as ds:
+    with open_store(path) as ds:
         return {
             "patch_ids": ds.patch_id.values.astype(np.int64),
             "folds": ds.fold.values.astype(np.int64),

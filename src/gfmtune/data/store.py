@@ -2,12 +2,12 @@
 
 Layout of ``s2.zarr`` (dimensions patch, time, band, y, x)::
 
-    reflectance (patch, time, band, y, x) int16   padded with PAD_VALUE after n_frames
+    reflectance (patch, time, band, y, x) int16   nodata NODATA, PAD_VALUE after n_frames
     n_frames    (patch) int32
     dates       (patch, time) datetime64[ns]      NaT in padding
     label       (patch, y, x) uint8               semantic class 0..19
     bounds      (patch, corner) float64           xmin, ymin, xmax, ymax in attrs['crs']
-    coords      patch_id, fold, tile, band
+    coords      patch_id, fold, tile, band, spatial_ref (the CRS as a CF grid mapping)
 
 ``reflectance`` has one chunk per frame (all bands) and one shard per patch, so reading k frames
 of a patch reads about k frames' bytes from one file. The store is built in ``s2.zarr.partial``
@@ -16,7 +16,14 @@ conversion resumes from its progress log, which records each source file's size,
 sha256: a partial store whose source files changed since is started over
 (:mod:`gfmtune.data.store_resume`). The group attribute
 ``content_digest`` (sha256 over every source file's sha256) changes whenever the source content
-does.
+does; the store's attributes do not enter it.
+
+The store opens as CF data in xarray and rioxarray (:data:`REFLECTANCE_ATTRS`): ``reflectance``
+declares its two sentinels, so ``xarray.open_zarr`` gives NaN for both (``_FillValue``: the
+padding, which is also the Zarr fill value of chunks never written; ``missing_value``: PASTIS's
+nodata), and ``reflectance`` and ``label`` name the grid-mapping coordinate ``spatial_ref``,
+whose ``crs_wkt`` and ``spatial_ref`` attributes hold the CRS as WKT2, as rioxarray writes it.
+None of this touches the values: training reads the raw int16 (:mod:`gfmtune.data.reader`).
 """
 
 from __future__ import annotations
@@ -47,7 +54,8 @@ from gfmtune.lockfile import held
 log = logging.getLogger(__name__)
 
 PAD_VALUE = -32768
-STORE_VERSION = 2  # 2: the content_digest attribute
+#: 2: the content_digest attribute; 3: CF fill values and the ``spatial_ref`` grid mapping
+STORE_VERSION = 3
 #: Blosc settings. lz4hc + byte shuffle decodes about twice as fast as zstd + bitshuffle at the
 #: same size (0.68-0.71 of raw on synthetic data), which the training reader needs to beat raw
 #: .npy reads with a warm page cache (``gfmtune bench-data``); it is slower to write.
@@ -56,6 +64,15 @@ LABEL_SHARD = 256
 #: Store bytes per raw S2 byte assumed by the free-space check (0.68-0.71 measured, plus margin).
 ESTIMATED_RATIO = 0.8
 DIMS = ("patch", "time", "band", "y", "x")
+#: The CF grid-mapping variable: a scalar coordinate holding the CRS, named as rioxarray names it.
+GRID_MAPPING = "spatial_ref"
+#: CF attributes of ``reflectance``: xarray masks both sentinels with its default
+#: ``mask_and_scale`` (and warns that there are two, which is what they are).
+REFLECTANCE_ATTRS = {
+    "long_name": "Sentinel-2 L2A surface reflectance x 10000",
+    "_FillValue": PAD_VALUE,  # no acquisition: padding after n_frames, chunks never written
+    "missing_value": pastis.NODATA,  # acquired, but no data (PASTIS's nodata)
+}
 
 
 def partial_path(store: Path) -> Path:
@@ -99,6 +116,23 @@ def _needed_bytes(root: Path, table: pastis.PatchTable, todo: list[int]) -> int:
     return int(sum(p.stat().st_size for p in paths if p.is_file()) * ESTIMATED_RATIO)
 
 
+def grid_mapping(crs: str | None) -> dict[str, str] | None:
+    """The attributes of the CF grid-mapping variable for ``crs`` (``crs_wkt`` and, as GDAL and
+    rioxarray read it, ``spatial_ref``: the CRS as WKT2), or None when the metadata names no
+    CRS or one rasterio cannot read (the store then has no grid mapping, as before)."""
+    if not crs:
+        return None
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+
+    try:
+        wkt = CRS.from_user_input(crs).to_wkt(version="WKT2_2019")
+    except CRSError as err:
+        log.warning("CRS %r is not one rasterio reads (%s): no grid mapping written", crs, err)
+        return None
+    return {"crs_wkt": wkt, "spatial_ref": wkt}
+
+
 def _template(root: Path, table: pastis.PatchTable, labels: np.ndarray, source: dict) -> xr.Dataset:
     """Everything but ``reflectance`` (created empty by :func:`_create_reflectance`)."""
     frame = table.frame
@@ -120,20 +154,26 @@ def _template(root: Path, table: pastis.PatchTable, labels: np.ndarray, source: 
         "norm_published": pastis.read_norm(root),
         "store_version": STORE_VERSION,
     }
+    coords = {
+        "patch_id": ("patch", frame.patch_id.to_numpy(np.int64)),
+        "fold": ("patch", frame.fold.to_numpy(np.int8)),
+        "tile": ("patch", np.array(frame.tile.tolist(), dtype=object)),
+        "band": ("band", np.array(pastis.BANDS, dtype=object)),
+        "corner": ("corner", np.array(["xmin", "ymin", "xmax", "ymax"], dtype=object)),
+    }
+    label_attrs = {"long_name": "semantic class (19: void)"}
+    mapping = grid_mapping(table.crs)
+    if mapping is not None:
+        coords[GRID_MAPPING] = ((), np.int64(0), mapping)
+        label_attrs["grid_mapping"] = GRID_MAPPING
     return xr.Dataset(
         {
             "n_frames": ("patch", frame.dates.map(len).to_numpy(np.int32)),
             "dates": (("patch", "time"), dates),
-            "label": (("patch", "y", "x"), labels),
+            "label": (("patch", "y", "x"), labels, label_attrs),
             "bounds": (("patch", "corner"), np.array(frame.bounds.tolist(), dtype=np.float64)),
         },
-        coords={
-            "patch_id": ("patch", frame.patch_id.to_numpy(np.int64)),
-            "fold": ("patch", frame.fold.to_numpy(np.int8)),
-            "tile": ("patch", np.array(frame.tile.tolist(), dtype=object)),
-            "band": ("band", np.array(pastis.BANDS, dtype=object)),
-            "corner": ("corner", np.array(["xmin", "ymin", "xmax", "ymax"], dtype=object)),
-        },
+        coords=coords,
         attrs=attrs,
     )
 
@@ -151,6 +191,18 @@ def _encoding(ds: xr.Dataset) -> dict:
     }
 
 
+def _reflectance_attrs(ds: xr.Dataset) -> dict:
+    """``reflectance``'s attributes: :data:`REFLECTANCE_ATTRS`, the grid mapping when the store
+    has one, and the coordinates xarray would list (the non-dimension ones it spans)."""
+    coords = sorted(
+        name for name, c in ds.coords.items() if name not in c.dims and set(c.dims) <= set(DIMS)
+    )
+    attrs = {**REFLECTANCE_ATTRS, "coordinates": " ".join(coords)}
+    if GRID_MAPPING in ds.coords:
+        attrs["grid_mapping"] = GRID_MAPPING
+    return attrs
+
+
 def _create_reflectance(group: Path, ds: xr.Dataset) -> None:
     """Create the empty (all ``PAD_VALUE``) reflectance array: one shard per patch."""
     n_patch, t_max = ds.sizes["patch"], ds.sizes["time"]
@@ -165,7 +217,7 @@ def _create_reflectance(group: Path, ds: xr.Dataset) -> None:
         compressors=BloscCodec(typesize=2, **CODEC),
         fill_value=PAD_VALUE,
         dimension_names=DIMS,
-        attributes={"coordinates": "fold patch_id tile"},
+        attributes=_reflectance_attrs(ds),
     )
 
 

@@ -37,7 +37,6 @@ import numpy as np
 import pandas as pd
 import rasterio
 import torch
-import xarray as xr
 from matplotlib import colormaps
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
@@ -47,6 +46,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from gfmtune.data.dataset import PastisZarrDataset, frame_draw, model_frames
+from gfmtune.data.reader import open_store
 from gfmtune.fileio import atomic_path
 from gfmtune.models.registry import ModelSpec, build_model, get_spec
 from gfmtune.pastis import BANDS, CLASS_NAMES, N_CLASSES, NODATA, TEST_FOLD, VOID_CLASS
@@ -314,7 +314,7 @@ def write_maps(
     if not choices:
         raise ValueError(f"{run / 'cells'}: no cell of {run / 'tables' / 'miou.csv'} kept {BEST}")
     store = run / "data" / "s2.zarr"
-    with xr.open_zarr(store, consolidated=True) as ds:
+    with open_store(store) as ds:
         crs = str(ds.attrs.get("crs") or "") or None
         bounds = dict(zip(ds.patch_id.values.tolist(), ds.bounds.values, strict=True))
     out, colours = run / "maps", class_colours()
