@@ -38,6 +38,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "gfmtune.bench.validation",
         "what the non-paper validation switches change",
     ),
+    "bench-numerics": (
+        "gfmtune.bench.numerics",
+        "what portable CPU numerics cost and whether they hold",
+    ),
     "gpu-check": ("gfmtune.bench.gpu_check", "what gfmtune does on a GPU, in about 8 minutes"),
     "gpu-wheels": ("gfmtune.bench.wheels", "wheels a bare, offline GPU machine needs"),
 }

@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{DEMO}: bench-validation runs from a gfmtune source checkout")
     work = args.out / "work"
     demo_store(work)
-    settings = replace(demo_settings(), checkpoint_minutes=1e9)
+    # in this process, so with this CPU's kernels (portable numerics need a fresh process)
+    settings = replace(demo_settings(), checkpoint_minutes=1e9, cpu_numerics="native")
     rows = [
         run_variant(work, Cell(model, ft, percent, t), name, settings)
         for model, ft in MODELS for percent in PERCENTS for t in TIMESTEPS for name in VARIANTS

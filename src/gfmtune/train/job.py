@@ -163,6 +163,7 @@ class CellJob:
     def run(self) -> dict:
         """Trains and tests the cell, holding its folder's lock (``train.lock``) throughout:
         a second job on the folder stops at once, naming the process that holds it."""
+        numerics.apply(self.settings.cpu_numerics)  # what provenance.json then records
         self.out.mkdir(parents=True, exist_ok=True)
         with held(self.out / LOCK, f"cell folder {self.out}"):
             return self._train()
@@ -439,7 +440,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = _settings(args)
-    numerics.apply(settings.cpu_numerics)
     inputs = Inputs(
         args.store, args.label_split, args.timesteps, args.weights_dir, args.feature_cache
     )
