@@ -159,6 +159,25 @@ def test_schema_documents_every_training_setting_with_its_default() -> None:
     assert TrainSettings.from_mapping(defaults) == TrainSettings()
 
 
+def table_lines(markdown: str) -> list[str]:
+    """The lines of the first Markdown table in ``markdown``."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return lines[start:end]
+
+
+def documented_table() -> list[str]:
+    """The demo's ``tables/miou_100_10.md`` table as docs/demo.md quotes it."""
+    text = (REPO / "docs" / "demo.md").read_text()
+    return table_lines(text[text.index("Its `tables/miou_100_10.md`") :])
+
+
+def test_demo_docs_quote_a_table_of_the_whole_grid() -> None:
+    table = documented_table()
+    assert table[0].startswith("| model | 100 % t=1 |") and len(table) == 2 + 7, table
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_demo_end_to_end_with_report(tmp_path: Path) -> None:
@@ -185,6 +204,8 @@ def test_demo_end_to_end_with_report(tmp_path: Path) -> None:
         assert utae[percent, 1] < utae[percent, 6] < utae[percent, 15], utae
     for t in (1, 6, 15):
         assert utae[100, t] > utae[10, t], utae
+    # portable CPU numerics: every x86-64 CPU with AVX2 prints the table docs/demo.md shows
+    assert table_lines((run / "tables" / "miou_100_10.md").read_text()) == documented_table()
     for name in ("miou_100_10.md", "miou_100_10.tex", "comparison.md", "cost.csv", "params.csv",
                  "params_paper.csv"):  # fmt: skip
         assert (run / "tables" / name).stat().st_size > 0, name
