@@ -3,6 +3,7 @@ that the whole workflow (params table, train, results) picks up from the ``plugi
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -17,10 +18,10 @@ import yaml
 
 from gfmtune.config import ConfigError, validate_config
 from gfmtune.models import catalog, registry
-from gfmtune.models.contract import EncoderContractError
+from gfmtune.models.contract import EncoderContractError, warn_small_grid
 from gfmtune.models.plugins import PluginError, load_plugins
 from gfmtune.models.policies import InputPolicy
-from gfmtune.models.registry import build_model, register_model
+from gfmtune.models.registry import ModelSpec, build_model, register_model
 from tests.workflow_helpers import REPO, run_snakemake
 
 #: A plug-in module: a 4-level conv encoder honouring the contract, under its own family.
@@ -138,6 +139,54 @@ def test_missing_plugin_module_is_named(tmp_path: Path) -> None:
         load_plugins(["no_such_plugin_mod"])
     with pytest.raises(PluginError, match="expected a list of module names"):
         load_plugins("conv_plugin_mod")  # type: ignore[arg-type]
+
+
+class Stride16(torch.nn.Module):
+    """A stride-16 stem and 4 levels: the docs' paper-size example, smaller."""
+
+    out_dims = (8, 8, 8, 8)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(10, 8, 16, stride=16)
+
+    def truncate(self) -> None:
+        pass
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.stem(x)] * 4
+
+
+@pytest.mark.parametrize(
+    ("policy", "patch", "side", "grid"),
+    [
+        (InputPolicy("native"), 32, 32, (2, 2)),  # the demo's patches
+        (InputPolicy("native"), 48, 48, (3, 3)),
+        (InputPolicy("native"), 64, 64, (4, 4)),
+        (InputPolicy("native"), 128, 128, (8, 8)),  # PASTIS
+        (InputPolicy("resize", 32), 128, 32, (2, 2)),  # the policy's side, not the patch's
+        (InputPolicy("crop_windows", 64), 128, 64, (4, 4)),
+    ],
+)
+def test_small_token_grid_is_warned_naming_model_input_and_grid(
+    policy: InputPolicy, patch: int, side: int, grid: tuple, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = ModelSpec("stride16", policy, Stride16, decoder_channels=16, ltae_heads=4)
+    encoder = Stride16().train()
+    state = torch.random.get_rng_state()
+    with caplog.at_level(logging.WARNING, logger="gfmtune.models.contract"):
+        assert warn_small_grid(encoder, spec, patch) == grid
+    assert encoder.training and torch.equal(torch.random.get_rng_state(), state)
+    messages = [r.getMessage() for r in caplog.records]
+    if min(grid) >= 4:
+        assert messages == []
+        return
+    (message,) = messages
+    h, w = grid
+    assert message.startswith(
+        f"model 'stride16': its encoder gives a {h} x {w} token grid on {side} x {side} px input "
+        f"({policy.kind} policy, {patch} px patches); below 4 x 4 the neck's coarsest level is 1"
+    )
 
 
 @pytest.mark.slow

@@ -13,10 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from gfmtune.models.registry import build_model
+from gfmtune.models import catalog, registry
+from gfmtune.models.policies import InputPolicy
+from gfmtune.models.registry import build_model, register_model
 from gfmtune.train.cell_state import seed_everything
 from gfmtune.train.job import Cell, CellJob
 from gfmtune.train.metrics import metrics_from_confusion
+from tests.models.test_plugin_encoder import Stride16
 from tests.train.conftest import FAST, inputs, kill_mid_training, train_argv
 
 
@@ -159,3 +162,19 @@ def test_job_log_names_the_device_and_has_a_line_per_epoch(
         in (epochs[-1])
     )
     assert "lr_decoder" in epochs[-1] and epochs[-1].endswith(" s")
+
+
+def test_plugin_with_a_small_token_grid_trains_with_a_warning(
+    train_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stride-16 plug-in on the 32 px store: a 2 x 2 grid, named in the job's log."""
+    register_model("grid2_plugin", family="ConvNet", policy=InputPolicy("native"),
+                   build_encoder=Stride16, decoder_channels=16, ltae_heads=4)  # fmt: skip
+    try:
+        with caplog.at_level(logging.WARNING, logger="gfmtune.models.contract"):
+            _run(train_data, tmp_path, Cell("grid2_plugin", 1.0, "100", 1), replace(FAST, epochs=1))
+    finally:
+        del registry.REGISTRY["grid2_plugin"], catalog.MODELS["grid2_plugin"]
+    (message,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "model 'grid2_plugin': its encoder gives a 2 x 2 token grid on 32 x 32 px" in message
+    assert (tmp_path / "metrics.json").exists()

@@ -8,10 +8,16 @@ afterwards, so that building a model neither draws nor changes anything (a decla
 breaks the contract runs it too, to report all at once). Every violation is one line of one
 :class:`EncoderContractError` naming the model and the encoder's ``module:class``, before any
 data is read.
+
+A plug-in's token grid on the frames it will see (:func:`warn_small_grid`, called by the training
+job once the store's patch size is known) is only warned about: a grid below
+:data:`SMALL_GRID` x :data:`SMALL_GRID` trains, but its decoder has next to nothing to work with.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,6 +29,7 @@ if TYPE_CHECKING:
     from gfmtune.models.policies import InputPolicy
     from gfmtune.models.registry import ModelSpec
 
+log = logging.getLogger(__name__)
 #: output levels the neck (x4, x2, x1, x0.5) and the UPerNet head take
 LEVELS = 4
 #: frames of the dummy batch (N = batch 1 x 2 frames)
@@ -31,6 +38,9 @@ DUMMY_FRAMES = 2
 LEVEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: the smallest level side: the neck halves the last level (2 x 2 max pooling)
 MIN_SIDE = 2
+#: a plug-in whose token grid on the frames it sees is narrower gets a warning: the neck's
+#: coarsest level (x0.5) is then one pixel (a stride-16 stem on the demo's 32 px patches: 2 x 2)
+SMALL_GRID = 4
 
 
 class EncoderContractError(ValueError):
@@ -111,6 +121,47 @@ def dummy_frames(policy: InputPolicy) -> torch.Tensor:
     bands = len(BANDS) if policy.bands is None else len(policy.bands)
     generator = torch.Generator().manual_seed(0)
     return torch.randn(DUMMY_FRAMES, bands, policy.size, policy.size, generator=generator)
+
+
+def encoder_side(policy: InputPolicy, patch_side: int) -> int:
+    """The side of the frames the encoder sees of ``patch_side`` px patches: the patch itself
+    (``native``), or the policy's crop, window or resize side."""
+    return patch_side if policy.kind == "native" else policy.size
+
+
+def token_grid(encoder: nn.Module, policy: InputPolicy, side: int) -> tuple[int, int] | None:
+    """The h x w of the encoder's first level for a dummy batch of ``side`` px frames (on the
+    encoder's device; random state and training flags restored), or None when the forward pass
+    fails or returns no 4-dimensional level there."""
+    frames = dummy_frames(replace(policy, size=side))
+    parameter = next(encoder.parameters(), None)
+    if parameter is not None:
+        frames = frames.to(parameter.device)
+    levels, failure = _dummy_levels(encoder, frames)
+    if failure or not isinstance(levels, list | tuple) or not levels:
+        return None
+    first = levels[0]
+    if not isinstance(first, torch.Tensor) or first.ndim != 4:
+        return None
+    return int(first.shape[-2]), int(first.shape[-1])
+
+
+def warn_small_grid(encoder: nn.Module, spec: ModelSpec, patch_side: int) -> tuple[int, int] | None:
+    """Log a warning naming the model, the input size and the grid when the encoder's token grid
+    on the frames it sees of ``patch_side`` px patches is below :data:`SMALL_GRID` on a side;
+    return that grid (None when it cannot be measured)."""
+    side = encoder_side(spec.policy, patch_side)
+    grid = token_grid(encoder, spec.policy, side)
+    if grid is not None and min(grid) < SMALL_GRID:
+        h, w = grid
+        log.warning(
+            "model %r: its encoder gives a %d x %d token grid on %d x %d px input (%s policy, "
+            "%d px patches); below %d x %d the neck's coarsest level is 1 pixel and the decoder "
+            "sees almost no context: use a smaller stride or patch size, or a resize policy "
+            "(docs/add-an-encoder.md)",
+            spec.name, h, w, side, side, spec.policy.kind, patch_side, SMALL_GRID, SMALL_GRID,
+        )  # fmt: skip
+    return grid
 
 
 def _dummy_levels(encoder: nn.Module, frames: torch.Tensor) -> tuple[object, str | None]:

@@ -29,7 +29,8 @@ from gfmtune.data.dataset import PastisZarrDataset, frame_draw
 from gfmtune.fileio import atomic_path, atomic_write_text
 from gfmtune.lockfile import held
 from gfmtune.models.checkpoints import CheckpointError
-from gfmtune.models.registry import REGISTRY, ModelSpec, build_model, get_spec
+from gfmtune.models.contract import warn_small_grid
+from gfmtune.models.registry import BUILTIN, REGISTRY, ModelSpec, build_model, get_spec
 from gfmtune.pastis import CLASS_NAMES, TEST_FOLD, VAL_FOLD
 from gfmtune.train import numerics, provenance
 from gfmtune.train.board import FOLDER as BOARD
@@ -175,8 +176,11 @@ class CellJob:
         model = build_model(  # first: the encoder contract is checked before data are read
             cell.model, weights_dir=self.inputs.weights_dir, encoder_trainable=not self.frozen,
             temporal=settings.temporal, n_frames=cell.timesteps,
-        ).to(self.device)  # fmt: skip
+        )  # fmt: skip
         datasets = self._datasets()
+        if self.spec.has_encoder and cell.model not in BUILTIN:  # a plug-in, on the CPU still
+            warn_small_grid(model.encoder, self.spec, datasets[0].reader.frame_shape[-1])
+        model = model.to(self.device)
         if self.spec.has_encoder:
             model.set_memory_plan(
                 settings.encoder_frames_per_call, settings.activation_checkpointing
