@@ -103,35 +103,58 @@ def _error_bars(cells: pd.DataFrame) -> np.ndarray:
 
 
 def heatmaps(ours: pd.DataFrame, base: Path, note: str = "") -> list[Path]:
-    """Per model (rows) and label fraction (columns): mIoU over FT-Rate x frames."""
+    """Per foundation model (rows) and label fraction (columns): mIoU over FT-Rate x frames
+    (:func:`heatmaps_figure`)."""
+    return save_figure(heatmaps_figure(ours), base, note)
+
+
+def heatmaps_figure(ours: pd.DataFrame) -> Figure:
+    """The heatmaps of :func:`heatmaps`. One colour scale for every panel, from the smallest to
+    the largest value shown: U-TAE has no FT-Rate axis and no panel, so its mIoU (often far
+    above the GFMs') does not stretch the scale; the colour bar says so. Each value is written
+    in its cell, dark on light colours and light on dark."""
     gfms = [m for m in ("CROMA", "DINO") if m in set(ours.model)]
     fractions = sorted(ours.label_percent.unique(), reverse=True)
     if not gfms:  # the rule declares the figure: say why it is empty
         fig = Figure(figsize=(5, 1.5))
         fig.text(0.5, 0.5, "no CROMA or DINO cells in this run: no FT-Rate axis to show",
                  ha="center", va="center")  # fmt: skip
-        return save_figure(fig, base, note)
+        return fig
+    shown = ours[ours.model.isin(gfms)]
+    vmin, vmax = float(np.nanmin(shown["mean"])), float(np.nanmax(shown["mean"]))
     fig = Figure(figsize=(3.4 * len(fractions), 2.8 * len(gfms)), layout="constrained")
     axes = fig.subplots(len(gfms), len(fractions), squeeze=False)
-    vmin, vmax = ours["mean"].min(), ours["mean"].max()
     for i, model in enumerate(gfms):
         for j, fraction in enumerate(fractions):
-            part = ours[(ours.model == model) & (ours.label_percent == fraction)]
+            part = shown[(shown.model == model) & (shown.label_percent == fraction)]
             grid = part.pivot(index="ft_rate", columns="timesteps", values="mean")
             ax = axes[i][j]
             image = ax.imshow(
                 grid.to_numpy(), vmin=vmin, vmax=vmax, cmap="viridis", aspect="auto", origin="lower"
             )
             ax.set_xticks(range(grid.shape[1]), [str(t) for t in grid.columns])
-            ax.set_yticks(range(grid.shape[0]), [f"{f:g}" for f in grid.index])
+            ax.set_yticks(range(grid.shape[0]), [ft_text(f) for f in grid.index])
             for (r, c), v in np.ndenumerate(grid.to_numpy()):
                 if np.isfinite(v):
-                    ax.text(c, r, f"{v:.1f}", ha="center", va="center", fontsize=7, color="w")
+                    ax.text(c, r, f"{v:.1f}", ha="center", va="center", fontsize=7,
+                            color=_text_color(image.cmap(image.norm(v))))  # fmt: skip
             ax.set_title(f"{model}, {fraction:g} %", fontsize=9)
             ax.set_xlabel("frames", fontsize=8)
             ax.set_ylabel("FT-Rate", fontsize=8)
-    fig.colorbar(image, ax=axes, shrink=0.8, label="test mIoU (%), one scale for all panels")
-    return save_figure(fig, base, note)
+    others = sorted(set(ours.model) - set(gfms))
+    left_out = f"; {', '.join(others)} not shown" if others else ""
+    label = (
+        f"test mIoU (%), one scale for all panels:\n{vmin:.1f} to {vmax:.1f}, "
+        f"the values shown{left_out}"
+    )
+    fig.colorbar(image, ax=axes, shrink=0.8, label=label)
+    return fig
+
+
+def _text_color(rgba: tuple[float, ...]) -> str:
+    """Black on a light colour, white on a dark one (relative luminance)."""
+    luminance = 0.2126 * rgba[0] + 0.7152 * rgba[1] + 0.0722 * rgba[2]
+    return "black" if luminance > 0.45 else "white"
 
 
 def _symlog(ax, rates: list[float]) -> None:
