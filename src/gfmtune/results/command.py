@@ -17,8 +17,9 @@ Writes under ``--out`` (``results/<run>``)::
     figures/miou_vs_ftrate.{png,pdf}     mIoU (mean over frames) against FT-Rate, symlog axis
     figures/cost_pareto.{png,pdf}        mIoU against compute hours and trainable parameters
                                          (``--params``), Pareto front drawn
-    claims.{json,md}                     the paper's conclusions decided on these results
-                                         (and, as point estimates, on the published numbers)
+    claims.{json,md}                     the paper's conclusions decided on these results, each
+                                         with the cells it was decided on (and, as point
+                                         estimates, on the published numbers)
 
 Every value in the paper-layout tables, the comparison and the claims is the paper's
 convention (``miou_paper``: mean over 20 classes with void as 0, percent), from the run's own
@@ -38,7 +39,7 @@ from pathlib import Path
 import pandas as pd
 
 from gfmtune.fileio import atomic_path, atomic_write_text
-from gfmtune.results import claims, figures, ftrate, spread, tables, uncertainty
+from gfmtune.results import claims, claims_table, figures, ftrate, spread, tables, uncertainty
 from gfmtune.results.aggregate import collect
 from gfmtune.results.cost import cost_points, cost_table, read_params
 from gfmtune.results.published import CITATION, published
@@ -155,7 +156,7 @@ def write_results(
         claims.check_claims(ours, reps.cell_matrix(ours, VALUE)), claims.check_claims(paper)
     )
     atomic_write_text(out / "claims.json", json.dumps(checked, indent=1, default=str) + "\n")
-    atomic_write_text(out / "claims.md", head + claims.to_markdown(checked))
+    atomic_write_text(out / "claims.md", head + claims_table.to_markdown(checked))
     written["claims"] = [out / "claims.json", out / "claims.md"]
     return written
 
