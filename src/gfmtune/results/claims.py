@@ -18,7 +18,7 @@ Each claim also records its statistic's ``unit`` (mIoU points, or percent for a 
 and what it was ``decided_on``: the rows (model, FT-Rate), label fractions and frames of the
 cells that entered the statistic, and the paper's models the claim speaks of that the run has
 no cells of (a run of one GFM decides "FT-Rate is worth tuning" on that model alone).
-:mod:`gfmtune.results.claims_table` writes them as Markdown.
+:mod:`gfmtune.results.claims_table` writes them as Markdown and HTML.
 """
 
 from __future__ import annotations

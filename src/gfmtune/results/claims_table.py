@@ -1,11 +1,12 @@
-"""The checked claims (:mod:`gfmtune.results.claims`) as a table in Markdown (``claims.md``):
-notes on how the verdicts were reached and what each
+"""The checked claims (:mod:`gfmtune.results.claims`) as a table, in Markdown (``claims.md``)
+and HTML (``claims.html``, for the report): notes on how the verdicts were reached and what each
 column holds, then one row per claim with its verdict, what it was decided on, its rule, the
 rule's statistic with its unit and interval, the same on the published numbers, and the
 evidence."""
 
 from __future__ import annotations
 
+from gfmtune.results import html
 from gfmtune.results.claims import BOOTSTRAP, POINT, POINTS, UNDISTINGUISHABLE
 
 #: Column headings.
@@ -106,3 +107,15 @@ def to_markdown(claims: list[dict]) -> str:
         cells[1] = _verdict(c, ("**", "**"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def to_html(claims: list[dict], note: str = "") -> str:
+    """What :func:`to_markdown` says, as an HTML page (:mod:`gfmtune.results.html`) that
+    opens with the run's caveat ``note``."""
+    head, rows = _rows(claims)
+    body = "".join(f"<p>{html.text(n)}</p>\n" for n in _notes(claims))
+    cells = [[(html.text(v), "num" if i == 4 else "") for i, v in enumerate(row)] for row in rows]
+    for c, row in zip(claims, cells, strict=True):
+        row[1] = (_verdict(c, ("<strong>", "</strong>"), html.text), "")
+    table = html.table([[(h, 1) for h in head]], cells)
+    return html.page("The paper's claims decided on this run", body + table, note)
