@@ -66,6 +66,22 @@ def split_dir(split):
     return RUN / "manifests" / name
 
 
+#: The data a run trained on, as every report entry's ``data`` label says it.
+DATA_LABEL = (
+    "synthetic (embedded generator, not PASTIS-HD)"
+    if DATA["source"] == "synthetic"
+    else f"PASTIS-HD ({DATA['source']})"
+)
+
+
+def report_labels(output):
+    """``labels=`` of a report entry: ``output``, its file name and what it shows (unique in
+    its section: the report lists entries by their labels), then the run's data (the same
+    for every entry: the report makes a toggle of a later label with two values, each on half
+    a section's entries, and the toggle hides entries)."""
+    return {"output": output, "data": DATA_LABEL}
+
+
 #: A number as file names write it (Python's ``:g``): 1, 0.5, 1e-05.
 NUMBER = r"\d+(\.\d+)?(e[-+]\d+)?"
 

@@ -19,6 +19,7 @@ rule label_splits:
             RUN / "manifests" / "label_split" / "summary.csv",
             caption="captions/label_split.rst",
             category="Data",
+            labels=report_labels("summary.csv: each label split's patches and classes"),
         ),
     params:
         percents=PERCENTS,

@@ -18,6 +18,7 @@ rule predict_maps:
             RUN / "figures" / "predictions.png",
             caption="captions/predictions.rst",
             category="Maps",
+            labels=report_labels("predictions.png: test patches and each family's prediction"),
         ),
     params:
         run=RUN,

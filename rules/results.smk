@@ -7,8 +7,15 @@ from gfmtune.results.tables import fraction_groups
 #: Where the report shows them: the Results section's tables and figures.
 RESULTS_TABLE = {"category": "Results", "subcategory": "Tables"}
 RESULTS_FIGURE = {"category": "Results", "subcategory": "Figures"}
-#: The paper-layout tables' names: two label fractions each, most labels first ("100_50").
-LAYOUTS = ["_".join(f"{p:g}" for p in group) for group in fraction_groups(map(float, PERCENTS))]
+RESULTS_CLAIMS = {"category": "Results", "subcategory": "Claims"}
+#: The paper-layout tables' names: two label fractions each, most labels first ("100_50"), and
+#: the fractions each shows ("100 % and 50 % of the labels").
+GROUPS = fraction_groups(map(float, PERCENTS))
+LAYOUTS = ["_".join(f"{p:g}" for p in group) for group in GROUPS]
+LAYOUT_FRACTIONS = {
+    name: " and ".join(f"{p:g} %" for p in group) + " of the labels"
+    for name, group in zip(LAYOUTS, GROUPS)
+}
 
 
 rule results:
@@ -16,50 +23,83 @@ rule results:
         cells=cell_metrics(),
         params=RUN / "tables" / "params.csv",
     output:
-        table=report(RUN / "tables" / "miou.csv", caption="captions/table.rst", **RESULTS_TABLE),
+        table=report(
+            RUN / "tables" / "miou.csv",
+            caption="captions/table.rst",
+            labels=report_labels("miou.csv: every cell and seed, test and validation mIoU"),
+            **RESULTS_TABLE,
+        ),
         comparison=report(
             RUN / "tables" / "comparison.csv",
             caption="captions/comparison.rst",
+            labels=report_labels("comparison.csv: this run against the published values"),
             **RESULTS_TABLE,
         ),
         layouts=[
             report(
-                RUN / "tables" / f"miou_{name}.csv", caption="captions/layout.rst", **RESULTS_TABLE
+                RUN / "tables" / f"miou_{name}{suffix}",
+                caption="captions/layout.rst",
+                labels=report_labels(
+                    f"miou_{name}{suffix}: the paper's table, {LAYOUT_FRACTIONS[name]}"
+                ),
+                **RESULTS_TABLE,
             )
             for name in LAYOUTS
+            for suffix in (".html", ".csv")
         ],
-        cost=report(RUN / "tables" / "cost.csv", caption="captions/cost.rst", category="Cost"),
+        cost=report(
+            RUN / "tables" / "cost.csv",
+            caption="captions/cost.rst",
+            category="Cost",
+            labels=report_labels("cost.csv: GPU- and CPU-hours per model"),
+        ),
         tuned=report(
-            RUN / "tables" / "ft_tuned.csv", caption="captions/ft_tuned.rst", **RESULTS_TABLE
+            RUN / "tables" / "ft_tuned.csv",
+            caption="captions/ft_tuned.rst",
+            labels=report_labels("ft_tuned.csv: the FT-Rate picked on validation"),
+            **RESULTS_TABLE,
         ),
         spread=report(
             RUN / "tables" / "split_spread.csv",
             caption="captions/split_spread.rst",
+            labels=report_labels("split_spread.csv: how cells move between splits and seeds"),
             **RESULTS_TABLE,
         ),
         curves=report(
             RUN / "figures" / "miou_vs_frames.png",
             caption="captions/miou_vs_frames.rst",
+            labels=report_labels("miou_vs_frames.png: mIoU against frames per series"),
             **RESULTS_FIGURE,
         ),
         heatmaps=report(
-            RUN / "figures" / "heatmaps.png", caption="captions/heatmaps.rst", **RESULTS_FIGURE
+            RUN / "figures" / "heatmaps.png",
+            caption="captions/heatmaps.rst",
+            labels=report_labels("heatmaps.png: GFM mIoU over FT-Rate and frames"),
+            **RESULTS_FIGURE,
         ),
         claims=report(
             RUN / "claims.md",
             caption="captions/claims.rst",
-            category="Results",
-            subcategory="Claims",
+            labels=report_labels("claims.md: the paper's claims decided on this run"),
+            **RESULTS_CLAIMS,
+        ),
+        claims_page=report(
+            RUN / "claims.html",
+            caption="captions/claims.rst",
+            labels=report_labels("claims.html: the paper's claims decided on this run"),
+            **RESULTS_CLAIMS,
         ),
         ftrate=report(
             RUN / "figures" / "miou_vs_ftrate.png",
             caption="captions/miou_vs_ftrate.rst",
+            labels=report_labels("miou_vs_ftrate.png: GFM mIoU against FT-Rate"),
             **RESULTS_FIGURE,
         ),
         pareto=report(
             RUN / "figures" / "cost_pareto.png",
             caption="captions/cost_pareto.rst",
             category="Cost",
+            labels=report_labels("cost_pareto.png: mIoU against compute and parameters"),
         ),
     params:
         out=RUN,
@@ -78,11 +118,17 @@ rule results:
 
 rule params:
     output:
-        run=report(RUN / "tables" / "params.csv", caption="captions/params.rst", category="Cost"),
+        run=report(
+            RUN / "tables" / "params.csv",
+            caption="captions/params.rst",
+            category="Cost",
+            labels=report_labels("params.csv: parameters of this run's models"),
+        ),
         paper=report(
             RUN / "tables" / "params_paper.csv",
             caption="captions/params_paper.rst",
             category="Cost",
+            labels=report_labels("params_paper.csv: parameters of the paper-size models"),
         ),
     params:
         models=config["models"],

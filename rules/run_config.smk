@@ -5,7 +5,12 @@ import yaml
 
 rule run_config:
     output:
-        report(RUN / "config.yaml", caption="captions/config.rst", category="Configuration"),
+        report(
+            RUN / "config.yaml",
+            caption="captions/config.rst",
+            category="Configuration",
+            labels=report_labels("config.yaml: the configuration as the workflow resolved it"),
+        ),
     params:
         # the whole resolved configuration as a parameter: any change rewrites the file
         text=yaml.safe_dump(config, sort_keys=False, default_flow_style=None),

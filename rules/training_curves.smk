@@ -9,6 +9,7 @@ rule training_curves:
             RUN / "figures" / "training_curves.png",
             caption="captions/training_curves.rst",
             category="Training",
+            labels=report_labels("training_curves.png: loss and validation mIoU per epoch"),
         ),
         RUN / "figures" / "training_curves.pdf",
     params:

@@ -15,7 +15,7 @@ from jsonschema import Draft202012Validator
 from gfmtune.config import config_schema, settings_schema
 from gfmtune.train.settings import TrainSettings
 from tests.data.test_store import assert_store_equals_source
-from tests.report_browser import rendered_figures
+from tests.report_browser import landing_page, rendered_figures
 from tests.workflow_helpers import REPO, job_counts, readme_commands, run_snakemake
 
 
@@ -219,6 +219,8 @@ def test_demo_end_to_end_with_report(tmp_path: Path) -> None:
         "croma", "dino", "u-tae", "labels"
     }  # fmt: skip
     assert "| claim |" in (run / "claims.md").read_text()
+    assert "<table>" in (run / "claims.html").read_text()
+    assert "<table>" in (run / "tables" / "miou_100_10.html").read_text()
 
     made = run_snakemake(tmp_path, *report_step)
     assert made.returncode == 0, made.stderr[-2000:]
@@ -229,6 +231,23 @@ def test_demo_end_to_end_with_report(tmp_path: Path) -> None:
     widths |= rendered_figures(report, "Cost", ["cost_pareto.png"])
     widths |= rendered_figures(report, "Maps", ["predictions.png"])
     assert len(widths) == 6 and all(width > 500 for width in widths.values()), widths
+    # the landing page says the data are synthetic and shows the paper's table and the claims;
+    # every listing labels its entries, the data among them
+    shown = landing_page(report, "Results", "Tables")
+    assert "Synthetic data" in shown["caveat"] and "not the paper's findings" in shown["caveat"]
+    assert "not PASTIS-HD" in shown["text"]
+    assert "on PASTIS-HD Sentinel-2 series" not in shown["text"]
+    layout, claims = shown["tables"]
+    assert layout["shown"] and claims["shown"] and layout["width"] > 300, shown["tables"]
+    assert not layout["cut"] and not claims["cut"], shown["tables"]  # the page gives them room
+    assert [row[0] for row in layout["rows"][2:]] == [
+        "CROMA 0.0", "CROMA 0.1", "CROMA 1.0", "DINO 0.0", "DINO 0.1", "DINO 1.0", "U-TAE"
+    ]  # fmt: skip
+    assert "decided on" in claims["rows"][0] and len(claims["rows"]) == 1 + 8
+    listing = shown["listing"]
+    assert [h.lower() for h in listing["head"][:2]] == ["output", "data"], listing
+    assert {row[1] for row in listing["rows"]} == {"synthetic (embedded generator, not PASTIS-HD)"}
+    assert any(row[0].startswith("miou_100_10.html: ") for row in listing["rows"]), listing
 
     again = run_snakemake(tmp_path, *demo)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from gfmtune.pastis import CLASS_NAMES
-from gfmtune.results import claims, tables
+from gfmtune.results import claims, claims_table, tables
 from gfmtune.results.command import write_results
 from gfmtune.results.published import published
 
@@ -61,7 +61,7 @@ def test_claims_on_the_published_numbers() -> None:
     verdicts = [c["verdict"] for c in checked]
     assert verdicts == ["true", "true", "true", "true", "true", "true", "true", "false"]
     assert all(c["basis"] == claims.POINT and c["interval"] is None for c in checked)
-    md = claims.to_markdown(checked)
+    md = claims_table.to_markdown(checked)
     assert md.startswith("Point estimates only") and md.count("(point estimate)") == 8
     assert sum(line.startswith("| ") for line in md.splitlines()) == 1 + 8
 
@@ -166,3 +166,46 @@ def test_aggregate_rejects_unfinished_cells(tmp_path: Path) -> None:
     broken.write_text("{}")
     with pytest.raises(ValueError, match=r"metrics\.json"):
         write_results([broken], tmp_path / "run")
+
+
+def test_claims_say_what_they_were_decided_on() -> None:
+    """A run of one GFM decides "FT-Rate is worth tuning" on that model alone, and says so."""
+    paper = _paper_summary()
+    full = {c["claim"]: c for c in claims.check_claims(paper)}
+    dino = {c["claim"]: c for c in claims.check_claims(paper[paper.model.isin(["DINO", "U-TAE"])])}
+    ft = "FT-Rate is a hyperparameter worth tuning."
+    assert full[ft]["decided_on"]["rows"] == [f"{m} {f}" for m in ("CROMA", "DINO")
+                                              for f in ("0.0", "0.1", "1.0")]  # fmt: skip
+    assert full[ft]["decided_on"]["cells"] == 2 * 3 * 4 * 5
+    assert not full[ft]["decided_on"]["missing"]
+    assert dino[ft]["decided_on"]["rows"] == ["DINO 0.0", "DINO 0.1", "DINO 1.0"]
+    assert dino[ft]["decided_on"]["missing"] == ["CROMA"]
+    assert claims_table.decided_on_text(dino[ft]["decided_on"]) == (
+        "60 cells: DINO 0.0/0.1/1.0; 100 %, 50 %, 10 %, 1 %; t = 1, 6, 15, 25, 35; "
+        "no CROMA cells in this run"
+    )
+    frozen = "With abundant labels (100 %), frozen GFMs lose to U-TAE whenever t > 1."
+    assert full[frozen]["decided_on"]["timesteps"] == [6, 15, 25, 35]  # t > 1 only
+    assert dino[frozen]["decided_on"]["rows"] == ["DINO 0.0", "U-TAE"]
+    scarce = "With scarce labels (1 %), even frozen CROMA beats U-TAE."
+    assert dino[scarce]["verdict"] == "undetermined"
+    basis = claims_table.decided_on_text(dino[scarce]["decided_on"])
+    assert basis == "no cells; no CROMA cells in this run"
+    md = claims_table.to_markdown(list(dino.values()))
+    assert md.count("no CROMA cells in this run") == 7  # all but "fully tuned DINO beats U-TAE"
+    assert "| decided on |" in md
+
+
+def test_published_column_says_what_its_number_is() -> None:
+    paper = _paper_summary()
+    checked = claims.with_published(claims.check_claims(paper), claims.check_claims(paper))
+    assert {c["unit"] for c in checked} == {"points", "%"}
+    md = claims_table.to_markdown(checked)
+    assert f"| {claims_table.PUBLISHED} |" in md
+    assert (
+        "rule's statistic" in claims_table.PUBLISHED and "paper's numbers" in claims_table.PUBLISHED
+    )
+    frozen, *_, longer = md.splitlines()[-8:]
+    assert "| true (0.96 points) |" in frozen and "| 0.96 points |" in frozen
+    assert "| false (-0.34 %) |" in longer
+    assert "then the rule's statistic computed on them, in the rule's unit" in md

@@ -13,6 +13,12 @@ With replicates the statistic is evaluated on each of them: "supported" when its
 lies entirely on the needed side of the threshold, "contradicted" when entirely on the other,
 else "not distinguishable at 95 %". Without them (the published numbers, or cells from older
 runs) the verdict is the point estimate's: true or false, labelled as such.
+
+Each claim also records its statistic's ``unit`` (mIoU points, or percent for a relative gain)
+and what it was ``decided_on``: the rows (model, FT-Rate), label fractions and frames of the
+cells that entered the statistic, and the paper's models the claim speaks of that the run has
+no cells of (a run of one GFM decides "FT-Rate is worth tuning" on that model alone).
+:mod:`gfmtune.results.claims_table` writes them as Markdown and HTML.
 """
 
 from __future__ import annotations
@@ -22,10 +28,14 @@ import operator
 import numpy as np
 import pandas as pd
 
-from gfmtune.results.tables import KEYS, row_label
+from gfmtune.results.tables import KEYS, row_label, row_order
 from gfmtune.results.uncertainty import LEVEL, interval
 
 UTAE = -1.0
+GFMS = ("CROMA", "DINO")
+EVERY = (*GFMS, "U-TAE")
+#: The unit of a rule's statistic: mIoU points (paper convention), or percent (a relative gain).
+POINTS, PERCENT = "points", "%"
 BOOTSTRAP = f"paired bootstrap over test patches, {LEVEL:g} % interval"
 POINT = "point estimate (no per-patch test counts: no interval)"
 UNDISTINGUISHABLE = f"not distinguishable at {LEVEL:g} %"
@@ -71,14 +81,42 @@ def _best_row(v: pd.DataFrame, fraction: float) -> tuple[str, float | None, floa
     return str(model), (float(ft) if ft >= 0 else None), round(float(value), 2)
 
 
+Key = tuple[str, float, float, int]
+
+
+def _keys(model: str, ft: float, fraction: float, frames) -> list[Key]:
+    """Cell keys (model, ft_rate, label_percent, timesteps) of one row at ``fraction``."""
+    return [(model, ft, fraction, int(t)) for t in frames]
+
+
+def decided_on(v: pd.DataFrame, cells: list[Key] | pd.Index, models: tuple[str, ...]) -> dict:
+    """What a claim was decided on: its ``cells``' rows (``CROMA 0.0``), label fractions,
+    frames and count, and ``missing``: which of ``models`` (the paper's models the claim speaks
+    of) have no cell in the run (``v``)."""
+    keys = sorted(set(map(tuple, cells)))
+    rows = pd.DataFrame(keys, columns=KEYS)
+    run = set(v.index.get_level_values("model"))
+    return {
+        "rows": [row_label(m, f) for m, f in row_order(rows)],
+        "label_percents": sorted({float(p) for p in rows.label_percent}, reverse=True),
+        "timesteps": sorted({int(t) for t in rows.timesteps}),
+        "cells": len(keys),
+        "missing": [m for m in models if m not in run],
+    }
+
+
 def _claim(
-    text: str, rule: tuple[str, str, float], stat: np.ndarray | None, evidence: dict
+    text: str,
+    rule: tuple[str, str, float, str],
+    stat: np.ndarray | None,
+    evidence: dict,
+    used: dict,
 ) -> dict:
     """A claim decided on ``stat`` (column 0 the point value, then the replicates); ``rule``:
-    (what the statistic is, ">" or "<=", threshold); undetermined without it, or when a value
-    of it is not finite (it decides nothing)."""
-    name, side, threshold = rule
-    claim = {"claim": text, "rule": f"{name} {side} {threshold:g}"}
+    (what the statistic is, ">" or "<=", threshold, unit); undetermined without it, or when a
+    value of it is not finite (it decides nothing); ``used``: :func:`decided_on`."""
+    name, side, threshold, unit = rule
+    claim = {"claim": text, "rule": f"{name} {side} {threshold:g}", "unit": unit}
     point, inside, outside = SIDES[side]
     if stat is None or not np.isfinite(stat).all():
         verdict, basis, value, bounds = "undetermined", None, None, None
@@ -100,17 +138,19 @@ def _claim(
         "value": value,
         "interval": bounds,
         "evidence": evidence,
+        "decided_on": used,
     }
 
 
 def _frozen_lose(v: pd.DataFrame, rich: float, frames: list[int]) -> dict:
     utae = _series(v, "U-TAE", UTAE, rich)
-    diffs, evidence = [], {}
-    for model in ("CROMA", "DINO"):
+    diffs, evidence, cells = [], {}, []
+    for model in GFMS:
         gfm = _series(v, model, 0.0, rich)
         both = [t for t in frames if t > 1 and t in utae.index and t in gfm.index]
         if both:
             diffs += [utae.loc[t] - gfm.loc[t] for t in both]
+            cells += _keys("U-TAE", UTAE, rich, both) + _keys(model, 0.0, rich, both)
             evidence[f"U-TAE vs {model} 0.0"] = {
                 f"t={t}": [round(float(utae.loc[t, 0]), 2), round(float(gfm.loc[t, 0]), 2)]
                 for t in both
@@ -121,41 +161,51 @@ def _frozen_lose(v: pd.DataFrame, rich: float, frames: list[int]) -> dict:
             "the smallest over frames t > 1 of U-TAE's mIoU minus CROMA 0.0's and minus DINO 0.0's",
             ">",
             0,
+            POINTS,
         ),
         np.min(diffs, axis=0) if diffs else None,
         evidence,
+        decided_on(v, cells, EVERY),
     )
 
 
-def _mean_beats(text: str, a: tuple[str, pd.DataFrame], b: tuple[str, pd.DataFrame]) -> dict:
-    """Claim that a's mIoU averaged over the frames both have exceeds b's."""
-    both = a[1].index.intersection(b[1].index)
-    rule = (f"{a[0]}'s mIoU averaged over frames minus {b[0]}'s", ">", 0)
+def _mean_beats(
+    text: str, v: pd.DataFrame, fraction: float, a: tuple[str, float], b: tuple[str, float]
+) -> dict:
+    """Claim that row a's (model, FT-Rate) mIoU averaged over the frames both have at
+    ``fraction`` exceeds row b's."""
+    (label_a, series_a), (label_b, series_b) = (
+        (row_label(*row), _series(v, *row, fraction)) for row in (a, b)
+    )
+    both = series_a.index.intersection(series_b.index)
+    rule = (f"{label_a}'s mIoU averaged over frames minus {label_b}'s", ">", 0, POINTS)
+    used = decided_on(v, _keys(*a, fraction, both) + _keys(*b, fraction, both), (a[0], b[0]))
     if both.empty:
-        return _claim(text, rule, None, {})
-    mean_a, mean_b = a[1].loc[both].mean(), b[1].loc[both].mean()
+        return _claim(text, rule, None, {}, used)
+    mean_a, mean_b = series_a.loc[both].mean(), series_b.loc[both].mean()
     diff = (mean_a - mean_b).to_numpy()
     evidence = {
-        a[0]: round(float(mean_a[0]), 2),
-        b[0]: round(float(mean_b[0]), 2),
+        label_a: round(float(mean_a[0]), 2),
+        label_b: round(float(mean_b[0]), 2),
         "difference": round(float(diff[0]), 2),
     }
-    return _claim(text, rule, diff, evidence)
+    return _claim(text, rule, diff, evidence, used)
 
 
 def _best_claim(text: str, v: pd.DataFrame, fraction: float, expected: tuple[str, float]) -> dict:
     """Claim that ``expected`` (model, FT-Rate) has the best mIoU averaged over frames."""
     label = row_label(*expected)
-    rule = (f"{label}'s mIoU averaged over frames minus the best other row's", ">", 0)
+    rule = (f"{label}'s mIoU averaged over frames minus the best other row's", ">", 0, POINTS)
     means = _row_means(v, fraction)
+    used = decided_on(v, _select(v, label_percent=fraction).index, EVERY)
     if expected not in means.index or len(means) < 2:
-        return _claim(text, rule, None, {})
+        return _claim(text, rule, None, {}, used)
     margin = (means.loc[expected] - means.drop(expected).max(axis=0)).to_numpy()
     evidence = {
         "best (model, FT-Rate, mean mIoU)": _best_row(v, fraction),
         f"{label} minus the best other row (points)": round(float(margin[0]), 2),
     }
-    return _claim(text, rule, margin, evidence)
+    return _claim(text, rule, margin, evidence, used)
 
 
 def _competitive(v: pd.DataFrame, rich: float) -> dict:
@@ -169,9 +219,11 @@ def _competitive(v: pd.DataFrame, rich: float) -> dict:
             "in points",
             "<=",
             5,
+            POINTS,
         ),
         gap,
         {"gap to the best (points)": None if gap is None else round(float(gap[0]), 2)},
+        decided_on(v, _select(v, label_percent=rich).index, EVERY),
     )
 
 
@@ -181,29 +233,39 @@ def _ft_rate_matters(v: pd.DataFrame) -> dict:
     several = groups.size() > 1
     spreads = (groups.max() - groups.min())[several]
     stat = None if spreads.empty else spreads.mean().to_numpy()
+    group = pd.MultiIndex.from_arrays(
+        [gfm.index.get_level_values(k) for k in ("model", "label_percent", "timesteps")]
+    )
     return _claim(
         "FT-Rate is a hyperparameter worth tuning.",
-        ("best minus worst FT-Rate's mIoU of a (model, fraction, t), averaged, in points", ">", 2),
+        (
+            "best minus worst FT-Rate's mIoU of a (model, fraction, t), averaged, in points",
+            ">",
+            2,
+            POINTS,
+        ),
         stat,
         {"mean spread (points)": None if stat is None else round(float(stat[0]), 2)},
+        decided_on(v, gfm.index[group.isin(several[several].index)], GFMS),
     )
 
 
-def _mean_gain(v: pd.DataFrame, fraction: float) -> np.ndarray | None:
+def _mean_gain(v: pd.DataFrame, fraction: float) -> tuple[np.ndarray | None, list[Key]]:
     """Mean relative gain (percent) from the fewest frames above one to the most, over the
-    (model, FT-Rate) rows at ``fraction``."""
-    gains = []
+    (model, FT-Rate) rows at ``fraction``, and the cells it compares."""
+    gains, cells = [], []
     rows = v.index.droplevel(["label_percent", "timesteps"]).unique()
     for model, ft in rows:
         curve = _series(v, model, ft, fraction)
         curve = curve[curve.index > 1]  # series proper: from the fewest frames above one
         if len(curve) > 1 and curve.iloc[0, 0] > 0:
             gains.append(curve.iloc[-1].to_numpy() / curve.iloc[0].to_numpy() - 1)
-    return 100 * np.mean(gains, axis=0) if gains else None
+            cells += _keys(model, ft, fraction, [curve.index[0], curve.index[-1]])
+    return (100 * np.mean(gains, axis=0) if gains else None), cells
 
 
 def _longer_series(v: pd.DataFrame, poor: float, rich: float) -> dict:
-    g_poor, g_rich = _mean_gain(v, poor), _mean_gain(v, rich)
+    (g_poor, poor_cells), (g_rich, rich_cells) = _mean_gain(v, poor), _mean_gain(v, rich)
     stat, evidence = None, {}
     if poor != rich and g_poor is not None and g_rich is not None:
         stat = np.minimum(g_poor, g_poor - g_rich)
@@ -219,9 +281,11 @@ def _longer_series(v: pd.DataFrame, poor: float, rich: float) -> dict:
             "fraction (a loss at both is no help)",
             ">",
             0,
+            PERCENT,
         ),
         stat,
         evidence,
+        decided_on(v, poor_cells + rich_cells if stat is not None else [], EVERY),
     )
 
 
@@ -233,8 +297,6 @@ def check_claims(s: pd.DataFrame, replicates: np.ndarray | None = None) -> list[
         return []
     rich, poor = fractions[-1], fractions[0]
     v = _values(s, replicates)
-    croma = ("CROMA 0.0", _series(v, "CROMA", 0.0, poor))
-    utae_poor = ("U-TAE", _series(v, "U-TAE", UTAE, poor))
     return [
         _frozen_lose(v, rich, sorted(s.timesteps.unique())),
         _best_claim(
@@ -244,7 +306,11 @@ def check_claims(s: pd.DataFrame, replicates: np.ndarray | None = None) -> list[
             ("CROMA", 0.1),
         ),
         _mean_beats(
-            f"With scarce labels ({poor:g} %), even frozen CROMA beats U-TAE.", croma, utae_poor
+            f"With scarce labels ({poor:g} %), even frozen CROMA beats U-TAE.",
+            v,
+            poor,
+            ("CROMA", 0.0),
+            ("U-TAE", UTAE),
         ),
         _best_claim(
             f"With scarce labels ({poor:g} %), CROMA at FT-Rate 1.0 is best.",
@@ -254,8 +320,10 @@ def check_claims(s: pd.DataFrame, replicates: np.ndarray | None = None) -> list[
         ),
         _mean_beats(
             f"With scarce labels ({poor:g} %), fully tuned DINO also beats U-TAE.",
-            ("DINO 1.0", _series(v, "DINO", 1.0, poor)),
-            utae_poor,
+            v,
+            poor,
+            ("DINO", 1.0),
+            ("U-TAE", UTAE),
         ),
         _competitive(v, rich),
         _ft_rate_matters(v),
@@ -269,51 +337,3 @@ def with_published(ours: list[dict], published: list[dict]) -> list[dict]:
         c | {"published": {k: p[k] for k in ("verdict", "basis", "value", "interval")}}
         for c, p in zip(ours, published, strict=True)
     ]
-
-
-def _notes(claims: list[dict]) -> list[str]:
-    """How the verdicts were reached."""
-    bases = {c["basis"] for c in claims}
-    notes = []
-    if BOOTSTRAP in bases:
-        notes.append(
-            f"Verdicts from a {BOOTSTRAP}: supported when the interval of the rule's statistic "
-            f"lies entirely on the side the rule needs, contradicted when entirely on the "
-            f"other, else {UNDISTINGUISHABLE} (the data cannot tell)."
-        )
-    if POINT in bases:
-        notes.append(
-            "Point estimates only: some cells of this run have no per-patch test counts "
-            "(test_patches.npz, older runs), so no interval can be computed; true or false "
-            "compare the point value of the rule's statistic with its threshold."
-        )
-    if any("published" in c for c in claims):
-        notes.append(
-            "The published numbers are one value per cell without per-patch data: on them a "
-            "claim can only be checked as a point estimate (true or false, column published)."
-        )
-    return notes
-
-
-def _value(c: dict) -> str:
-    if c["value"] is None:
-        return "–"
-    bounds = "" if c["interval"] is None else " [{:.2f}, {:.2f}]".format(*c["interval"])
-    return f"{c['value']:.2f}{bounds}"
-
-
-def to_markdown(claims: list[dict]) -> str:
-    """Notes on how the verdicts were reached, then one row per claim."""
-    published = any("published" in c for c in claims)
-    head = ["claim", "verdict", "rule", "value [95 % interval]"]
-    head += ["published (point estimate)"] if published else []
-    lines = [*(f"{n}\n" for n in _notes(claims)), "| " + " | ".join([*head, "evidence"]) + " |"]
-    lines.append("|---" * (len(head) + 1) + "|")
-    for c in claims:
-        evidence = "; ".join(f"{k}: {v}" for k, v in c["evidence"].items()) or "–"
-        verdict = f"**{c['verdict']}**" + (" (point estimate)" if c["basis"] == POINT else "")
-        cells = [c["claim"], verdict, c["rule"], _value(c)]
-        if published:
-            cells.append(f"{c['published']['verdict']} ({_value(c['published'])})")
-        lines.append("| " + " | ".join([*cells, evidence]) + " |")
-    return "\n".join(lines) + "\n"

@@ -4,21 +4,24 @@ Writes under ``--out`` (``results/<run>``)::
 
     tables/miou.csv                      one row per cell and seed (percent, with intervals;
                                          validation scores at the selected epoch)
-    tables/miou_<fractions>.{md,tex,csv} the paper's layout, value [95 % interval], best marked;
+    tables/miou_<fractions>.{md,tex,csv,html}
+                                         the paper's layout, value [95 % interval], best marked;
                                          with a "<model> tuned" row when the run has more
-                                         FT-Rates than the paper's three
+                                         FT-Rates than the paper's three (HTML: for the report)
     tables/ft_tuned.{csv,md}             per model, fraction and t: the FT-Rate picked on
                                          validation and its test mIoU [interval]
     tables/comparison.{csv,md}           ours [interval], the paper's, the difference, inside?
     tables/cost.csv                      GPU-hours and wall time per model and in total
     tables/split_spread.{csv,md}         how much cells move between label splits and seeds
     figures/miou_vs_frames.{png,pdf}     per fraction, published curves dashed
-    figures/heatmaps.{png,pdf}           mIoU over (FT-Rate, frames) per model and fraction
+    figures/heatmaps.{png,pdf}           mIoU over (FT-Rate, frames) per GFM and fraction, the
+                                         colours spanning the values shown
     figures/miou_vs_ftrate.{png,pdf}     mIoU (mean over frames) against FT-Rate, symlog axis
     figures/cost_pareto.{png,pdf}        mIoU against compute hours and trainable parameters
-                                         (``--params``), Pareto front drawn
-    claims.{json,md}                     the paper's conclusions decided on these results
-                                         (and, as point estimates, on the published numbers)
+                                         (``--params``), Pareto front drawn on both
+    claims.{json,md,html}                the paper's conclusions decided on these results, each
+                                         with the cells it was decided on (and, as point
+                                         estimates, on the published numbers)
 
 Every value in the paper-layout tables, the comparison and the claims is the paper's
 convention (``miou_paper``: mean over 20 classes with void as 0, percent), from the run's own
@@ -38,7 +41,7 @@ from pathlib import Path
 import pandas as pd
 
 from gfmtune.fileio import atomic_path, atomic_write_text
-from gfmtune.results import claims, figures, ftrate, spread, tables, uncertainty
+from gfmtune.results import claims, claims_table, figures, ftrate, spread, tables, uncertainty
 from gfmtune.results.aggregate import collect
 from gfmtune.results.cost import cost_points, cost_table, read_params
 from gfmtune.results.published import CITATION, published
@@ -115,6 +118,8 @@ def write_results(
                 text = (f"**{note}**\n\n" if suffix == ".md" else f"% {note}\n") + text
             atomic_write_text(base.with_suffix(suffix), text)
             written["tables"].append(base.with_suffix(suffix))
+        atomic_write_text(base.with_suffix(".html"), tables.to_html(grid, note))
+        written["tables"].append(base.with_suffix(".html"))
     comparison = tables.comparison(ours, paper).round(2)
     _csv(comparison, out / "tables" / "comparison.csv")
     atomic_write_text(
@@ -155,8 +160,9 @@ def write_results(
         claims.check_claims(ours, reps.cell_matrix(ours, VALUE)), claims.check_claims(paper)
     )
     atomic_write_text(out / "claims.json", json.dumps(checked, indent=1, default=str) + "\n")
-    atomic_write_text(out / "claims.md", head + claims.to_markdown(checked))
-    written["claims"] = [out / "claims.json", out / "claims.md"]
+    atomic_write_text(out / "claims.md", head + claims_table.to_markdown(checked))
+    atomic_write_text(out / "claims.html", claims_table.to_html(checked, note))
+    written["claims"] = [out / "claims.json", out / "claims.md", out / "claims.html"]
     return written
 
 

@@ -13,6 +13,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from gfmtune.results import html
+
 KEYS = ["model", "ft_rate", "label_percent", "timesteps"]
 FAMILIES = ("CROMA", "DINO", "U-TAE")
 MISSING = "–"
@@ -109,6 +111,36 @@ def to_markdown(grid: pd.DataFrame) -> str:
     lines = [head, "|---" * (len(top) + 1) + "|"]
     lines += ["| " + " | ".join([i, *cells.loc[i].tolist()]) + " |" for i in cells.index]
     return "\n".join(lines) + "\n"
+
+
+def to_html(grid: pd.DataFrame, note: str = "") -> str:
+    """An HTML page (:mod:`gfmtune.results.html`): the run's caveat ``note``, what the values
+    are, and the table, the best value of each column in bold."""
+    cells, best = _cells(grid, ("", "")), _best(grid)
+    fractions = list(dict.fromkeys(p for p, _ in grid.columns))
+    n_t = len(grid.columns) // len(fractions)
+    head = [
+        [("", 1), *((f"{p:g} % of the labels", n_t) for p in fractions)],
+        [("model", 1), *((f"t={t}", 1) for _, t in grid.columns)],
+    ]
+    rows = [
+        [(html.text(i), "")]
+        + [
+            (f"<strong>{html.text(v)}</strong>" if best.loc[i, c] else html.text(v), "num")
+            for c, v in cells.loc[i].items()
+        ]
+        for i in cells.index
+    ]
+    shown = " and ".join(f"{p:g} %" for p in fractions)
+    about = (
+        "<p>Test mIoU (paper convention: mean over 20 classes, void as 0, percent) per model and "
+        "FT-Rate (rows) and frames per series (t), mean over seeds with its 95 % bootstrap "
+        "interval [low, high] over test patches (mean ± std over seeds for a cell without "
+        "per-patch test counts); the best of each column in bold. A <em>tuned</em> row takes "
+        "each column's FT-Rate picked on validation.</p>\n"
+    )
+    title = f"Paper-layout table: {shown} of the labels"
+    return html.page(title, about + html.table(head, rows), note)
 
 
 def to_latex(grid: pd.DataFrame) -> str:
