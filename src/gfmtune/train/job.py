@@ -66,7 +66,14 @@ from gfmtune.train.devices import (
 from gfmtune.train.divergence import DivergenceError, LossWatch, check_loss, check_weights
 from gfmtune.train.feature_cache import cached_datasets
 from gfmtune.train.loader import SkipFirst, job_loaders, skippable
-from gfmtune.train.loop import Progress, build_optimizer, build_scheduler, evaluate, train_epoch
+from gfmtune.train.loop import (
+    Progress,
+    build_optimizer,
+    build_scheduler,
+    epoch_line,
+    evaluate,
+    train_epoch,
+)
 from gfmtune.train.metrics import metrics_from_confusion
 from gfmtune.train.patch_counts import PATCH_FILE, counts_from_confusions, save_patch_counts
 from gfmtune.train.resident import resident
@@ -370,18 +377,6 @@ class CellJob:
         return metrics
 
 
-def epoch_line(row: dict, epochs: int) -> str:
-    """One log line of a history row: ``epoch 3/80: loss 1.234, val miou_paper 12.34 %, ...``."""
-    parts = [f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f}"]
-    parts += [
-        f"val {key.removeprefix('val_')} {100 * row[key]:.2f} %"
-        for key in ("val_miou_paper", "val_miou", "val_oa")
-        if key in row
-    ]
-    parts += [f"{k} {v:.3g}" for k, v in row.items() if k.startswith("lr_")]
-    return ", ".join([*parts, f"{row['seconds']:.1f} s"])
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", type=Path, required=True, help="s2.zarr store")
     parser.add_argument("--label-split", type=Path, required=True, help="label-split manifest CSV")
@@ -416,16 +411,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _settings(args: argparse.Namespace) -> TrainSettings:
-    if args.settings:
-        return TrainSettings.from_json(args.settings)
-    return TrainSettings.from_mapping(json.loads(args.settings_json or "{}"))
-
-
 def restart_environment(args: argparse.Namespace) -> dict[str, str]:
     """What this process's environment lacks for the cell's CPU numerics (gfmtune.cli restarts
     the command with it; see gfmtune.train.numerics)."""
-    return numerics.missing_environment(_settings(args).cpu_numerics)
+    settings = TrainSettings.from_arguments(args.settings, args.settings_json)
+    return numerics.missing_environment(settings.cpu_numerics)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -443,7 +433,7 @@ def _run(args: argparse.Namespace) -> int:
     cell = Cell(args.model, ft, args.label_split.stem, frames, args.seed, args.split_name)
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = _settings(args)
+    settings = TrainSettings.from_arguments(args.settings, args.settings_json)
     inputs = Inputs(
         args.store, args.label_split, args.timesteps, args.weights_dir, args.feature_cache
     )

@@ -349,3 +349,15 @@ def evaluate(
         for part, logits in halving.parts(len(batch[2]), run):
             matrix.update(logits.float(), batch[2][part])
     return matrix
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    """One log line of a history row: ``epoch 3/80: loss 1.234, val miou_paper 12.34 %, ...``."""
+    parts = [f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f}"]
+    parts += [
+        f"val {key.removeprefix('val_')} {100 * row[key]:.2f} %"
+        for key in ("val_miou_paper", "val_miou", "val_oa")
+        if key in row
+    ]
+    parts += [f"{k} {v:.3g}" for k, v in row.items() if k.startswith("lr_")]
+    return ", ".join([*parts, f"{row['seconds']:.1f} s"])

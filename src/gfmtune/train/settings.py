@@ -61,5 +61,10 @@ class TrainSettings:
     def from_json(cls, path: Path) -> TrainSettings:
         return cls.from_mapping(json.loads(Path(path).read_text()))
 
+    @classmethod
+    def from_arguments(cls, path: Path | None, text: str | None) -> TrainSettings:
+        """Settings from ``gfmtune train``'s ``--settings`` file, else its ``--settings-json``."""
+        return cls.from_json(path) if path else cls.from_mapping(json.loads(text or "{}"))
+
     def to_dict(self) -> dict:
         return asdict(self)
