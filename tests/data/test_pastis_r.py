@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,13 @@ import zarr
 
 from gfmtune import pastis
 from gfmtune.cli import main
-from gfmtune.data.download.local import prepare_local, source_fingerprint, source_problem
+from gfmtune.data.download.local import (
+    ArchiveError,
+    not_extracted,
+    prepare_local,
+    source_fingerprint,
+    source_problem,
+)
 from gfmtune.data.store import convert
 from tests.data.fake_servers import SMALL
 from tests.data.pastis_r import (
@@ -68,6 +75,37 @@ def test_zip_is_extracted_and_accepted(download: Path, tmp_path: Path) -> None:
     root = prepare_local(download / ARCHIVE, dest)
     assert root == dest / TOP
     assert s2_part(root) == s2_part(download / TOP)
+    # only the S2 part is written: PASTIS-R's radar and instance parts are not extracted
+    files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    assert files == set(s2_part(download / TOP))
+    assert not any((root / name).exists() for name in EXTRAS)
+
+
+def test_skipped_members_are_still_checked(tmp_path: Path) -> None:
+    archive = tmp_path / ARCHIVE
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(f"{TOP}/DATA_S1A/../../../evil.txt", b"x")
+    with pytest.raises(ArchiveError, match="would escape"):
+        prepare_local(archive, tmp_path / "raw")
+    assert not (tmp_path / "evil.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "skipped"),
+    [
+        ("PASTIS-R/DATA_S1A/S1A_10000.npy", True),
+        ("PASTIS-R/DATA_S1D/", True),
+        ("PASTIS-R/INSTANCE_ANNOTATIONS/INSTANCES_1.npy", True),
+        ("PASTIS-R/NORM_S1D_patch.json", True),
+        ("PASTIS-R/NORM_S2_patch.json", False),
+        ("PASTIS-R/DATA_S2/S2_10000.npy", False),
+        ("PASTIS-R/ANNOTATIONS/TARGET_10000.npy", False),
+        ("PASTIS-R/metadata.geojson", False),
+        ("PASTIS/DATA_S1A_notes.txt", False),
+    ],
+)
+def test_which_members_are_not_extracted(name: str, skipped: bool) -> None:
+    assert not_extracted(name) is skipped
 
 
 def test_cli_download_of_the_zip_writes_inventory(download: Path, tmp_path: Path) -> None:
