@@ -1,15 +1,16 @@
 """Local data (a folder or an archive), safe archive extraction and the layout check.
 
 Archives (.zip, .tar, .tar.gz, .tgz) are extracted into a hidden temporary folder, member by member
-(any member that would land outside the folder, and any link or device, is refused), and only
-then moved into the destination; a marker file records which archive version was extracted, so
-a rerun skips it, and the files it moved (size and mtime), so a rerun or a new version of the
-archive may replace them while they are unchanged. Nothing else in the destination is removed or
-overwritten: a member that would replace a folder, a file, or a file of other content that no
-extraction of this archive wrote raises :class:`ExtractionConflictError` naming both paths, before
-anything is moved. A corrupt or truncated archive raises :class:`ArchiveError` and leaves nothing.
-:func:`source_fingerprint` is what the workflow's ``download`` rule watches to rerun when local
-data change in place.
+(any member that would land outside the folder, and any link or device, is refused), and only then
+moved into the destination. Members of PASTIS-R's radar and instance parts (:data:`NOT_EXTRACTED`;
+torchgeo's PASTIS download is that archive) are checked like any other but not written: only the S2
+part is read. A marker file records which archive version was extracted, so a rerun skips it, and
+the files it moved (size and mtime), so a rerun or a new version of the archive may replace them
+while they are unchanged. Nothing else in the destination is removed or overwritten: a member that
+would replace a folder, a file, or a file of other content that no extraction of this archive wrote
+raises :class:`ExtractionConflictError` naming both paths, before anything is moved. A corrupt or
+truncated archive raises :class:`ArchiveError` and leaves nothing. :func:`source_fingerprint` is
+what the workflow's ``download`` rule watches to rerun when local data change in place.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ CORRUPT_ARCHIVE_ERRORS = (
     lzma.LZMAError,
 )
 MAX_MISSING_SHOWN = 5
+#: Archive members not extracted: PASTIS-R's Sentinel-1 series, their statistics and the instance
+#: annotations (a path with one of these folder or file names); only the S2 part is read.
+NOT_EXTRACTED = frozenset(
+    {"DATA_S1A", "DATA_S1D", "INSTANCE_ANNOTATIONS", "NORM_S1A_patch.json", "NORM_S1D_patch.json"}
+)
 
 
 class ArchiveError(ValueError):
@@ -87,6 +93,11 @@ def member_target(root: Path, name: str, archive: Path) -> Path:
     return root.joinpath(*[p for p in pure.parts if p != "."])
 
 
+def not_extracted(name: str) -> bool:
+    """Whether member ``name`` lies in a part that is not extracted (:data:`NOT_EXTRACTED`)."""
+    return not NOT_EXTRACTED.isdisjoint(PurePosixPath(name.replace("\\", "/")).parts)
+
+
 def _zip_members(zf: zipfile.ZipFile, archive: Path) -> Iterator[_Member]:
     for info in zf.infolist():
         if stat.S_ISLNK(info.external_attr >> 16):
@@ -110,7 +121,8 @@ def _members(archive: Path, dest: Path) -> Iterator[Iterator[_Member]]:
     """Open ``archive`` and yield an iterator over its members, after a free-space check."""
     if archive.name.lower().endswith(".zip"):
         with zipfile.ZipFile(archive) as zf:
-            check_free_space(dest, sum(i.file_size for i in zf.infolist()))
+            needed = sum(i.file_size for i in zf.infolist() if not not_extracted(i.filename))
+            check_free_space(dest, needed)
             yield _zip_members(zf, archive)
     else:
         check_free_space(dest, archive.stat().st_size)  # a lower bound when compressed
@@ -122,6 +134,8 @@ def _extract_into(archive: Path, folder: Path) -> None:
     with _members(archive, folder) as members:
         for member in members:
             target = member_target(folder, member.name, archive)
+            if not_extracted(member.name):
+                continue
             if member.is_dir:
                 target.mkdir(parents=True, exist_ok=True)
                 continue
