@@ -20,6 +20,7 @@ from gfmtune.cells import (
 from gfmtune.config import ConfigError, validate_config
 from gfmtune.models.catalog import CHECKPOINTS, facts
 from gfmtune.models.plugins import PluginError, export_plugins, load_plugins
+from gfmtune.plan.disk import FLOOR_MB, job_disk, megabytes
 
 # Plug-in modules first (they register models; every gfmtune command of the run imports them
 # too, from GFMTUNE_PLUGINS). Then against src/gfmtune/resources/config.schema.yaml, filling its
@@ -53,6 +54,10 @@ try:
     STUDY_CELLS = study_cells(config)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
+
+#: What each job writes at most, as `gfmtune plan` estimates it (gfmtune.plan.disk.job_disk):
+#: the rules' disk_mb, known when the workflow is parsed, so that a dry run shows a number.
+DISK = job_disk(config)
 
 
 def split_option(split, key):

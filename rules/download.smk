@@ -24,6 +24,8 @@ rule download:
             if DATA["source"] == "local" and DATA["root"]
             else ""
         ),
+    resources:
+        disk_mb=megabytes(DISK.download),  # the raw data, as gfmtune plan estimates them
     log:
         RUN / "logs" / "download.log",
     conda:

@@ -27,6 +27,8 @@ rule label_splits:
         seed=MANIFESTS["seed"],
         argsort=MANIFESTS["argsort"],
         out=lambda wildcards, output: Path(output.summary).parent,
+    resources:
+        disk_mb=megabytes(DISK.manifests),  # every manifest of the run: KB
     log:
         RUN / "logs" / "label_splits.log",
     conda:
@@ -62,6 +64,8 @@ rule timestep_manifest:
         strategy=MANIFESTS["timestep_strategy"],
         seed=MANIFESTS["seed"],
         out=lambda wildcards, output: Path(output[0]).parent,
+    resources:
+        disk_mb=megabytes(DISK.manifests),
     log:
         RUN / "logs" / "timesteps_{t}.log",
     conda:

@@ -8,6 +8,8 @@ rule store:
     output:
         directory(RUN / "data" / "s2.zarr"),
     threads: config["store"]["threads"]
+    resources:
+        disk_mb=megabytes(DISK.store),  # the raw data x ESTIMATED_RATIO, as its space check
     log:
         RUN / "logs" / "store.log",
     conda:

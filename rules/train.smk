@@ -5,7 +5,8 @@
 include: "helpers/train.smk"
 
 
-# CPUs of a training job (train_threads, rules/helpers/train.smk): its workers and one more.
+# CPUs of a training job (train_threads, rules/helpers/train.smk): its workers and one more;
+# under profiles/slurm its set-threads, which is also the CPUs SLURM allocates (cpus_per_task).
 
 
 rule train:
@@ -28,6 +29,7 @@ rule train:
         gpu=config["train"]["gpus"],
         mem_mb=config["train"]["mem_mb"],
         runtime=train_runtime,
+        disk_mb=train_disk_mb,  # best.pt, state.pt and a feature cache it may build
         attempt=lambda wildcards, attempt: attempt,  # for --attempt (no retry of a repeat)
     log:
         RUN / "logs" / "train" / f"{CELLS.wildcard_pattern}.log",

@@ -13,6 +13,8 @@ rule weights:
         folder=config["weights"]["dir"],
         retries=config["weights"]["retries"],
         offline=["--offline"] if config["weights"]["offline"] else [],
+    resources:
+        disk_mb=weights_disk_mb,
     log:
         RUN / "logs" / "weights_{ckpt}.log",
     conda:

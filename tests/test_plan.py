@@ -21,6 +21,7 @@ from gfmtune.config import ConfigError, validate_config
 from gfmtune.models.registry import build_model, get_spec
 from gfmtune.plan import command, cost, report
 from gfmtune.plan.data import PASTIS, data_facts
+from gfmtune.plan.disk import job_disk, megabytes
 from gfmtune.plan.flop_table import shipped
 from gfmtune.plan.flops import FlopKey, count
 from gfmtune.plan.load import load_config, merged_config
@@ -217,6 +218,30 @@ def test_feature_cache_disk_is_patches_times_levels() -> None:
     assert {s.name: s for s in plan.disk}["best.pt"].bytes == sum(
         shipped()[job.key].trained_bytes for job in jobs_of()
     )
+
+
+def test_job_disk_is_the_plan_per_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the rules ask for as disk_mb: the stages' bytes per job. A training job holds its
+    best.pt, its state.pt and, if frozen DINO, its t's feature cache (the first job builds it);
+    a job the shipped FLOP table lacks has no estimate (counting it takes seconds)."""
+    config = load_config(PRESET)
+    plan = command.build(plan_args())
+    stage = {s.name: s.bytes for s in plan.disk}
+    per_job = job_disk(config)
+    assert (per_job.download, per_job.store, per_job.manifests) == (
+        stage["download"], stage["store"], stage["manifests"])  # fmt: skip
+    jobs, table = jobs_of(), shipped()
+    own = {(j.split, j.cell): 2 * table[j.key].trained_bytes + table[j.key].optimizer_bytes
+           for j in jobs}  # fmt: skip
+    assert per_job.train.keys() == own.keys() and len(own) == 140
+    caches = {(j.key.t, per_job.train[j.split, j.cell] - own[j.split, j.cell]) for j in jobs
+              if j.cache_kind}  # fmt: skip
+    assert len(caches) == 5 and sum(cache for _, cache in caches) == stage["feature caches"]
+    assert all(per_job.train[key] == own[key] for key in own if key[1].model != "dino"
+               or key[1].ft_rate != "0")  # fmt: skip
+    assert megabytes(stage["download"]) == 35000 and megabytes(1) == 1
+    monkeypatch.setattr("gfmtune.plan.disk.shipped", dict)
+    assert job_disk(config).train == {}
 
 
 def test_cli_prints_the_totals(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

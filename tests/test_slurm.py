@@ -1,4 +1,9 @@
-"""The SLURM profile on a real one-node SLURM cluster started by the test (Debian's slurm-wlm).
+"""The SLURM profile: its dry run (what each job will be given), and a run on a real one-node
+SLURM cluster started by the test (Debian's slurm-wlm; marker ``slurm``).
+
+The dry run is the paper preset's, as docs/slurm.md shows it: every training job's ``--threads``
+is the CPUs SLURM allocates it, the local rules carry no SLURM resources and say so, and every
+job's disk is a number known at parse time.
 
 The cluster is private to the test: its own slurm.conf (through ``SLURM_CONF``), ports, munge
 socket and state folders in a temporary folder, and two scheduling-only GPU slots (character
@@ -22,10 +27,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.workflow_helpers import REPO, run_snakemake
-
-pytestmark = pytest.mark.slurm
+from gfmtune.cells import Cell
+from gfmtune.models.catalog import CHECKPOINTS
+from gfmtune.plan.disk import FLOOR_MB, job_disk, megabytes
+from gfmtune.plan.load import load_config
+from gfmtune.train.loader import MAX_AUTO_WORKERS
+from tests.workflow_helpers import REPO, PlannedJob, planned_jobs, run_snakemake
 
 INSTALL_HINT = "slurm-wlm/munge not installed (install with apt-get install -y slurm-wlm munge)"
 DAEMONS = ("slurmctld", "slurmd", "munged")
@@ -53,6 +62,107 @@ GRANTED = {
     "train 1": (16, 3000, "00:54:00"),
     "train 6": (16, 3000, "01:21:00"),
 }
+
+
+#: The profile's environment variables for the dry run (docs/slurm.md).
+DRY_RUN_ENV = {"SLURM_PARTITION": "gpu", "SLURM_CPU_PARTITION": "cpu", "SLURM_ACCOUNT": "proj"}
+#: What a dry run shows on a job that runs where snakemake runs (profiles/slurm, localrule).
+LOCALRULE = "runs where snakemake runs (no sbatch)"
+
+
+@pytest.fixture(scope="module")
+def slurm_dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[PlannedJob]]:
+    """``snakemake -n --profile profiles/slurm`` on the paper preset: its output and jobs."""
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install -e '.[slurm]'")
+    workdir = tmp_path_factory.mktemp("slurm-dry-run")
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in DRY_RUN_ENV.items():
+            env.setenv(name, value)
+        env.delenv("GFMTUNE_GPU_MODEL", raising=False)
+        result = run_snakemake(workdir, "-n", "--profile", str(REPO / "profiles" / "slurm"))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    return output, planned_jobs(output)
+
+
+def localrules() -> set[str]:
+    """The rules the Snakefile's ``localrules:`` names."""
+    block = re.search(r"^localrules:\n((?:    \w+,?\n)+)", (REPO / "Snakefile").read_text(), re.M)
+    assert block, "no localrules: in the Snakefile"
+    return set(re.findall(r"\w+", block.group(1)))
+
+
+def test_dry_run_shows_the_threads_slurm_allocates(
+    slurm_dry_run: tuple[str, list[PlannedJob]],
+) -> None:
+    """A training job's threads, and the --threads its command gets, are the CPUs SLURM
+    allocates it (cpus_per_task): the 16 of workers auto. Every job's command gets the threads
+    the dry run prints, and those are the ones the run gives it (store: store.threads), not
+    the 1 core a dry run otherwise computes them with."""
+    _, jobs = slurm_dry_run
+    train = [job for job in jobs if job.rule == "train"]
+    assert len(train) == 140
+    for job in train:
+        assert job.threads == int(job.resources["cpus_per_task"]) == MAX_AUTO_WORKERS + 1, job
+    for job in jobs:
+        given = re.search(r"--threads (\d+)", job.shell)
+        assert given is None or int(given.group(1)) == job.threads, job
+    (store,) = [job for job in jobs if job.rule == "store"]
+    preset = yaml.safe_load((REPO / "workflow_config.yaml").read_text())
+    assert store.threads == preset["store"]["threads"] > 1  # SLURM allocates job.threads
+    assert "cpus_per_task" not in store.resources
+
+
+def test_dry_run_shows_the_local_rules_as_local(
+    slurm_dry_run: tuple[str, list[PlannedJob]],
+) -> None:
+    """download and weights (and run_config, all) run where snakemake runs: no partition,
+    account or time limit, and marked so; every other job has the profile's SLURM resources."""
+    _, jobs = slurm_dry_run
+    local = localrules() | {"all"}  # all: a target only (no command), local by Snakemake's rules
+    assert {"download", "weights", "run_config"} <= local
+    assert {job.rule for job in jobs if "localrule" in job.resources} == local
+    for job in jobs:
+        slurm = {"slurm_partition", "slurm_account", "runtime"} & set(job.resources)
+        if job.rule in local:
+            assert job.resources["localrule"] == LOCALRULE and not slurm, job
+        else:
+            gpu = job.rule in ("train", "train_variant", "predict_maps")
+            assert job.resources["slurm_partition"] == ("gpu" if gpu else "cpu"), job
+            assert job.resources["slurm_account"] == "proj" and "runtime" in job.resources, job
+
+
+def test_dry_run_shows_each_jobs_disk(slurm_dry_run: tuple[str, list[PlannedJob]]) -> None:
+    """No <TBD>: a job's disk_mb is known when the workflow is parsed: gfmtune plan's estimate
+    (the raw data, a checkpoint, the store, the manifests, a training job's best.pt, state.pt
+    and feature cache), else Snakemake's floor."""
+    output, jobs = slurm_dry_run
+    assert "<TBD>" not in output
+    disk = job_disk(load_config(REPO / "workflow_config.yaml"))
+    plan = {"download": disk.download, "store": disk.store, "label_splits": disk.manifests,
+            "timestep_manifest": disk.manifests}  # fmt: skip
+    for job in jobs:
+        if job.rule in plan:
+            expected = megabytes(plan[job.rule])
+        elif job.rule == "weights":
+            expected = megabytes(CHECKPOINTS[job.wildcards["ckpt"]].size)
+        elif job.rule == "train":
+            expected = megabytes(disk.train["main", Cell(**job.wildcards)])
+        else:
+            expected = FLOOR_MB
+        assert int(job.resources["disk_mb"]) == expected, job
+    sizes = {int(job.resources["disk_mb"]) for job in jobs if job.rule == "train"}
+    assert len(sizes) > 5 and min(sizes) > 1  # per model, regime and t; U-TAE's 18 MB
+
+
+def test_a_cluster_run_without_cores_plans(tmp_path: Path) -> None:
+    """Under a cluster executor without --cores (no total to share), training takes the CPUs of
+    workers auto instead of stopping the workflow at parse time; with the profile, its cores."""
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="pip install -e '.[slurm]'")
+    for args in (["--executor", "slurm"], ["--profile", str(REPO / "profiles" / "slurm")]):
+        result = run_snakemake(tmp_path, *args, "--summary")
+        assert result.returncode == 0, (args, (result.stdout + result.stderr)[-3000:])
+        assert "results/paper/config.yaml\t-\trun_config" in result.stdout, args
 
 
 def free_port() -> int:
@@ -177,6 +287,7 @@ def scontrol_job(job_id: str, env: dict[str, str]) -> dict[str, str]:
     return dict(re.findall(r"(\S+?)=(\S*)", shown.stdout))
 
 
+@pytest.mark.slurm
 def test_slurm_profile_runs_training_on_gpus(
     slurm_cluster: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -206,6 +317,8 @@ def test_slurm_profile_runs_training_on_gpus(
         ["store", "label_splits"] + ["timestep_manifest"] * 2 + ["train"] * 4
     ), output[-4000:]
     assert "localrule download:" in output  # on the submitting host, for its internet
+    (download,) = [job for job in planned_jobs(output) if job.rule == "download"]
+    assert download.resources["localrule"] == LOCALRULE, download
     granted = {slurm_id: scontrol_job(slurm_id, slurm_cluster) for slurm_id in rule_of_slurm}
     for slurm_id, job in granted.items():
         partition = "debug" if rule_of_slurm[slurm_id] == "train" else "cpu"
@@ -237,6 +350,11 @@ def test_slurm_profile_runs_training_on_gpus(
         cpus, mem_mb, limit = GRANTED[f"train {cell['timesteps']}"]
         assert (job["NumCPUs"], job["MinMemoryNode"], job["TimeLimit"]) == (
             str(cpus), f"{mem_mb}M", limit), job  # fmt: skip
+        # its --threads (torch's, in its provenance): the CPUs SLURM allocated it, as far as
+        # the job may run on them (Snakemake in the job takes the CPUs allowed to it: on a
+        # cluster the allocation's; here SLURM confines nothing, so this machine's)
+        provenance = json.loads((metrics.parent / "provenance.json").read_text())
+        assert provenance["torch_threads"] == min(cpus, len(os.sched_getaffinity(0))), provenance
     assert len(gpu_of) == 4
     # CPUs and memory fit four at once, GPUs two: at most two ran together, on different GPUs.
     spans = {i: (granted[i]["StartTime"], granted[i]["EndTime"]) for i in gpu_of}

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -51,3 +52,28 @@ def readme_commands() -> tuple[list[str], str]:
     if len(lines) != 2:
         raise AssertionError(f"README's first code block holds {len(lines)} commands, not 2")
     return [part.strip() for part in lines[0].split("&&")], lines[1].strip()
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """One job as a snakemake run lists it (``rule NAME:`` and its indented lines)."""
+
+    rule: str
+    threads: int  # 1 when not printed
+    resources: dict[str, str]
+    wildcards: dict[str, str]
+    shell: str  # the ``Shell command:`` line under -p (printshellcmds); "" without one
+
+
+def planned_jobs(output: str) -> list[PlannedJob]:
+    """Every job a snakemake run or dry run lists in ``output``, in its order."""
+    jobs = []
+    listing = re.compile(r"^(?:local)?rule (\w+):\n((?:    .*\n)*)(?:Shell command: (.*))?", re.M)
+    for rule, body, shell in listing.findall(output):
+        fields = dict(re.findall(r"^    (\w+): (.*)$", body, re.M))
+        resources, wildcards = (
+            dict(item.split("=", 1) for item in fields[name].split(", ")) if name in fields else {}
+            for name in ("resources", "wildcards")
+        )
+        jobs.append(PlannedJob(rule, int(fields.get("threads", 1)), resources, wildcards, shell))
+    return jobs

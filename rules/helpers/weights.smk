@@ -1,6 +1,11 @@
 # Functions of rules/weights.smk (Snakemake's lint wants rule files without functions).
 
 
+def weights_disk_mb(wildcards):
+    """disk_mb of a checkpoint's download: its file's size in the catalog."""
+    return megabytes(CHECKPOINTS[wildcards.ckpt].size)
+
+
 # With weights.offline, the checkpoints must already be there: checked at parse time (so also by
 # `snakemake -n`) by size only; the sha256 is checked by the rule when it runs.
 def offline_weights_problems(folder):

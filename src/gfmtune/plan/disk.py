@@ -1,16 +1,20 @@
 """The disk each stage of the plan needs, from the data facts, the checkpoint catalog and the
-counted tensor sizes (:class:`~gfmtune.plan.flops.FlopRow`)."""
+counted tensor sizes (:class:`~gfmtune.plan.flops.FlopRow`); and the same estimates per workflow
+job (:func:`job_disk`), which the rules ask for as their ``disk_mb`` resource."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from gfmtune.cells import percents, timesteps
+from gfmtune.cells import Cell, percents, timesteps
 from gfmtune.data.store import ESTIMATED_RATIO
 from gfmtune.models.catalog import facts
+from gfmtune.plan import cost
 from gfmtune.plan.cost import Build, Job
-from gfmtune.plan.data import DataFacts
+from gfmtune.plan.data import DataFacts, data_facts
+from gfmtune.plan.flop_table import shipped
 from gfmtune.plan.flops import FlopKey, FlopRow
 from gfmtune.train.settings import TrainSettings
 
@@ -20,6 +24,9 @@ CACHE_VALUE_BYTES = 4
 #: Manifest lines: ``patch_id,fold`` of a label split, and per frame of a timestep manifest
 #: a frame index and a day offset (both estimated, as text).
 SPLIT_LINE_BYTES, FRAME_BYTES, LINE_BYTES = 8, 8, 8
+#: A job's disk where the plan has no estimate, in MB: Snakemake's own floor (its default
+#: ``disk_mb`` is ``max(2 x input MB, 1000)``); profiles/slurm gives it to every other job too.
+FLOOR_MB = 1000
 
 
 @dataclass(frozen=True)
@@ -73,3 +80,44 @@ def stages(
         Stage("best.pt", best, f"{len(jobs)} jobs" if keep else "keep_checkpoint: none"),
         Stage("state.pt", state, "largest, one per running job, deleted at its end", kept=False),
     ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class JobDisk:
+    """Bytes each workflow job writes at most, by the estimates of :func:`stages`: the raw
+    data, the store, every manifest, and per training job (its split and cell) its best.pt,
+    its state.pt and the feature cache it may build (shared by the jobs of its model and t,
+    built by the first). A training job whose FLOP row the shipped table lacks is not here:
+    counting it takes seconds (``gfmtune plan`` does). A checkpoint's is its catalog size."""
+
+    download: int
+    store: int
+    manifests: int
+    train: dict[tuple[str, Cell], int]
+
+
+def job_disk(config: dict[str, Any]) -> JobDisk:
+    """The estimates the rules' ``disk_mb`` take (rules/common.smk), from the shipped FLOP
+    table only, so that parsing the workflow counts nothing."""
+    data = data_facts(config)
+    table = shipped()
+    keep = TrainSettings.from_mapping(config["train"]["settings"]).keep_checkpoint == "best"
+    train = {}
+    for job in cost.jobs(config, data):
+        row = table.get(job.key)
+        if row is None:
+            continue
+        cache = sum(cache_bytes(b, row) for b in cost.builds([job], data))
+        train[job.split, job.cell] = (1 + keep) * row.trained_bytes + row.optimizer_bytes + cache
+    return JobDisk(
+        download=data.raw_bytes,
+        store=data.store_bytes,
+        manifests=manifest_bytes(config, data),
+        train=train,
+    )
+
+
+def megabytes(n: int) -> int:
+    """Bytes as a ``disk_mb`` resource: MB (10^6 bytes, as Snakemake counts), rounded up, at
+    least 1."""
+    return max(1, math.ceil(n / 1e6))
