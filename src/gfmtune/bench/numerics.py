@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gfmtune.bench.validation import DEMO, demo_settings, demo_store
+from gfmtune.bench.validation import demo_settings, demo_work, publish
 from gfmtune.data.argsort_orders import cpu_model
 from gfmtune.fileio import atomic_write_text
 from gfmtune.train.numerics import PORTABLE_ENV
@@ -81,15 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not DEMO.is_file():
-        raise FileNotFoundError(f"{DEMO}: bench-numerics runs from a gfmtune source checkout")
-    work = args.out / "work"
-    demo_store(work)
+    work = demo_work(args.out, "bench-numerics")
     rows = [train_cell(work, model, ft, mode, other)
             for model, ft in CELLS for mode, other in RUNS]  # fmt: skip
     result = {"machine": cpu_model()[0], "rows": rows}
-    atomic_write_text(args.out / "bench_numerics.json", json.dumps(result, indent=1) + "\n")
-    text = markdown(result)
-    atomic_write_text(args.out / "bench_numerics.md", text)
-    print(text)
+    publish(args.out, "bench_numerics", result, markdown(result))
     return 0

@@ -115,11 +115,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for the .md, .json, work")
 
 
-def run(args: argparse.Namespace) -> int:
+def demo_work(out: Path, command: str) -> Path:
+    """``out/work`` holding the demo's store and manifests, for the bench ``command``."""
     if not DEMO.is_file():
-        raise FileNotFoundError(f"{DEMO}: bench-validation runs from a gfmtune source checkout")
-    work = args.out / "work"
-    demo_store(work)
+        raise FileNotFoundError(f"{DEMO}: {command} runs from a gfmtune source checkout")
+    demo_store(out / "work")
+    return out / "work"
+
+
+def publish(out: Path, stem: str, result: dict[str, Any], text: str) -> None:
+    """``out/stem.json`` and ``out/stem.md`` (the table, also printed)."""
+    atomic_write_text(out / f"{stem}.json", json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out / f"{stem}.md", text)
+    print(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    work = demo_work(args.out, "bench-validation")
     # in this process, so with this CPU's kernels (portable numerics need a fresh process)
     settings = replace(demo_settings(), checkpoint_minutes=1e9, cpu_numerics="native")
     rows = [
@@ -127,8 +139,5 @@ def run(args: argparse.Namespace) -> int:
         for model, ft in MODELS for percent in PERCENTS for t in TIMESTEPS for name in VARIANTS
     ]  # fmt: skip
     result = {"machine": platform.processor() or "CPU", "rows": rows, "summary": summary(rows)}
-    atomic_write_text(args.out / "bench_validation.json", json.dumps(result, indent=1) + "\n")
-    text = markdown(result)
-    atomic_write_text(args.out / "bench_validation.md", text)
-    print(text)
+    publish(args.out, "bench_validation", result, markdown(result))
     return 0
