@@ -68,6 +68,9 @@ class ModelSpec:
     decoder_channels: int = 512
     ltae_heads: int = 16  # heads of the decoder's shared L-TAE
     build_baseline: Callable[[], nn.Module] | None = None  # whole model, for U-TAE
+    #: The decoder's temporal module when the model fixes it (a variant such as
+    #: ``dino_mean_tiny``, so that one run trains both); None: ``train.settings.temporal``.
+    temporal: str | None = None
 
     @property
     def has_encoder(self) -> bool:
@@ -142,6 +145,16 @@ REGISTRY: dict[str, ModelSpec] = {
         InputPolicy("resize", 64, DINO_BANDS),
         _dino("tiny_test", qkv_bias=False, img_size=64, out_indices=(0, 1, 2, 3)),
         **TINY_DECODER,
+    ),
+    # dino_tiny whose decoder pools each level over time by its mean instead of the L-TAE
+    # (torchgeo's PASTIS benchmark pools single-image backbones' features over time), so that
+    # one run sets the attention-based aggregation beside a pooled one (config/aggregator.yaml)
+    "dino_mean_tiny": ModelSpec(
+        "dino_mean_tiny",
+        InputPolicy("resize", 64, DINO_BANDS),
+        _dino("tiny_test", qkv_bias=False, img_size=64, out_indices=(0, 1, 2, 3)),
+        **TINY_DECODER,
+        temporal="mean",
     ),
     "moco_tiny": ModelSpec(
         "moco_tiny",
@@ -251,6 +264,12 @@ def build_encoder(spec: ModelSpec, weights_dir: Path | None) -> nn.Module:
     return encoder
 
 
+def temporal_module(spec: ModelSpec, setting: str = "ltae") -> str:
+    """The temporal module ``spec``'s decoder uses: its own (a variant such as
+    ``dino_mean_tiny``) or else the run's ``setting``."""
+    return spec.temporal or setting
+
+
 def build_model(
     name: str,
     *,
@@ -262,7 +281,8 @@ def build_model(
     """A registered model ready to train (weights loaded when ``weights_dir`` is given).
 
     GFMs return a :class:`TemporalUPerNet` called as ``model(x, output_size)``; U-TAE is called
-    as ``model(x, days, pad_mask)``.
+    as ``model(x, days, pad_mask)``. ``temporal`` (``train.settings.temporal``) is the decoder's
+    temporal module unless the model fixes its own (:func:`temporal_module`).
     """
     spec = get_spec(name)
     if spec.build_baseline is not None:
@@ -271,7 +291,7 @@ def build_model(
     return TemporalUPerNet(
         encoder,
         channels=spec.decoder_channels,
-        temporal=temporal,
+        temporal=temporal_module(spec, temporal),
         n_frames=n_frames,
         ltae_heads=spec.ltae_heads,
         encoder_trainable=encoder_trainable,
