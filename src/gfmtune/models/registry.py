@@ -4,7 +4,8 @@
 ``utae_paper`` as the paper ran it, without normalisation in the down blocks); ``*_tiny`` are the
 same code with small dimensions for CPU tests and the demo (no pretrained weights). ``moco`` is
 ``dino``'s SSL4EO-S12 ViT-S/16 with MoCo v3 weights (same code, its qkv biases loaded), so that a
-study can tell the architecture from the pretraining. A plug-in
+study can tell the architecture from the pretraining; ``dino_mean_tiny`` is ``dino_tiny`` with
+the mean over time in place of the decoder's L-TAE (``ModelSpec.temporal``). A plug-in
 module adds a model with :func:`register_model` (docs/add-an-encoder.md).
 
 Encoder contract (what :class:`TemporalUPerNet` and the training loop rely on):
