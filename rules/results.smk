@@ -132,10 +132,14 @@ rule params:
         ),
     params:
         models=config["models"],
+        # the run's decoder temporal module; a linear map's weights count the longest series
+        temporal=config["train"]["settings"].get("temporal", "ltae"),
+        frames=max(TIMESTEPS),
     log:
         RUN / "logs" / "params.log",
     conda:
         CONDA_ENV
     shell:
-        "{{ gfmtune params --models {params.models:q} --out {output.run:q}"
+        "{{ gfmtune params --models {params.models:q} --temporal {params.temporal:q}"
+        " --frames {params.frames:q} --out {output.run:q}"
         " && gfmtune params --out {output.paper:q}; }} > {log:q} 2>&1"

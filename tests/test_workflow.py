@@ -305,3 +305,22 @@ def test_new_encoders_run_through_the_workflow(tmp_path: Path) -> None:
     assert miou.miou_paper.between(0, 100).all()
     params = pd.read_csv(tables / "params.csv")
     assert params.name.tolist() == ["moco_tiny", "prithvi_tiny"]
+
+
+def test_aggregator_overlay_plans_a_pooled_row_beside_the_ltae(tmp_path: Path) -> None:
+    """config/aggregator.yaml on the demo: dino_mean_tiny's cells beside dino_tiny's in one run,
+    and the run's params table with the temporal module of each."""
+    overlays = [str(REPO / "config" / name) for name in ("demo.yaml", "aggregator.yaml")]
+    result = run_snakemake(tmp_path, "-n", "-p", "--cores", "1", "--configfile", *overlays)
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert counts["train"] == 2 * 3 * 2 * 3 + 6  # GFMs x FT-Rates x fractions x t + U-TAE
+    assert counts["params"] == 1 and counts["results"] == 1
+    for model in ("dino_tiny", "dino_mean_tiny"):
+        assert f"results/aggregator/cells/model~{model}/ft_rate~0/label_percent~10/" in (
+            result.stdout
+        )
+    assert "model~croma_tiny/" not in result.stdout
+    assert "--models dino_tiny dino_mean_tiny utae_tiny --temporal ltae --frames 15" in (
+        result.stdout
+    )

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from gfmtune.cli import main
 from tests.models.official_layouts import croma_s2_encoder_shapes
@@ -18,7 +19,8 @@ def test_params_table(tmp_path: Path) -> None:
     assert list(table.index) == ["croma", "dino", "utae", "utae_paper"]
     assert list(table.model) == ["CROMA", "DINO", "U-TAE", "U-TAE"]
     assert list(table.columns) == ["model", "decoder_only_m", "whole_network_m", "trainable_ft0",
-                                   "trainable_ft_pos"]  # fmt: skip
+                                   "trainable_ft_pos", "temporal", "temporal_params"]  # fmt: skip
+    assert set(table.temporal) == {"ltae"}  # the paper's: a shared L-TAE (U-TAE: its own)
 
     official = croma_s2_encoder_shapes(1024, 24)
     full_encoder = sum(map(math.prod, official.values()))
@@ -45,3 +47,26 @@ def test_params_of_the_models_a_run_trained(tmp_path: Path) -> None:
     assert table.loc["croma_tiny", "trainable_ft_pos"] > table.loc["croma_tiny", "trainable_ft0"]
     utae = table.loc["utae_tiny"]
     assert utae.trainable_ft0 == utae.trainable_ft_pos < 1_000_000
+
+
+def test_params_row_of_pooling_over_time(tmp_path: Path) -> None:
+    """A decoder that pools over time saves the L-TAE's parameters, and the table says so:
+    the pooled variant's row, and a run whose setting is ``temporal: max``."""
+    out = tmp_path / "params.csv"
+    assert main(["params", "--models", "dino_tiny", "dino_mean_tiny", "--out", str(out)]) == 0
+    table = pd.read_csv(out).set_index("name")
+    ltae, mean = table.loc["dino_tiny"], table.loc["dino_mean_tiny"]
+    assert (ltae.temporal, mean.temporal, mean.temporal_params) == ("ltae", "mean", 0)
+    assert ltae.temporal_params > 0 and mean.model == "DINO (mean over time)"
+    for column in ("trainable_ft0", "trainable_ft_pos"):
+        assert ltae[column] - mean[column] == ltae.temporal_params
+    assert mean.decoder_only_m == ltae.decoder_only_m  # the paper's columns count no L-TAE
+
+    argv = ["params", "--models", "dino_tiny", "--out", str(out), "--temporal"]
+    assert main([*argv, "max"]) == 0
+    row = pd.read_csv(out).iloc[0]
+    assert (row.temporal, row.temporal_params, row.trainable_ft0) == ("max", 0, mean.trainable_ft0)
+    assert main([*argv, "linear", "--frames", "6"]) == 0
+    assert pd.read_csv(out).iloc[0].temporal_params == 6 + 1  # a weight per frame and a bias
+    with pytest.raises(SystemExit, match="needs --frames"):
+        main([*argv, "linear"])

@@ -122,6 +122,7 @@ MODELS: dict[str, ModelFacts] = {
     "dino": ModelFacts("DINO", DINO_TORCHGEO, runtime=0.5),
     "dino_tiny": ModelFacts("DINO"),
     "dino_qkv": ModelFacts("DINO (qkv bias)", DINO_TORCHGEO, runtime=0.5),
+    "dino_mean_tiny": ModelFacts("DINO (mean over time)"),
     "moco": ModelFacts("MoCo", MOCO_TORCHGEO, runtime=0.5),
     "moco_tiny": ModelFacts("MoCo"),
     "utae": _UTAE,

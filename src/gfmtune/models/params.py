@@ -7,7 +7,9 @@ pretrained encoder: both columns give the whole model, in its official form (``u
 paper ran it (``utae_paper``, no normalisation in the down blocks). The exact columns count the
 parameters the optimiser updates: at FT-Rate 0 everything but the encoder (classifier and temporal
 module included), at FT-Rate > 0 also the encoder blocks whose output is used (CROMA stops after
-block 11, so blocks 12-23 are never trained).
+block 11, so blocks 12-23 are never trained). ``temporal`` names the module that reduces time
+(the decoder's: ``train.settings.temporal`` unless the model fixes its own; U-TAE's own L-TAE)
+and ``temporal_params`` counts its parameters, which pooling (``mean``, ``max``) saves.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import pandas as pd
 from torch import nn
 
 from gfmtune.fileio import atomic_path
-from gfmtune.models.registry import REGISTRY, build_model, get_spec
+from gfmtune.models.registry import REGISTRY, build_model, get_spec, temporal_module
+from gfmtune.models.upernet import TEMPORAL_MODULES
 
 PAPER_MODELS = ("croma", "dino")
 UTAE_MODELS = ("utae", "utae_paper")
@@ -30,9 +33,10 @@ def count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def gfm_row(name: str) -> dict:
+def gfm_row(name: str, temporal: str = "ltae", frames: int | None = None) -> dict:
     spec = get_spec(name)
-    model = build_model(name)  # encoder truncated to the blocks it uses
+    # encoder truncated to the blocks it uses
+    model = build_model(name, temporal=temporal, n_frames=frames)
     decoder_only = count(model.neck) + count(model.head)
     full_encoder = count(spec.build_encoder())
     trained_frozen = count(model) - count(model.encoder)
@@ -43,12 +47,15 @@ def gfm_row(name: str) -> dict:
         "whole_network_m": round((decoder_only + full_encoder) / 1e6, 2),
         "trainable_ft0": trained_frozen,
         "trainable_ft_pos": count(model),
+        "temporal": temporal_module(spec, temporal),
+        "temporal_params": count(model.temporal),
     }
 
 
 def utae_row(name: str) -> dict:
     spec = get_spec(name)
-    total = count(spec.build_baseline())
+    model = spec.build_baseline()
+    total = count(model)
     millions = round(total / 1e6, 2)
     return {
         "name": name,
@@ -57,14 +64,21 @@ def utae_row(name: str) -> dict:
         "whole_network_m": millions,
         "trainable_ft0": total,
         "trainable_ft_pos": total,
+        "temporal": "ltae",  # U-TAE's own, at its lowest resolution
+        "temporal_params": count(model.ltae),
     }
 
 
-def parameter_table(models: list[str] | None = None) -> pd.DataFrame:
+def parameter_table(
+    models: list[str] | None = None, temporal: str = "ltae", frames: int | None = None
+) -> pd.DataFrame:
     """One row per model, ``name`` its registry name; by default the paper's (CROMA, DINO, both
-    U-TAE forms). Instantiates models only, on the CPU."""
+    U-TAE forms). ``temporal``: the run's decoder setting (``linear`` needs ``frames``, its
+    series length). Instantiates models only, on the CPU."""
     names = models or [*PAPER_MODELS, *UTAE_MODELS]
-    return pd.DataFrame([gfm_row(n) if get_spec(n).has_encoder else utae_row(n) for n in names])
+    return pd.DataFrame(
+        [gfm_row(n, temporal, frames) if get_spec(n).has_encoder else utae_row(n) for n in names]
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -75,10 +89,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=sorted(REGISTRY),
         help="registry names of the rows (default: the paper's models)",
     )
+    parser.add_argument(
+        "--temporal",
+        choices=TEMPORAL_MODULES,
+        default="ltae",
+        help="the decoder's temporal module (train.settings.temporal; default: ltae, the paper's)",
+    )
+    parser.add_argument(
+        "--frames", type=int, help="series length, for --temporal linear (a weight per frame)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    table = parameter_table(args.models)
+    if args.temporal == "linear" and not args.frames:
+        raise SystemExit("gfmtune params: --temporal linear needs --frames (the series length)")
+    table = parameter_table(args.models, args.temporal, args.frames)
     if args.out is None:
         table.to_csv(sys.stdout, index=False)
     else:

@@ -4,7 +4,8 @@
 ``utae_paper`` as the paper ran it, without normalisation in the down blocks); ``*_tiny`` are the
 same code with small dimensions for CPU tests and the demo (no pretrained weights). ``moco`` is
 ``dino``'s SSL4EO-S12 ViT-S/16 with MoCo v3 weights (same code, its qkv biases loaded), so that a
-study can tell the architecture from the pretraining. A plug-in
+study can tell the architecture from the pretraining; ``dino_mean_tiny`` is ``dino_tiny`` with
+the mean over time in place of the decoder's L-TAE (``ModelSpec.temporal``). A plug-in
 module adds a model with :func:`register_model` (docs/add-an-encoder.md).
 
 Encoder contract (what :class:`TemporalUPerNet` and the training loop rely on):
@@ -68,6 +69,9 @@ class ModelSpec:
     decoder_channels: int = 512
     ltae_heads: int = 16  # heads of the decoder's shared L-TAE
     build_baseline: Callable[[], nn.Module] | None = None  # whole model, for U-TAE
+    #: The decoder's temporal module when the model fixes it (a variant such as
+    #: ``dino_mean_tiny``, so that one run trains both); None: ``train.settings.temporal``.
+    temporal: str | None = None
 
     @property
     def has_encoder(self) -> bool:
@@ -142,6 +146,16 @@ REGISTRY: dict[str, ModelSpec] = {
         InputPolicy("resize", 64, DINO_BANDS),
         _dino("tiny_test", qkv_bias=False, img_size=64, out_indices=(0, 1, 2, 3)),
         **TINY_DECODER,
+    ),
+    # dino_tiny whose decoder pools each level over time by its mean instead of the L-TAE
+    # (torchgeo's PASTIS benchmark pools single-image backbones' features over time), so that
+    # one run sets the attention-based aggregation beside a pooled one (config/aggregator.yaml)
+    "dino_mean_tiny": ModelSpec(
+        "dino_mean_tiny",
+        InputPolicy("resize", 64, DINO_BANDS),
+        _dino("tiny_test", qkv_bias=False, img_size=64, out_indices=(0, 1, 2, 3)),
+        **TINY_DECODER,
+        temporal="mean",
     ),
     "moco_tiny": ModelSpec(
         "moco_tiny",
@@ -251,6 +265,12 @@ def build_encoder(spec: ModelSpec, weights_dir: Path | None) -> nn.Module:
     return encoder
 
 
+def temporal_module(spec: ModelSpec, setting: str = "ltae") -> str:
+    """The temporal module ``spec``'s decoder uses: its own (a variant such as
+    ``dino_mean_tiny``) or else the run's ``setting``."""
+    return spec.temporal or setting
+
+
 def build_model(
     name: str,
     *,
@@ -262,7 +282,8 @@ def build_model(
     """A registered model ready to train (weights loaded when ``weights_dir`` is given).
 
     GFMs return a :class:`TemporalUPerNet` called as ``model(x, output_size)``; U-TAE is called
-    as ``model(x, days, pad_mask)``.
+    as ``model(x, days, pad_mask)``. ``temporal`` (``train.settings.temporal``) is the decoder's
+    temporal module unless the model fixes its own (:func:`temporal_module`).
     """
     spec = get_spec(name)
     if spec.build_baseline is not None:
@@ -271,7 +292,7 @@ def build_model(
     return TemporalUPerNet(
         encoder,
         channels=spec.decoder_channels,
-        temporal=temporal,
+        temporal=temporal_module(spec, temporal),
         n_frames=n_frames,
         ltae_heads=spec.ltae_heads,
         encoder_trainable=encoder_trainable,

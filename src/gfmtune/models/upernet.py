@@ -96,6 +96,21 @@ class UPerHead(nn.Module):
         return self.fpn_bottleneck(torch.cat(outs, dim=1))
 
 
+#: Values of the decoder's temporal module (``train.settings.temporal``); ``ltae`` is the paper's.
+TEMPORAL_MODULES = ("ltae", "linear", "mean", "max")
+
+
+def _check_pad_mask(x: torch.Tensor, pad_mask: torch.Tensor | None) -> None:
+    """``pad_mask`` (B, T), True on padded frames, must fit ``x`` (B, T, ...) and leave every
+    series at least one real frame (as U-TAE requires)."""
+    if pad_mask is None:
+        return
+    if pad_mask.shape != x.shape[:2]:
+        raise ValueError(f"pad_mask {tuple(pad_mask.shape)} does not match (B, T) {x.shape[:2]}")
+    if pad_mask.all(dim=1).any():
+        raise ValueError("every series needs at least one unpadded frame")
+
+
 class LinearTemporal(nn.Module):
     """The alternative temporal module: a learned linear map over T (fixed series length)."""
 
@@ -103,9 +118,43 @@ class LinearTemporal(nn.Module):
         super().__init__()
         self.map = nn.Linear(n_frames, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, C, h, w) -> (B, C, h, w)."""
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, C, h, w) -> (B, C, h, w). A weight per frame position: padded frames cannot
+        be left out, so a mask with padding is refused."""
+        _check_pad_mask(x, pad_mask)
+        if pad_mask is not None and pad_mask.any():
+            raise ValueError("temporal='linear' weighs fixed frame positions; it cannot skip "
+                             "padded frames (use ltae, mean or max)")  # fmt: skip
         return self.map(x.movedim(1, -1)).squeeze(-1)
+
+
+class PoolTemporal(nn.Module):
+    """Mean or max over time, per pixel and channel, without parameters: how torchgeo's PASTIS
+    benchmark feeds single-image backbones' features to a decoder. Padded frames (``pad_mask``
+    True) are left out, as the L-TAE's attention and input norm leave them out. The mean is
+    taken in fp32 (under bf16 autocast the levels are bf16, as for the L-TAE's input norm)."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        if mode not in ("mean", "max"):
+            raise ValueError(f"unknown pooling {mode!r} (mean | max)")
+        self.mode = mode
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, C, h, w), pad_mask (B, T) True on padding -> (B, C, h, w)."""
+        _check_pad_mask(x, pad_mask)
+        if self.mode == "max":
+            if pad_mask is not None:
+                x = x.masked_fill(pad_mask[:, :, None, None, None], float("-inf"))
+            return x.amax(dim=1)
+        x = x.float()
+        if pad_mask is None:
+            return x.mean(dim=1)
+        valid = (~pad_mask).to(x.dtype)[:, :, None, None, None]
+        return (x * valid).sum(dim=1) / valid.sum(dim=1)
 
 
 class SharedLTAE(nn.Module):
@@ -123,9 +172,10 @@ class SharedLTAE(nn.Module):
             positional_encoding=False,
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, C, h, w) -> (B, C, h, w)."""
-        return self.ltae(x, None)[0]
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, C, h, w), pad_mask (B, T) True on padding -> (B, C, h, w)."""
+        _check_pad_mask(x, pad_mask)
+        return self.ltae(x, None, pad_mask)[0]
 
 
 def autocast_levels(levels: list[torch.Tensor], device_type: str) -> list[torch.Tensor]:
@@ -148,7 +198,10 @@ class TemporalUPerNet(nn.Module):
     """Encoder on every frame -> temporal reduction per level -> neck -> UPerNet -> classes.
 
     ``temporal``: ``"ltae"`` (one L-TAE shared by all levels: 16 heads, d_k 4, d_model = C,
-    mlp [C, C], dropout 0.2, no date encoding) or ``"linear"`` (needs ``n_frames``).
+    mlp [C, C], dropout 0.2, no date encoding), ``"linear"`` (needs ``n_frames``), or
+    ``"mean"`` / ``"max"`` (pooling over time, no parameters: :class:`PoolTemporal`).
+    ``pad_mask`` (B, T), True on padded frames, reaches the temporal module (the workflow feeds
+    exactly T frames, so it passes none).
     ``encoder_trainable=False`` runs the encoder without autograd (FT-Rate 0).
     """
 
@@ -175,8 +228,12 @@ class TemporalUPerNet(nn.Module):
             if not n_frames:
                 raise ValueError("temporal='linear' needs n_frames")
             self.temporal = LinearTemporal(n_frames)
+        elif temporal in ("mean", "max"):
+            self.temporal = PoolTemporal(temporal)
         else:
-            raise ValueError(f"unknown temporal module {temporal!r} (ltae | linear)")
+            raise ValueError(
+                f"unknown temporal module {temporal!r} ({' | '.join(TEMPORAL_MODULES)})"
+            )
         self.neck = Feature2Pyramid(dims)
         self.head = UPerHead(dims, channels, pool_scales)
         self.dropout = nn.Dropout2d(dropout)
@@ -210,12 +267,24 @@ class TemporalUPerNet(nn.Module):
         feats = autocast_levels(feats, x.device.type)
         return [f.view(b, t, *f.shape[1:]) for f in feats]
 
-    def decode(self, feats: Sequence[torch.Tensor], output_size: tuple[int, int]) -> torch.Tensor:
-        """Temporal reduction, neck, head and classifier, upsampled to ``output_size``."""
-        reduced = [self.temporal(f) for f in feats]
+    def decode(
+        self,
+        feats: Sequence[torch.Tensor],
+        output_size: tuple[int, int],
+        pad_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Temporal reduction (``pad_mask`` (B, T) True on padded frames), neck, head and
+        classifier, upsampled to ``output_size``."""
+        reduced = [self.temporal(f, pad_mask) for f in feats]
         logits = self.classifier(self.dropout(self.head(self.neck(reduced))))
         return F.interpolate(logits, size=output_size, mode="bilinear", align_corners=False)
 
-    def forward(self, x: torch.Tensor, output_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """x (B, T, C, H, W) -> logits (B, classes, *output_size) (default: H, W)."""
-        return self.decode(self.encode(x), output_size or tuple(x.shape[-2:]))
+    def forward(
+        self,
+        x: torch.Tensor,
+        output_size: tuple[int, int] | None = None,
+        pad_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x (B, T, C, H, W) -> logits (B, classes, *output_size) (default: H, W); ``pad_mask``
+        (B, T) True on padded frames, which the temporal module leaves out."""
+        return self.decode(self.encode(x), output_size or tuple(x.shape[-2:]), pad_mask)

@@ -34,7 +34,7 @@ class TrainSettings:
     cpu_numerics: str = "native"  # native: the CPU's fastest kernels | portable: alike on all
     norm: str = "paper"  # paper | train_folds
     nodata: str = "keep"  # keep | zero
-    temporal: str = "ltae"  # ltae | linear
+    temporal: str = "ltae"  # ltae | linear | mean | max (over time, no parameters)
     workers: int | str = "auto"  # DataLoader workers | auto: the job's CPUs - 1, at most 15
     keep_checkpoint: str = "best"  # best: keep the best weights (trained tensors only) | none
     checkpoint_minutes: float = 10.0  # state.pt at an epoch end this long after the last save
