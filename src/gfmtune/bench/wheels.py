@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 #: Distributions gfmtune imports that the GPU image lacks.
 WHEELS = (
     "zarr", "numcodecs", "google-crc32c", "donfig", "jsonschema", "jsonschema-specifications",
-    "referencing", "rpds-py",
+    "referencing", "rpds-py", "rasterio", "affine",  # rasterio: the store's CRS (about 25 MB)
 )  # fmt: skip
 #: Python distributions of the GPU machines' image (``resources/gpu_image.txt``); a test
 #: checks that a dry check imports nothing beyond them and :data:`WHEELS`.
