@@ -34,7 +34,7 @@ from gfmtune.models import catalog, registry
 from gfmtune.models.policies import InputPolicy
 from gfmtune.models.registry import build_model, get_spec, register_model
 from gfmtune.pastis import TEST_FOLD, TRAIN_FOLDS, VAL_FOLD, VOID_CLASS
-from gfmtune.results import claims, tables
+from gfmtune.results import claims, claims_table, tables
 from gfmtune.train import job
 from gfmtune.train.job import Cell, CellJob
 from gfmtune.train.loop import build_optimizer, build_scheduler, labelled_loss, train_epoch
@@ -393,6 +393,8 @@ def test_paper_table_never_shows_a_non_finite_value(values: tuple, text: str) ->
     ids=["point-nan", "bootstrap-point-nan", "replicate-nan", "replicate-inf"],
 )
 def test_claim_on_a_non_finite_statistic_is_undetermined(stat: list[float]) -> None:
-    claim = claims._claim("it helps", ("gain", ">", 0.0), np.array(stat), {"cells": 1})
+    claim = claims._claim(
+        "it helps", ("gain", ">", 0.0, "mIoU points"), np.array(stat), {"cells": 1}, {"cells": 1}
+    )
     assert claim["verdict"] == "undetermined" and claim["value"] is None
-    assert claims._value(claim) == "–" and claim["interval"] is None
+    assert claims_table._value(claim, "mIoU points") == "–" and claim["interval"] is None
