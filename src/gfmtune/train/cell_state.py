@@ -15,6 +15,7 @@ Cell folder (``metrics.json`` is written last, so a folder without it is never f
                         a diverged training: gfmtune.train.divergence)
     train.lock          held by the job training the cell (names its pid and host)
     tensorboard/        with setting tensorboard: history.csv's rows as event files
+    mlflow_run          with setting mlflow: the MLflow run id of the latest attempt
 
 Files are loaded with ``weights_only=True``, so a ``state.pt`` that pickles anything else is
 refused without running it. An unreadable ``state.pt`` is set aside (renamed) and the cell

@@ -33,8 +33,6 @@ from gfmtune.models.contract import warn_small_grid
 from gfmtune.models.registry import BUILTIN, REGISTRY, ModelSpec, build_model, get_spec
 from gfmtune.pastis import CLASS_NAMES, TEST_FOLD, VAL_FOLD
 from gfmtune.train import numerics, provenance
-from gfmtune.train.board import FOLDER as BOARD
-from gfmtune.train.board import epoch_board, summary_writer
 from gfmtune.train.cell_state import (
     BEST,
     LOCK,
@@ -78,6 +76,7 @@ from gfmtune.train.metrics import metrics_from_confusion
 from gfmtune.train.patch_counts import PATCH_FILE, counts_from_confusions, save_patch_counts
 from gfmtune.train.resident import resident
 from gfmtune.train.settings import TrainSettings
+from gfmtune.train.trackers import NO_RESULT, cell_trackers, check_installed
 
 log = logging.getLogger(__name__)
 
@@ -132,13 +131,13 @@ class CellJob:
         configure_backends(self.device, settings.precision, settings.deterministic)
         self.progress = progress
         self.frozen = self.spec.has_encoder and not cell.ft_rate
-        if settings.tensorboard:
-            summary_writer()  # missing package: stop before any work
+        check_installed(settings)  # a tracker's missing package: stop before any work
 
     def fingerprint(self) -> dict:
         """What a resumable state must match."""
         settings = self.settings.to_dict()
-        del settings["checkpoint_minutes"], settings["tensorboard"]  # change no result
+        for key in NO_RESULT:
+            del settings[key]
         return {
             "cell": asdict(self.cell),
             "settings": settings,
@@ -226,8 +225,8 @@ class CellJob:
         )
         skip, cadence = skippable(train_dl), Cadence(settings.checkpoint_minutes)
         watch = LossWatch(self.device)
-        board_dir = self.out / BOARD if settings.tensorboard else None
-        with StopSignals() as stop, epoch_board(board_dir, state["epoch"]) as board:
+        trackers = cell_trackers(settings, cell, self.out, state)
+        with StopSignals() as stop, trackers as track:
             for epoch in range(state["epoch"], settings.epochs):
                 tick = time.time() - (state["partial"] or {}).get("seconds", 0.0)
                 epoch_order = order.get_state()  # saved when stopped mid-epoch
@@ -255,7 +254,7 @@ class CellJob:
                 row["seconds"] = round(time.time() - tick, 3)
                 state["history"].append(row)
                 log.info("%s", epoch_line(row, settings.epochs))
-                board(row)
+                track.epoch(row)
                 state["epoch"], state["seconds"] = epoch + 1, time.time() - origin
                 if stop.is_set():
                     raise self._stop(training, order.get_state(), state, len(train_dl), stop.signum)
@@ -264,7 +263,7 @@ class CellJob:
                     cadence.saved()
             bar.close()
             self.model = model
-            return self._finish(training, test_dl, state, origin)
+            return track.final(self._finish(training, test_dl, state, origin))
 
     def _save_due(self, training: Training, cadence: Cadence, last: bool) -> bool:
         """Whether ``state.pt`` is due at an epoch's end: by ``cadence`` (after the last epoch

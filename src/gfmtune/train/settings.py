@@ -46,6 +46,7 @@ class TrainSettings:
     val_resident: bool | str = "auto"  # validation fold kept on the device | auto: CUDA, if fits
     frame_draw: str = "none"  # none: the manifest's frames | authors: their seeded 50-frame draw
     tensorboard: bool = False  # history rows as event files in <cell>/tensorboard/ (extra)
+    mlflow: str = ""  # MLflow tracking URI or file-store folder; "": off (extra)
 
     @classmethod
     def from_mapping(cls, values: dict | None) -> TrainSettings:
