@@ -19,8 +19,11 @@ def test_params_table(tmp_path: Path) -> None:
     assert list(table.index) == ["croma", "dino", "utae", "utae_paper"]
     assert list(table.model) == ["CROMA", "DINO", "U-TAE", "U-TAE"]
     assert list(table.columns) == ["model", "decoder_only_m", "whole_network_m", "trainable_ft0",
-                                   "trainable_ft_pos", "temporal", "temporal_params"]  # fmt: skip
+                                   "trainable_ft_pos", "temporal", "temporal_params",
+                                   "weights"]  # fmt: skip
     assert set(table.temporal) == {"ltae"}  # the paper's: a shared L-TAE (U-TAE: its own)
+    # CROMA's sha256 and size were not read from the hub; DINO's were (Checkpoint.confirmed)
+    assert list(table.weights) == ["unconfirmed", "confirmed", "none", "none"]
 
     official = croma_s2_encoder_shapes(1024, 24)
     full_encoder = sum(map(math.prod, official.values()))

@@ -12,7 +12,8 @@ Items carry the store's int16 reflectance: DataLoader workers send half the byte
 and :func:`model_frames` normalises each batch on the device in the main process. Normalisation
 is per band ``(x - mean) / std`` with the store's ``norm_paper`` or ``norm_train_folds``
 statistics. As in the paper, nodata (-10000) is normalised like any value (``nodata="keep"``);
-``nodata="zero"`` sets those pixels to 0 after normalisation.
+``nodata="zero"`` sets those pixels to 0 after normalisation. A model whose input policy has
+``scale="reflectance"`` (``moco_scaled``) gets ``x / 10000`` instead (:class:`ReflectanceScaler`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from gfmtune.data.reader import FrameReader
 
 NORMS = ("paper", "train_folds")
 NODATA_MODES = ("keep", "zero")
+#: PASTIS stores L2A reflectance x 10000 as int16 (:mod:`gfmtune.pastis`).
+REFLECTANCE_SCALE = 10000.0
 FRAME_DRAWS = ("none", "authors")
 DRAWN_FRAMES = 50  # the authors' draw keeps this many frames of a longer series
 SAMPLE_SEED = 0  # draws a dataset's ``sample`` of patches: the same for every cell and run
@@ -85,8 +88,30 @@ class Normaliser:
         return out
 
 
+class ReflectanceScaler:
+    """``x / 10000`` of int16 (..., band, H, W) into float32 (the reflectance itself), with
+    :class:`Normaliser`'s interface: one correctly rounded float32 division, so the same on
+    numpy and on any device; ``zero_value`` pixels (nodata) set to 0 when given."""
+
+    def __init__(self, zero_value: int | None = None) -> None:
+        self.zero_value = zero_value
+
+    def tensor(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.to(torch.float32).div_(REFLECTANCE_SCALE)
+        if self.zero_value is not None:
+            out.masked_fill_(x == self.zero_value, 0.0)
+        return out
+
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        out = np.empty(x.shape, dtype=np.float32) if out is None else out
+        np.divide(x, np.float32(REFLECTANCE_SCALE), out=out, dtype=np.float32)
+        if self.zero_value is not None:
+            out[x == self.zero_value] = 0.0
+        return out
+
+
 def model_frames(
-    images: torch.Tensor, normalise: Normaliser | None, device: torch.device
+    images: torch.Tensor, normalise: Normaliser | ReflectanceScaler | None, device: torch.device
 ) -> torch.Tensor:
     """A batch's frames as the model sees them, on ``device``: the dataset's int16 reflectance
     copied there and normalised there by ``normalise``; float frames (already normalised, such
@@ -100,15 +125,26 @@ def model_frames(
 
 
 def store_normaliser(
-    attrs: dict[str, Any], norm: str, nodata: str = "keep", store: Path | str = "the store"
-) -> Normaliser:
-    """The :class:`Normaliser` for the attributes ``attrs`` of ``store`` (``norm_{norm}``).
-    A band whose std is not positive (constant, or without a valid pixel, in the training
-    folds) is an error naming the store, the band and the remedy."""
+    attrs: dict[str, Any],
+    norm: str,
+    nodata: str = "keep",
+    store: Path | str = "the store",
+    scale: str = "standardise",
+) -> Normaliser | ReflectanceScaler:
+    """The :class:`Normaliser` for the attributes ``attrs`` of ``store`` (``norm_{norm}``),
+    or with ``scale="reflectance"`` (the model's ``InputPolicy.scale``) the
+    :class:`ReflectanceScaler`, which uses no statistics. A band whose std is not positive
+    (constant, or without a valid pixel, in the training folds) is an error naming the store,
+    the band and the remedy."""
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose from {NORMS}")
     if nodata not in NODATA_MODES:
         raise ValueError(f"unknown nodata mode {nodata!r}; choose from {NODATA_MODES}")
+    if scale == "reflectance":
+        zero = int(attrs.get("nodata", pastis.NODATA)) if nodata == "zero" else None
+        return ReflectanceScaler(zero)
+    if scale != "standardise":
+        raise ValueError(f"unknown input scale {scale!r}; choose standardise or reflectance")
     stats = attrs[f"norm_{norm}"]
     flat = [
         f"{band} (std {std})"
@@ -278,7 +314,8 @@ class PastisZarrDataset(Dataset):
     :meth:`evaluation`. ``norm``: ``"paper"`` or ``"train_folds"`` statistics; ``nodata``:
     ``"keep"`` or ``"zero"``; ``backend`` and ``threads``: see :class:`FrameReader`; ``draw``:
     an :class:`AuthorsDraw` for series longer than 50 frames (None: the manifest's frames).
-    ``normalise`` turns the images into the model's input (:func:`model_frames`). ``sample``:
+    ``normalise`` turns the images into the model's input (:func:`model_frames`), as the
+    model's ``InputPolicy.scale`` (``scale``) says. ``sample``:
     only this many of the patches, drawn once with :data:`SAMPLE_SEED` (None: all).
     """
 
@@ -295,10 +332,11 @@ class PastisZarrDataset(Dataset):
         threads: int | None = None,
         draw: AuthorsDraw | None = None,
         sample: int | None = None,
+        scale: str = "standardise",
     ) -> None:
         self.reader = FrameReader(store, backend, threads)
         self.folds = _as_folds(folds)
-        self.normalise = store_normaliser(self.reader.attrs, norm, nodata, store)
+        self.normalise = store_normaliser(self.reader.attrs, norm, nodata, store, scale)
         positions = np.flatnonzero(np.isin(self.reader.folds, self.folds))
         if label_split is not None:
             positions = np.intersect1d(positions, read_label_split(self.reader, label_split))

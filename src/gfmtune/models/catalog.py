@@ -18,6 +18,11 @@ class Checkpoint:
     size: int
     layout: str  # "croma" (sub-dict s2_encoder) | "dino_teacher" | "timm" | "prithvi_mae"
     mirrors: tuple[str, ...] = ()  # copies of the same bytes, tried in order when url fails
+    #: True when sha256 and size were both read from the publisher's own record (the hub's Git
+    #: LFS pointer of the file at ``url``'s commit); False when either comes from elsewhere.
+    #: ``gfmtune params`` shows it (column ``weights``); ``source`` says where they come from.
+    confirmed: bool = False
+    source: str = ""
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -35,6 +40,7 @@ class Checkpoint:
 # the sha256 below. sha256 and size, not the URL, pin the content: the weights rule checks them,
 # whichever source gives the file.
 CROMA_REVISION = "0dd28e3d633bd6715856ae9890e8c49360040598"
+CROMA_SOURCE = "not read from the hub; torchgeo's mirrors are named after its sha256's first 8 hex"
 CROMA_BASE = Checkpoint(
     "croma_base",
     f"https://huggingface.co/antofuller/CROMA/resolve/{CROMA_REVISION}/CROMA_base.pt",
@@ -46,6 +52,7 @@ CROMA_BASE = Checkpoint(
         "https://huggingface.co/torchgeo/croma/resolve/"
         "387883f08af79d777167519c57cd826eda89a16f/CROMA_base-0238d814.pt",
     ),
+    source=CROMA_SOURCE,
 )
 CROMA_LARGE = Checkpoint(
     "croma_large",
@@ -58,6 +65,7 @@ CROMA_LARGE = Checkpoint(
         "https://huggingface.co/torchgeo/croma/resolve/"
         "92cb1a0f4e34c6c01558baf070197c01255382f6/CROMA_large-921e69ad.pt",
     ),
+    source=CROMA_SOURCE,
 )
 DINO_TORCHGEO = Checkpoint(
     "ssl4eo_dino_vits16_torchgeo",
@@ -67,6 +75,8 @@ DINO_TORCHGEO = Checkpoint(
     "36bcc1273227252faf98e1d9f32c35166d3612d30dc0c15812c29bed6da9a7d5",
     90_644_269,
     "timm",
+    confirmed=True,
+    source="the hub's LFS pointer of the file at commit 5b41dd4 (torchgeo's repository)",
 )
 # torchgeo ViTSmall16_Weights.SENTINEL2_ALL_MOCO (torchgeo/models/vit.py): SSL4EO-S12 MoCo v3,
 # 13 S2 L1C bands, timm vit_small_patch16_224; sha256 and size from the LFS pointer of HF commit
@@ -80,11 +90,16 @@ MOCO_TORCHGEO = Checkpoint(
     "67c9032df0449ae37f93c51696bcae0c6dc3485103deb44b4669e9897b90409c",
     90_668_909,
     "timm",
+    confirmed=True,
+    source="the hub's LFS pointer of the file at commit 1cb683f (torchgeo's repository)",
 )
 #: Prithvi-EO-2.0-300M at the HF revision 9eb1b110 (2025-10-09; the file is unchanged since it
-#: was added on 2024-12-03). sha256 and size as pinned by a public project that checked them
-#: against this revision's LFS pointer (the HF page itself was not readable here); the weights
-#: rule refuses a file that differs, so an error here stops the download, never loads a file.
+#: was added on 2024-12-03, commit ebfff1d). sha256: the hub's own "Git LFS Details" of the file
+#: (its page at revision c6f9ef27, which shows that sha256); torchgeo's PrithviV2_Weights
+#: (torchgeo/models/prithvi.py, microsoft/torchgeo 8cd6f3c1) names its copy ``-faab2c8b`` and
+#: checks that prefix. Size: only a third-party project's docs give the bytes; the hub shows
+#: "1.33 GB" and a 135-byte pointer (a 10-digit size), both consistent, hence unconfirmed. The
+#: weights rule refuses a file that differs, so an error here stops the download, never loads one.
 PRITHVI_EO_V2_300M = Checkpoint(
     "prithvi_eo_v2_300m",
     "https://huggingface.co/ibm-nasa-geospatial/Prithvi-EO-2.0-300M/resolve/"
@@ -93,6 +108,7 @@ PRITHVI_EO_V2_300M = Checkpoint(
     "faab2c8b776f0723f93431747603a7ec586a54fc45473613b4322c29752486e7",
     1_326_658_396,
     "prithvi_mae",
+    source="sha256: the hub's LFS details (revision c6f9ef27); size: a third-party project's docs",
 )
 CHECKPOINTS = {
     c.name: c for c in (CROMA_BASE, CROMA_LARGE, DINO_TORCHGEO, MOCO_TORCHGEO, PRITHVI_EO_V2_300M)
@@ -125,10 +141,21 @@ MODELS: dict[str, ModelFacts] = {
     "dino_mean_tiny": ModelFacts("DINO (mean over time)"),
     "moco": ModelFacts("MoCo", MOCO_TORCHGEO, runtime=0.5),
     "moco_tiny": ModelFacts("MoCo"),
+    # MoCo on its pretraining's scale (reflectance / 10000, InputPolicy.scale): the same network
+    "moco_scaled": ModelFacts("MoCo (reflectance)", MOCO_TORCHGEO, runtime=0.5),
+    "moco_scaled_tiny": ModelFacts("MoCo (reflectance)"),
     "utae": _UTAE,
     "utae_tiny": _UTAE_TINY,
     "utae_paper": _UTAE,
     "utae_paper_tiny": _UTAE_TINY,
+}
+
+# Prithvi resized to 224 px (14 x 14 tokens, as PANGAEA feeds it PASTIS): 197 tokens a frame
+# instead of 65. Forward FLOPs, counted as for prithvi below: 1694 GFLOPs, 3.1 x prithvi's and
+# 1.55 x CROMA's; 1.7 leaves a margin.
+MODELS |= {
+    "prithvi_224": ModelFacts("Prithvi (224 px)", PRITHVI_EO_V2_300M, runtime=1.7),
+    "prithvi_224_tiny": ModelFacts("Prithvi (224 px)"),
 }
 
 # Prithvi-EO-2.0-300M (ViT-L/16, blocks 0-23 at native 128 px: 65 tokens a frame). Runtime: its

@@ -10,6 +10,9 @@ module included), at FT-Rate > 0 also the encoder blocks whose output is used (C
 block 11, so blocks 12-23 are never trained). ``temporal`` names the module that reduces time
 (the decoder's: ``train.settings.temporal`` unless the model fixes its own; U-TAE's own L-TAE)
 and ``temporal_params`` counts its parameters, which pooling (``mean``, ``max``) saves.
+``weights`` says whether the checkpoint's sha256 and size were both read from the publisher's
+record (``confirmed``), or not (``unconfirmed``: ``Checkpoint.source`` says where they come
+from), or whether the model loads no checkpoint (``none``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import pandas as pd
 from torch import nn
 
 from gfmtune.fileio import atomic_path
+from gfmtune.models.catalog import Checkpoint
 from gfmtune.models.registry import REGISTRY, build_model, get_spec, temporal_module
 from gfmtune.models.upernet import TEMPORAL_MODULES
 
@@ -49,7 +53,15 @@ def gfm_row(name: str, temporal: str = "ltae", frames: int | None = None) -> dic
         "trainable_ft_pos": count(model),
         "temporal": temporal_module(spec, temporal),
         "temporal_params": count(model.temporal),
+        "weights": weights_status(spec.checkpoint),
     }
+
+
+def weights_status(checkpoint: Checkpoint | None) -> str:
+    """``none`` (no checkpoint), ``confirmed`` or ``unconfirmed`` (``Checkpoint.confirmed``)."""
+    if checkpoint is None:
+        return "none"
+    return "confirmed" if checkpoint.confirmed else "unconfirmed"
 
 
 def utae_row(name: str) -> dict:
@@ -66,6 +78,7 @@ def utae_row(name: str) -> dict:
         "trainable_ft_pos": total,
         "temporal": "ltae",  # U-TAE's own, at its lowest resolution
         "temporal_params": count(model.ltae),
+        "weights": "none",
     }
 
 

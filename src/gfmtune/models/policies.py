@@ -10,6 +10,12 @@ A ``resize`` policy's evaluation logits go from the decoder's resolution straigh
 output size (``eval_resize="direct"``: DINO's 56 -> 128), or, as the authors' sliding-inference
 path did, first to the model's input size and then bilinearly (no antialiasing) to the output
 size (``"via_input"``: 56 -> 224 -> 128). Training logits are the same either way.
+
+Input scaling (``InputPolicy.scale``, applied where the store's int16 reflectance becomes float,
+:func:`gfmtune.data.dataset.store_normaliser`): ``standardise`` (the default) is PASTIS's
+per-band ``(x - mean) / std`` (``train.settings.norm``); ``reflectance`` (``moco_scaled``) is
+``x / 10000``, the reflectance itself, on the scale of SSL4EO-S12's pretraining (L1C / 10000).
+Missing bands are 0 on either scale.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ Decode = Callable[[Sequence[torch.Tensor], tuple[int, int]], torch.Tensor]  # (l
 
 #: Ways a ``resize`` policy brings evaluation logits to the output size (see the module doc).
 EVAL_RESIZES = ("direct", "via_input")
+#: Input scalings (see the module doc); the first is the default, every paper model's.
+SCALES = ("standardise", "reflectance")
 
 
 def band_index(target_bands: tuple[str, ...] | None) -> list[int] | None:
@@ -59,10 +67,15 @@ class InputPolicy:
     # evaluation logits of ``resize``: direct | via_input; out of the repr, which keys the
     # feature cache, since the encoder's input does not depend on it
     eval_resize: str = field(default="direct", repr=False)
+    # standardise | reflectance (see the module doc); out of the repr, so that the existing
+    # models' cache keys keep their policy text: the key names a non-default scale itself
+    scale: str = field(default="standardise", repr=False)
 
     def __post_init__(self) -> None:
         if self.eval_resize not in EVAL_RESIZES:
             raise ValueError(f"eval_resize {self.eval_resize!r} is not one of {EVAL_RESIZES}")
+        if self.scale not in SCALES:
+            raise ValueError(f"scale {self.scale!r} is not one of {SCALES}")
 
     @property
     def deterministic_train_input(self) -> bool:

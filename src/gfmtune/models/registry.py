@@ -4,7 +4,9 @@
 ``utae_paper`` as the paper ran it, without normalisation in the down blocks); ``*_tiny`` are the
 same code with small dimensions for CPU tests and the demo (no pretrained weights). ``moco`` is
 ``dino``'s SSL4EO-S12 ViT-S/16 with MoCo v3 weights (same code, its qkv biases loaded), so that a
-study can tell the architecture from the pretraining; ``dino_mean_tiny`` is ``dino_tiny`` with
+study can tell the architecture from the pretraining, and ``moco_scaled`` the same fed
+reflectance / 10000 (``InputPolicy.scale``); ``prithvi_224`` is ``prithvi`` resized to 224 px
+instead of its native 128 (docs/models.md); ``dino_mean_tiny`` is ``dino_tiny`` with
 the mean over time in place of the decoder's L-TAE (``ModelSpec.temporal``). A plug-in
 module adds a model with :func:`register_model` (docs/add-an-encoder.md).
 
@@ -13,7 +15,8 @@ Encoder contract (what :class:`TemporalUPerNet` and the training loop rely on):
 - Input: one frame batch (N, C, H, W), N = batch x frames. C and the band order are
   ``InputPolicy.bands`` (PASTIS band names; a band PASTIS lacks is filled with 0; None = the
   10 PASTIS bands in their order). The values are PASTIS-normalised upstream (mean/std per
-  band, ``train.settings.norm``); the encoder applies no normalisation of its own.
+  band, ``train.settings.norm``), or reflectance / 10000 where ``InputPolicy.scale`` is
+  ``reflectance``; the encoder applies no normalisation of its own.
 - Size: ``InputPolicy.kind``: ``native`` (128 x 128 as stored), ``crop_windows`` (random
   ``size`` crops in training, 2 x 2 sliding windows averaged at evaluation) or ``resize``
   (bilinear to ``size``, logits resized back). The encoder's patch size must divide the size.
@@ -161,6 +164,31 @@ REGISTRY: dict[str, ModelSpec] = {
         "moco_tiny",
         InputPolicy("resize", 64, DINO_BANDS),
         _dino("tiny_test", qkv_bias=True, img_size=64, out_indices=(0, 1, 2, 3)),
+        **TINY_DECODER,
+    ),
+    # moco on its pretraining's scale: reflectance / 10000 (SSL4EO-S12's L1C / 10000) in place of
+    # PASTIS's per-band standardisation, missing bands 0 on that scale (InputPolicy.scale)
+    "moco_scaled": ModelSpec(
+        "moco_scaled",
+        InputPolicy("resize", 224, DINO_BANDS, scale="reflectance"),
+        _dino("small", qkv_bias=True),
+    ),
+    "moco_scaled_tiny": ModelSpec(
+        "moco_scaled_tiny",
+        InputPolicy("resize", 64, DINO_BANDS, scale="reflectance"),
+        _dino("tiny_test", qkv_bias=True, img_size=64, out_indices=(0, 1, 2, 3)),
+        **TINY_DECODER,
+    ),
+    # prithvi resized to 224 px as PANGAEA runs it: 14 x 14 tokens, the pretraining grid, whose
+    # recomputed sin-cos embedding equals the checkpoint's frame 0 (no interpolation either way);
+    # the tiny one resizes to 64, as dino_tiny and moco_tiny do
+    "prithvi_224": ModelSpec(
+        "prithvi_224", InputPolicy("resize", 224, PRITHVI_BANDS), partial(PrithviEncoder, "300m")
+    ),
+    "prithvi_224_tiny": ModelSpec(
+        "prithvi_224_tiny",
+        InputPolicy("resize", 64, PRITHVI_BANDS),
+        partial(PrithviEncoder, "tiny", (0, 1, 2, 3)),
         **TINY_DECODER,
     ),
     # Prithvi-EO-2.0-300M at PASTIS's native 128 px (8 x 8 tokens a frame; the 16 px patches

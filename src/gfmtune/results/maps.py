@@ -330,6 +330,7 @@ def write_maps(
                 TEST_FOLD,
                 norm=settings.norm,
                 nodata=settings.nodata,
+                scale=spec.policy.scale,
                 draw=frame_draw(settings.frame_draw, choice.seed, "test"),  # the test pass's
             )
             if not figure_rows:  # the labels and the figure's RGB, once

@@ -411,7 +411,10 @@ def cached_datasets(
         )
         return datasets
     folds = ALL_FOLDS if fixed else (VAL_FOLD, TEST_FOLD)
-    every = PastisZarrDataset(store, timesteps, folds, norm=settings.norm, nodata=settings.nodata)
+    every = PastisZarrDataset(
+        store, timesteps, folds, norm=settings.norm, nodata=settings.nodata,
+        scale=spec.policy.scale,
+    )  # fmt: skip
     patch = every.reader.label(int(every.positions[0])).shape  # the store's patch size
     windows = None if fixed else window_corners(patch, spec.policy.size)
     key = cache_key(

@@ -3,8 +3,8 @@ everything its features depend on, so that a cache is reused only where it gives
 the encoder would compute. The key digests the encoder's weights and code (the source of the
 modules defining its classes, the segmentation model's and its input policy's; gfmtune's and
 torch's versions), the input policy, the window geometry of an evaluation cache, the frames
-(the timestep manifest's bytes), the normalisation, the store's content digest (not its path),
-the precision and the storage format.
+(the timestep manifest's bytes), the normalisation and the input scaling (``InputPolicy.scale``),
+the store's content digest (not its path), the precision and the storage format.
 """
 
 from __future__ import annotations
@@ -103,6 +103,8 @@ def cache_key(
         "dtype": str(amp or torch.float32),
         "windows": None if windows is None else [list(corner) for corner in windows],
     }
+    if spec.policy.scale != "standardise":  # the default keeps the keys caches were made under
+        facts["scale"] = spec.policy.scale
     if cpu_numerics != "native":  # native runs keep the keys their caches were written under
         facts["cpu_numerics"] = cpu_numerics
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:20]

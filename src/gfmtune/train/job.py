@@ -148,6 +148,7 @@ class CellJob:
         """Training (the label split of folds 1-3), validation (fold 4) and test (fold 5), each
         with its own stream of the frame draw (``frame_draw``)."""
         kw = {"norm": self.settings.norm, "nodata": self.settings.nodata}
+        kw["scale"] = self.spec.policy.scale  # the model's input scaling (InputPolicy.scale)
         store, ts, split = self.inputs.store, self.inputs.timesteps, self.inputs.label_split
         draw = functools.partial(frame_draw, self.settings.frame_draw, self.cell.seed)
         return [
