@@ -307,6 +307,29 @@ def test_new_encoders_run_through_the_workflow(tmp_path: Path) -> None:
     assert params.name.tolist() == ["moco_tiny", "prithvi_tiny"]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_feeding_variants_run_through_the_workflow(tmp_path: Path) -> None:
+    """The tiny forms of the feeding variants (MoCo on its pretraining scale, Prithvi at 224 px
+    and over time, DINO with the mean over time) train on the demo's data, fine-tuned on 6
+    frames, and reach the tables as rows of their own."""
+    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    models = ["moco_scaled_tiny", "prithvi_224_tiny", "prithvi_time_tiny", "dino_mean_tiny"]
+    config |= {"run": "feed", "models": models}
+    config["manifests"] = {"label_percents": [100], "timesteps": [6]}
+    config["train"] |= {"ft_rates": [0.1]}
+    config["train"]["settings"] |= {"epochs": 1}
+    result = run_snakemake(tmp_path, "--cores", "2", "--until", "results",
+                           config=config, timeout=800)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    tables = tmp_path / "results" / "feed" / "tables"
+    miou = pd.read_csv(tables / "miou.csv")
+    assert len(miou) == 4 and set(miou.timesteps) == {6}
+    assert miou.model.nunique() == 4, miou.model.tolist()  # a row of its own each
+    assert miou.miou_paper.between(0, 100).all()
+    assert sorted(pd.read_csv(tables / "params.csv").name) == sorted(models)
+
+
 def test_aggregator_overlay_plans_a_pooled_row_beside_the_ltae(tmp_path: Path) -> None:
     """config/aggregator.yaml on the demo: dino_mean_tiny's cells beside dino_tiny's in one run,
     and the run's params table with the temporal module of each."""
