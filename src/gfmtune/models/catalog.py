@@ -163,9 +163,14 @@ MODELS |= {
 # (blocks 0-11 on 120 px crops: 225 tokens a frame), counted with torch's FlopCounterMode on
 # the meta device (548 vs 1093 GFLOPs for 2 samples x 6 frames); 0.6 leaves a margin, since
 # the runtime sets SLURM time limits.
+# prithvi_time (one sequence of 1 + t x 64 tokens a cell): forward FLOPs 1.03 x prithvi's at
+# t = 6 (566 vs 548 GFLOPs, 2 samples, counted as above) and 1.32 x at t = 35 (3811 vs 2894),
+# so 0.66 x CROMA's at the study's longest series; 0.8 leaves a margin. Its own table row.
 MODELS |= {
     "prithvi": ModelFacts("Prithvi", PRITHVI_EO_V2_300M, runtime=0.6),
     "prithvi_tiny": ModelFacts("Prithvi"),
+    "prithvi_time": ModelFacts("Prithvi (over time)", PRITHVI_EO_V2_300M, runtime=0.8),
+    "prithvi_time_tiny": ModelFacts("Prithvi (over time)"),
 }
 
 

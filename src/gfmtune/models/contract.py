@@ -4,10 +4,11 @@ What the encoder declares (``out_dims``, its methods) is checked before weights 
 after ``truncate()``, what it returns for one dummy batch: 2 frames (a batch of 1 x 2 frames, so
 a merged or dropped frame axis shows) of its policy's bands at its input size, run under
 ``torch.no_grad`` in eval mode, with the random state and every module's training flag restored
-afterwards, so that building a model neither draws nor changes anything (a declaration that
-breaks the contract runs it too, to report all at once). Every violation is one line of one
-:class:`EncoderContractError` naming the model and the encoder's ``module:class``, before any
-data is read.
+afterwards (a joint-time encoder, ``joint_time`` True, gets them as one series (1, 2, C, H,
+W) and must still return 2 frames' levels), so that building a model neither draws nor changes
+anything (a declaration that breaks the contract runs it too, to report all at once). Every
+violation is one line of one :class:`EncoderContractError` naming the model and the encoder's
+``module:class``, before any data is read.
 
 A plug-in's token grid on the frames it will see (:func:`warn_small_grid`, called by the training
 job once the store's patch size is known) is only warned about: a grid below
@@ -169,12 +170,14 @@ def _dummy_levels(encoder: nn.Module, frames: torch.Tensor) -> tuple[object, str
     the line saying how the forward pass failed. Random state and training flags restored."""
     modes = [(module, module.training) for module in encoder.modules()]
     encoder.eval()
+    # a joint-time encoder (``joint_time``, e.g. prithvi_time) takes the frames as one series
+    inputs = frames.unsqueeze(0) if getattr(encoder, "joint_time", False) else frames
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            return encoder(frames), None
+            return encoder(inputs), None
     except Exception as err:  # the plug-in's own code: any failure breaks the contract
         reason = " ".join(str(err).split())  # on one line
-        shape = tuple(frames.shape)
+        shape = tuple(inputs.shape)
         return None, f"forward on a dummy batch {shape} raised {type(err).__name__}: {reason}"
     finally:
         for module, training in modes:

@@ -32,12 +32,21 @@ NASA-IMPACT/Prithvi-EO-2.0):
 In this study (the encoder contract, docs/add-an-encoder.md): bands are PASTIS's Sentinel-2
 B2, B3, B4, B8A, B11, B12 for HLS Blue, Green, Red, NIR narrow, SWIR 1, SWIR 2; values are
 PASTIS-standardised upstream (a per-band z-score, as HLS's mean/std is, with PASTIS's own
-statistics). Each frame runs on its own with T = 1 (the Conv3d over a time axis of length 1 and
-the position embedding of frame 0): the decoder's L-TAE aggregates time, as for CROMA and DINO,
-and Prithvi's own attention across frames is not used. The position embedding is recomputed
-exactly (same formula) for the input grid, so PASTIS's native 128 px (8 x 8 tokens) needs no
-interpolation; at 224 px it equals the checkpoint's frame 0 (the file's own ``pos_embed`` is
-checked against the formula when loading, then dropped). Outputs: (N, dim, H / 16, W / 16).
+statistics). ``prithvi``: each frame runs on its own with T = 1 (the Conv3d over a time axis of
+length 1 and the position embedding of frame 0): the decoder's L-TAE aggregates time, as for
+CROMA and DINO, and Prithvi's own attention across frames is not used. ``prithvi_time``
+(``joint_time=True``): the encoder takes a cell's series (B, T, C, H, W) at once, as Prithvi was
+pretrained (4 frames) and as TerraTorch feeds it: one token sequence of a CLS token and T x h x w
+patch tokens (row-major in t, h, w, as the Conv3d's output flattens), the 3D embedding of frame
+t at every frame's tokens, attention across all of them; padded frames (``pad_mask`` (B, T),
+True on padding, at the end of a shorter series) are masked as attention keys, so the real
+frames' tokens do not see them. It returns every frame's tokens as (B * T, dim, h, w), so the
+decoder's temporal module reduces time as for the other models. The position embedding is
+recomputed exactly (same formula) for the input's T and grid, so PASTIS's native 128 px (8 x 8
+tokens) needs no interpolation (TerraTorch recomputes it for T but interpolates the pretraining
+14 x 14 grid bicubically); at 224 px and T <= 4 it equals the checkpoint's first T frames (the
+file's own ``pos_embed`` is checked against the formula when loading, then dropped). Outputs:
+(N, dim, H / 16, W / 16), N = B x T.
 """
 
 from __future__ import annotations
@@ -98,7 +107,12 @@ class PrithviEncoder(nn.Module):
     in_bands = PRITHVI_BANDS
     patch_size = PATCH
 
-    def __init__(self, size: str = "300m", out_indices: tuple[int, ...] = (5, 11, 17, 23)) -> None:
+    def __init__(
+        self,
+        size: str = "300m",
+        out_indices: tuple[int, ...] = (5, 11, 17, 23),
+        joint_time: bool = False,
+    ) -> None:
         from timm.models.vision_transformer import Block  # lazy, as in dino.py (~1.7 s)
 
         super().__init__()
@@ -110,6 +124,9 @@ class PrithviEncoder(nn.Module):
                 f"out_indices {out_indices} exceed Prithvi-{size}'s {spec.depth} blocks"
             )
         self.size, self.depth, self.out_indices = size, spec.depth, tuple(out_indices)
+        #: True: forward takes series (B, T, C, H, W) and a pad mask, attending across frames
+        #: (the contract's joint-time form, which TemporalUPerNet honours)
+        self.joint_time = joint_time
         self.out_dims = [spec.dim] * len(out_indices)
         kernel = (1, PATCH, PATCH)
         self.patch_embed = nn.ModuleDict(
@@ -122,13 +139,19 @@ class PrithviEncoder(nn.Module):
             for _ in range(spec.depth)
         )
         self.norm = nn.LayerNorm(spec.dim)
-        self._pos: dict[tuple[int, int, str], torch.Tensor] = {}
+        self._pos: dict[tuple[int, int, int, str], torch.Tensor] = {}
 
-    def position_embedding(self, grid_h: int, grid_w: int, device: torch.device) -> torch.Tensor:
-        """(1, grid_h * grid_w, dim) float32: the sin-cos embedding of frame 0 of this grid."""
-        key = (grid_h, grid_w, str(device))
+    def extra_repr(self) -> str:
+        return f"size={self.size!r}, out_indices={self.out_indices}, joint_time={self.joint_time}"
+
+    def position_embedding(
+        self, grid_h: int, grid_w: int, device: torch.device, frames: int = 1
+    ) -> torch.Tensor:
+        """(1, frames * grid_h * grid_w, dim) float32: the sin-cos embedding of frames
+        0 .. frames - 1 of this grid (frame 0 alone by default)."""
+        key = (frames, grid_h, grid_w, str(device))
         if key not in self._pos:
-            pos = sincos_3d(self.out_dims[0], (1, grid_h, grid_w))
+            pos = sincos_3d(self.out_dims[0], (frames, grid_h, grid_w))
             self._pos[key] = pos.float().unsqueeze(0).to(device)
         return self._pos[key]
 
@@ -158,25 +181,62 @@ class PrithviEncoder(nn.Module):
         """Drop the blocks after the last one whose output is used (same output, less memory)."""
         self.blocks = self.blocks[: self.out_indices[-1] + 1]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        n, c, h, w = x.shape
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Frames (N, C, H, W), each alone (T = 1), or with ``joint_time`` series (B, T, C, H,
+        W) whose frames attend to each other, padded frames (``pad_mask`` (B, T) True) masked
+        as keys; levels (N, dim, H / 16, W / 16), N = B x T, frames in input order."""
+        if x.ndim == 4 and pad_mask is None:
+            series = x.unsqueeze(2)  # (N, C, 1, H, W): each frame alone, T = 1
+        elif x.ndim == 5 and self.joint_time:
+            series = x.transpose(1, 2)  # (B, C, T, H, W), the Conv3d's layout
+        else:
+            form = "(B, T, C, H, W) series and optional pad_mask, or " if self.joint_time else ""
+            raise ValueError(f"Prithvi-{self.size} takes {form}(N, C, H, W) frames without a "
+                             f"pad_mask, got {tuple(x.shape)}")  # fmt: skip
+        n, c, t, h, w = series.shape
         if c != len(PRITHVI_BANDS) or h % PATCH or w % PATCH:
             raise ValueError(
                 f"Prithvi expects (N, {len(PRITHVI_BANDS)}, H, W) with H, W multiples of {PATCH}, "
                 f"got {tuple(x.shape)}"
             )
         gh, gw = h // PATCH, w // PATCH
-        # T = 1: (N, C, 1, H, W) -> (N, dim, 1, gh, gw) -> (N, gh * gw, dim)
-        tokens = self.patch_embed["proj"](x.unsqueeze(2)).flatten(2).transpose(1, 2)
-        tokens = tokens + self.position_embedding(gh, gw, x.device).to(tokens.dtype)
+        # (N, C, T, H, W) -> (N, dim, T, gh, gw) -> (N, T * gh * gw, dim), row-major in t, h, w
+        tokens = self.patch_embed["proj"](series).flatten(2).transpose(1, 2)
+        tokens = tokens + self.position_embedding(gh, gw, x.device, t).to(tokens.dtype)
         # the CLS token's position embedding is the zero row
         tokens = torch.cat([self.cls_token.to(tokens.dtype).expand(n, -1, -1), tokens], dim=1)
+        keys = key_mask(pad_mask, x.shape[:2], gh * gw)
         features = []
         for i, block in enumerate(self.blocks):
-            tokens = block(tokens)
+            tokens = block(tokens) if keys is None else block(tokens, attn_mask=keys)
             if i in self.out_indices:
                 out = self.norm(tokens) if i == self.depth - 1 else tokens
-                features.append(out[:, 1:].transpose(1, 2).reshape(n, -1, gh, gw))
+                features.append(frame_levels(out[:, 1:], x.ndim, t, gh, gw))
             if i == self.out_indices[-1]:
                 break
         return features
+
+
+def key_mask(
+    pad_mask: torch.Tensor | None, series_shape: tuple[int, int], tokens_per_frame: int
+) -> torch.Tensor | None:
+    """The attention mask (B, 1, 1, 1 + T * tokens) of a pad mask (B, T), True on padding: True
+    where a key may be attended (the CLS token and every real frame's tokens); None without
+    padding (the unmasked attention, bit for bit)."""
+    if pad_mask is None or not bool(pad_mask.any()):
+        return None
+    if tuple(pad_mask.shape) != tuple(series_shape):
+        raise ValueError(f"pad_mask {tuple(pad_mask.shape)} does not match (B, T) {series_shape}")
+    if bool(pad_mask.all(dim=1).any()):
+        raise ValueError("every series needs at least one unpadded frame")
+    real = (~pad_mask.bool()).repeat_interleave(tokens_per_frame, dim=1)
+    cls = real.new_ones(len(real), 1)
+    return torch.cat([cls, real], dim=1)[:, None, None, :]
+
+
+def frame_levels(tokens: torch.Tensor, ndim: int, t: int, gh: int, gw: int) -> torch.Tensor:
+    """Patch tokens (N, T * gh * gw, dim) as frame maps (N * T, dim, gh, gw), frames in order."""
+    n, _, dim = tokens.shape
+    if ndim == 4:  # frames alone: as the frame-by-frame encoder always returned them
+        return tokens.transpose(1, 2).reshape(n, -1, gh, gw)
+    return tokens.unflatten(1, (t, gh * gw)).transpose(2, 3).reshape(n * t, dim, gh, gw)

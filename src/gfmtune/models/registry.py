@@ -5,14 +5,19 @@
 same code with small dimensions for CPU tests and the demo (no pretrained weights). ``moco`` is
 ``dino``'s SSL4EO-S12 ViT-S/16 with MoCo v3 weights (same code, its qkv biases loaded), so that a
 study can tell the architecture from the pretraining, and ``moco_scaled`` the same fed
-reflectance / 10000 (``InputPolicy.scale``); ``prithvi_224`` is ``prithvi`` resized to 224 px
-instead of its native 128 (docs/models.md); ``dino_mean_tiny`` is ``dino_tiny`` with
-the mean over time in place of the decoder's L-TAE (``ModelSpec.temporal``). A plug-in
+reflectance / 10000 (``InputPolicy.scale``); ``dino_mean_tiny`` is ``dino_tiny`` with the mean
+over time in place of the decoder's L-TAE (``ModelSpec.temporal``). ``prithvi`` runs
+Prithvi-EO-2.0-300M on each frame alone at its native 128 px, ``prithvi_224`` resized to 224 px
+(docs/models.md), ``prithvi_time`` on a cell's frames together (one token sequence, attention
+across time; a joint-time encoder, below). A plug-in
 module adds a model with :func:`register_model` (docs/add-an-encoder.md).
 
 Encoder contract (what :class:`TemporalUPerNet` and the training loop rely on):
 
-- Input: one frame batch (N, C, H, W), N = batch x frames. C and the band order are
+- Input: one frame batch (N, C, H, W), N = batch x frames; or, for an encoder whose attribute
+  ``joint_time`` is True, the series (B, T, C, H, W) and ``pad_mask`` (B, T) (True on padded
+  frames, None without padding) as a second argument, so that it may attend across a series'
+  frames (padded ones must not change the real frames' output). C and the band order are
   ``InputPolicy.bands`` (PASTIS band names; a band PASTIS lacks is filled with 0; None = the
   10 PASTIS bands in their order). The values are PASTIS-normalised upstream (mean/std per
   band, ``train.settings.norm``), or reflectance / 10000 where ``InputPolicy.scale`` is
@@ -21,7 +26,8 @@ Encoder contract (what :class:`TemporalUPerNet` and the training loop rely on):
   ``size`` crops in training, 2 x 2 sliding windows averaged at evaluation) or ``resize``
   (bilinear to ``size``, logits resized back). The encoder's patch size must divide the size.
 - Output: a list of 4 float32 (fp16/bf16 under autocast) maps (N, C_l, h, w) of one
-  resolution, at least 2 x 2; ``out_dims`` (attribute) lists the 4 C_l, all equal and divisible
+  resolution, at least 2 x 2 (a joint-time encoder too: every frame's maps, N = B x T, frames
+  in order); ``out_dims`` (attribute) lists the 4 C_l, all equal and divisible
   by ``ltae_heads`` (one L-TAE is shared by the levels). The neck rescales them by x4, x2, x1
   and x0.5 for the UPerNet head, so h = H / 16 (a ViT-16's grid) gives the paper's pyramid.
   ``gfmtune.models.contract`` checks all of it on a dummy batch when the model is built.
@@ -200,6 +206,20 @@ REGISTRY: dict[str, ModelSpec] = {
         "prithvi_tiny",
         InputPolicy("native", 128, PRITHVI_BANDS),
         partial(PrithviEncoder, "tiny", (0, 1, 2, 3)),
+        **TINY_DECODER,
+    ),
+    # the same encoder and checkpoint over time: a cell's T frames as one sequence of
+    # 1 + T x 64 tokens with Prithvi's 3D position embedding (as pretrained on 4 frames), padded
+    # frames masked as keys; per-frame levels out, reduced by the decoder's temporal module
+    "prithvi_time": ModelSpec(
+        "prithvi_time",
+        InputPolicy("native", 128, PRITHVI_BANDS),
+        partial(PrithviEncoder, "300m", joint_time=True),
+    ),
+    "prithvi_time_tiny": ModelSpec(
+        "prithvi_time_tiny",
+        InputPolicy("native", 128, PRITHVI_BANDS),
+        partial(PrithviEncoder, "tiny", (0, 1, 2, 3), joint_time=True),
         **TINY_DECODER,
     ),
 }

@@ -197,6 +197,9 @@ def autocast_levels(levels: list[torch.Tensor], device_type: str) -> list[torch.
 class TemporalUPerNet(nn.Module):
     """Encoder on every frame -> temporal reduction per level -> neck -> UPerNet -> classes.
 
+    An encoder whose ``joint_time`` attribute is True (``prithvi_time``) gets whole series
+    (B, T, C, H, W) and the pad mask instead of frames, and still returns (B * T, C_l, h, w).
+
     ``temporal``: ``"ltae"`` (one L-TAE shared by all levels: 16 heads, d_k 4, d_model = C,
     mlp [C, C], dropout 0.2, no date encoding), ``"linear"`` (needs ``n_frames``), or
     ``"mean"`` / ``"max"`` (pooling over time, no parameters: :class:`PoolTemporal`).
@@ -250,19 +253,39 @@ class TemporalUPerNet(nn.Module):
         recompute each chunk's activations in the backward pass (activation checkpointing)."""
         self.frames_per_call, self.checkpointing = frames_per_call, checkpointing
 
-    def _encode_chunk(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        if self.checkpointing and self.encoder_trainable and torch.is_grad_enabled():
-            return checkpoint(self.encoder, frames, use_reentrant=False)
-        return self.encoder(frames)
+    @property
+    def joint_time(self) -> bool:
+        """Whether the encoder takes whole series (B, T, C, H, W) and a pad mask (its
+        ``joint_time`` attribute, e.g. ``prithvi_time``) instead of frames (N, C, H, W)."""
+        return bool(getattr(self.encoder, "joint_time", False))
 
-    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Encoder features of all frames: x (B, T, C, H, W) -> levels of (B, T, C_l, h, w),
-        in autocast's dtype where it is on (:func:`autocast_levels`)."""
+    def _encode_chunk(self, *inputs: torch.Tensor | None) -> list[torch.Tensor]:
+        if self.checkpointing and self.encoder_trainable and torch.is_grad_enabled():
+            return checkpoint(self.encoder, *inputs, use_reentrant=False)
+        return self.encoder(*inputs)
+
+    def _chunks(self, x: torch.Tensor, pad_mask: torch.Tensor | None) -> list[list[torch.Tensor]]:
+        """The encoder's levels per call: frames (N, C, H, W) in runs of ``frames_per_call``,
+        or for a joint-time encoder whole series with their pad mask, as many a call as fit in
+        ``frames_per_call`` frames (at least one: a series is never split)."""
+        if not self.joint_time:
+            frames = x.flatten(0, 1)
+            step = self.frames_per_call or len(frames)
+            return [self._encode_chunk(frames[i : i + step]) for i in range(0, len(frames), step)]
+        _check_pad_mask(x, pad_mask)
         b, t = x.shape[:2]
-        frames = x.flatten(0, 1)
-        step = self.frames_per_call or len(frames)
+        step = max(1, (self.frames_per_call or b * t) // t)
+        masks = [None if pad_mask is None else pad_mask[i : i + step] for i in range(0, b, step)]
+        return [self._encode_chunk(x[i : i + step], masks[i // step]) for i in range(0, b, step)]
+
+    def encode(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Encoder features of all frames: x (B, T, C, H, W) -> levels of (B, T, C_l, h, w),
+        in autocast's dtype where it is on (:func:`autocast_levels`). ``pad_mask`` (B, T), True
+        on padded frames, reaches only a joint-time encoder (frames alone do not see each
+        other)."""
+        b, t = x.shape[:2]
         with torch.set_grad_enabled(self.encoder_trainable and torch.is_grad_enabled()):
-            chunks = [self._encode_chunk(frames[i : i + step]) for i in range(0, len(frames), step)]
+            chunks = self._chunks(x, pad_mask)
         feats = [torch.cat(level, dim=0) for level in zip(*chunks, strict=True)]
         feats = autocast_levels(feats, x.device.type)
         return [f.view(b, t, *f.shape[1:]) for f in feats]
@@ -286,5 +309,6 @@ class TemporalUPerNet(nn.Module):
         pad_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, T, C, H, W) -> logits (B, classes, *output_size) (default: H, W); ``pad_mask``
-        (B, T) True on padded frames, which the temporal module leaves out."""
-        return self.decode(self.encode(x), output_size or tuple(x.shape[-2:]), pad_mask)
+        (B, T) True on padded frames, which the temporal module (and a joint-time encoder's
+        attention) leaves out."""
+        return self.decode(self.encode(x, pad_mask), output_size or tuple(x.shape[-2:]), pad_mask)
