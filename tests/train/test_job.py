@@ -119,15 +119,15 @@ def test_out_of_memory_switches_to_checkpointing_then_explains(train_data, tmp_p
     calls = {"n": 0}
     encode = upernet.TemporalUPerNet.encode
 
-    def flaky(self, x):
+    def flaky(self, x, pad_mask=None):
         calls["n"] += 1
         if calls["n"] == 1 and torch.is_grad_enabled():
-            failed_step = encode(self, x)  # activations of the step that runs out of memory
+            failed_step = encode(self, x, pad_mask)  # activations of the step that runs out of memory
             calls["activations"] = weakref.ref(failed_step[-1])
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         if calls["n"] == 2:  # the retry: the failed step's activations must be free by now
             calls["alive_at_retry"] = calls["activations"]() is not None
-        return encode(self, x)
+        return encode(self, x, pad_mask)
 
     monkeypatch.setattr(upernet.TemporalUPerNet, "encode", flaky)
     job = CellJob(Cell("croma_tiny", 1.0, "100", 6), inputs(train_data), replace(FAST, epochs=1),
@@ -136,7 +136,7 @@ def test_out_of_memory_switches_to_checkpointing_then_explains(train_data, tmp_p
     assert job.model.checkpointing and job.model.frames_per_call == 4 * 6 // 4
     assert calls["alive_at_retry"] is False
 
-    def always(self, x):
+    def always(self, x, pad_mask=None):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(upernet.TemporalUPerNet, "encode", always)
