@@ -285,19 +285,27 @@ def test_split_variant_and_seeds_end_to_end(tmp_path: Path) -> None:
     assert moved.loc[100.0, "runs"] == 2 and pd.isna(moved.loc[100.0, "split_range"])
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_new_encoders_run_through_the_workflow(tmp_path: Path) -> None:
-    """The tiny MoCo and Prithvi models train on the synthetic data and reach the tables."""
+def _one_epoch_run(
+    tmp_path: Path, run: str, models: list[str], timesteps: int, ft_rates: list[float]
+) -> Path:
+    """The demo preset for ``models`` at 100 % of the labels, ``timesteps`` frames and
+    ``ft_rates``, one epoch, run to its tables (the folder returned)."""
     config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
-    config |= {"run": "enc", "models": ["moco_tiny", "prithvi_tiny"]}
-    config["manifests"] = {"label_percents": [100], "timesteps": [1]}
-    config["train"] |= {"ft_rates": [0.0, 0.1]}
+    config |= {"run": run, "models": models}
+    config["manifests"] = {"label_percents": [100], "timesteps": [timesteps]}
+    config["train"] |= {"ft_rates": ft_rates}
     config["train"]["settings"] |= {"epochs": 1}
     result = run_snakemake(tmp_path, "--cores", "2", "--until", "results",
                            config=config, timeout=800)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    tables = tmp_path / "results" / "enc" / "tables"
+    return tmp_path / "results" / run / "tables"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_new_encoders_run_through_the_workflow(tmp_path: Path) -> None:
+    """The tiny MoCo and Prithvi models train on the synthetic data and reach the tables."""
+    tables = _one_epoch_run(tmp_path, "enc", ["moco_tiny", "prithvi_tiny"], 1, [0.0, 0.1])
     miou = pd.read_csv(tables / "miou.csv")
     assert sorted(zip(miou.model, miou.ft_rate, strict=True)) == [
         ("MoCo", 0.0), ("MoCo", 0.1), ("Prithvi", 0.0), ("Prithvi", 0.1)
@@ -313,16 +321,8 @@ def test_feeding_variants_run_through_the_workflow(tmp_path: Path) -> None:
     """The tiny forms of the feeding variants (MoCo on its pretraining scale, Prithvi at 224 px
     and over time, DINO with the mean over time) train on the demo's data, fine-tuned on 6
     frames, and reach the tables as rows of their own."""
-    config = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
     models = ["moco_scaled_tiny", "prithvi_224_tiny", "prithvi_time_tiny", "dino_mean_tiny"]
-    config |= {"run": "feed", "models": models}
-    config["manifests"] = {"label_percents": [100], "timesteps": [6]}
-    config["train"] |= {"ft_rates": [0.1]}
-    config["train"]["settings"] |= {"epochs": 1}
-    result = run_snakemake(tmp_path, "--cores", "2", "--until", "results",
-                           config=config, timeout=800)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    tables = tmp_path / "results" / "feed" / "tables"
+    tables = _one_epoch_run(tmp_path, "feed", models, 6, [0.1])
     miou = pd.read_csv(tables / "miou.csv")
     assert len(miou) == 4 and set(miou.timesteps) == {6}
     assert miou.model.nunique() == 4, miou.model.tolist()  # a row of its own each

@@ -122,7 +122,8 @@ def test_out_of_memory_switches_to_checkpointing_then_explains(train_data, tmp_p
     def flaky(self, x, pad_mask=None):
         calls["n"] += 1
         if calls["n"] == 1 and torch.is_grad_enabled():
-            failed_step = encode(self, x, pad_mask)  # activations of the step that runs out of memory
+            # the activations of the step that runs out of memory
+            failed_step = encode(self, x, pad_mask)
             calls["activations"] = weakref.ref(failed_step[-1])
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         if calls["n"] == 2:  # the retry: the failed step's activations must be free by now
