@@ -57,6 +57,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from gfmtune.models.upernet import check_pad_mask
+
 log = logging.getLogger(__name__)
 
 #: PASTIS band names for HLS Blue, Green, Red, NIR narrow, SWIR 1, SWIR 2 (Prithvi's order).
@@ -205,38 +207,32 @@ class PrithviEncoder(nn.Module):
         tokens = tokens + self.position_embedding(gh, gw, x.device, t).to(tokens.dtype)
         # the CLS token's position embedding is the zero row
         tokens = torch.cat([self.cls_token.to(tokens.dtype).expand(n, -1, -1), tokens], dim=1)
-        keys = key_mask(pad_mask, x.shape[:2], gh * gw)
+        check_pad_mask(x, pad_mask)
+        keys = key_mask(pad_mask, gh * gw)
         features = []
         for i, block in enumerate(self.blocks):
             tokens = block(tokens) if keys is None else block(tokens, attn_mask=keys)
             if i in self.out_indices:
                 out = self.norm(tokens) if i == self.depth - 1 else tokens
-                features.append(frame_levels(out[:, 1:], x.ndim, t, gh, gw))
+                features.append(frame_levels(out[:, 1:], t, gh, gw))
             if i == self.out_indices[-1]:
                 break
         return features
 
 
-def key_mask(
-    pad_mask: torch.Tensor | None, series_shape: tuple[int, int], tokens_per_frame: int
-) -> torch.Tensor | None:
-    """The attention mask (B, 1, 1, 1 + T * tokens) of a pad mask (B, T), True on padding: True
-    where a key may be attended (the CLS token and every real frame's tokens); None without
-    padding (the unmasked attention, bit for bit)."""
+def key_mask(pad_mask: torch.Tensor | None, tokens_per_frame: int) -> torch.Tensor | None:
+    """The attention mask (B, 1, 1, 1 + T * tokens) of a pad mask (B, T), True on padding
+    (checked by :func:`check_pad_mask`): True where a key may be attended (the CLS token and
+    every real frame's tokens); None without padding (the unmasked attention, bit for bit)."""
     if pad_mask is None or not bool(pad_mask.any()):
         return None
-    if tuple(pad_mask.shape) != tuple(series_shape):
-        raise ValueError(f"pad_mask {tuple(pad_mask.shape)} does not match (B, T) {series_shape}")
-    if bool(pad_mask.all(dim=1).any()):
-        raise ValueError("every series needs at least one unpadded frame")
     real = (~pad_mask.bool()).repeat_interleave(tokens_per_frame, dim=1)
     cls = real.new_ones(len(real), 1)
     return torch.cat([cls, real], dim=1)[:, None, None, :]
 
 
-def frame_levels(tokens: torch.Tensor, ndim: int, t: int, gh: int, gw: int) -> torch.Tensor:
-    """Patch tokens (N, T * gh * gw, dim) as frame maps (N * T, dim, gh, gw), frames in order."""
+def frame_levels(tokens: torch.Tensor, t: int, gh: int, gw: int) -> torch.Tensor:
+    """Patch tokens (N, T * gh * gw, dim) as frame maps (N * T, dim, gh, gw), frames in order
+    (a layout change only: T = 1 gives each frame's map as it is)."""
     n, _, dim = tokens.shape
-    if ndim == 4:  # frames alone: as the frame-by-frame encoder always returned them
-        return tokens.transpose(1, 2).reshape(n, -1, gh, gw)
     return tokens.unflatten(1, (t, gh * gw)).transpose(2, 3).reshape(n * t, dim, gh, gw)

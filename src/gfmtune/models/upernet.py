@@ -100,7 +100,7 @@ class UPerHead(nn.Module):
 TEMPORAL_MODULES = ("ltae", "linear", "mean", "max")
 
 
-def _check_pad_mask(x: torch.Tensor, pad_mask: torch.Tensor | None) -> None:
+def check_pad_mask(x: torch.Tensor, pad_mask: torch.Tensor | None) -> None:
     """``pad_mask`` (B, T), True on padded frames, must fit ``x`` (B, T, ...) and leave every
     series at least one real frame (as U-TAE requires)."""
     if pad_mask is None:
@@ -121,7 +121,7 @@ class LinearTemporal(nn.Module):
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, C, h, w) -> (B, C, h, w). A weight per frame position: padded frames cannot
         be left out, so a mask with padding is refused."""
-        _check_pad_mask(x, pad_mask)
+        check_pad_mask(x, pad_mask)
         if pad_mask is not None and pad_mask.any():
             raise ValueError("temporal='linear' weighs fixed frame positions; it cannot skip "
                              "padded frames (use ltae, mean or max)")  # fmt: skip
@@ -145,7 +145,7 @@ class PoolTemporal(nn.Module):
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, C, h, w), pad_mask (B, T) True on padding -> (B, C, h, w)."""
-        _check_pad_mask(x, pad_mask)
+        check_pad_mask(x, pad_mask)
         if self.mode == "max":
             if pad_mask is not None:
                 x = x.masked_fill(pad_mask[:, :, None, None, None], float("-inf"))
@@ -174,7 +174,7 @@ class SharedLTAE(nn.Module):
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, C, h, w), pad_mask (B, T) True on padding -> (B, C, h, w)."""
-        _check_pad_mask(x, pad_mask)
+        check_pad_mask(x, pad_mask)
         return self.ltae(x, None, pad_mask)[0]
 
 
@@ -272,7 +272,7 @@ class TemporalUPerNet(nn.Module):
             frames = x.flatten(0, 1)
             step = self.frames_per_call or len(frames)
             return [self._encode_chunk(frames[i : i + step]) for i in range(0, len(frames), step)]
-        _check_pad_mask(x, pad_mask)
+        check_pad_mask(x, pad_mask)
         b, t = x.shape[:2]
         step = max(1, (self.frames_per_call or b * t) // t)
         masks = [None if pad_mask is None else pad_mask[i : i + step] for i in range(0, b, step)]
