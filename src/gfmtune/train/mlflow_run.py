@@ -75,22 +75,22 @@ class CellRun:
         self.client, self.run_id = client, run_id
 
     def epoch(self, row: dict) -> None:
-        from mlflow.entities import Metric
-
-        step, now = int(row["epoch"]), _now_ms()
-        metrics = [Metric(k, float(v), now, step) for k, v in row.items() if k != "epoch"]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        self._log({k: v for k, v in row.items() if k != "epoch"}, int(row["epoch"]))
 
     def final(self, metrics: dict) -> None:
         """Test metrics as ``test_<name>`` (per-class values left to ``metrics.json``), the
-        best epoch and the wall seconds; not-a-number values are skipped."""
-        from mlflow.entities import Metric
-
+        best epoch, the wall seconds and the attempts; not-a-number values are skipped."""
         values = {f"test_{k}": v for k, v in metrics["test"].items() if k != "per_class"}
         values |= {k: metrics[k] for k in ("best_epoch", "wall_seconds", "attempts")}
+        self._log({k: v for k, v in values.items() if _finite(v)}, 0)
+
+    def _log(self, values: dict, step: int) -> None:
+        """``values`` as metrics at ``step``, in one batch."""
+        from mlflow.entities import Metric
+
         now = _now_ms()
-        logged = [Metric(k, float(v), now, 0) for k, v in values.items() if _finite(v)]
-        self.client.log_batch(self.run_id, metrics=logged)
+        metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
 
 
 @contextmanager
